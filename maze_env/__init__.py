@@ -1,0 +1,1 @@
+"""The paper's text maze as a Gymnasium environment."""

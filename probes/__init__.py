@@ -1,0 +1,1 @@
+"""Model loading, activation capture, concept vectors and readouts."""

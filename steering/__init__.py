@@ -1,0 +1,1 @@
+"""Interventions with concept vectors and the evaluation harness."""
