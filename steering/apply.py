@@ -1,0 +1,424 @@
+"""Steer a model with a direction: a context manager of forward hooks on decoder-block outputs.
+
+``with apply(model, v, layers=[12], alpha=4.0, tokenizer=tok): model.generate(...)`` adds ``4 * v[12]`` to
+the output of block 12 (``resid_post`` of layer 12) at the steered positions, for plain forward passes and
+for every ``generate`` step including KV-cache decoding. On exit exactly the handles it added are removed.
+
+Position rules (which tokens are steered):
+
+- ``"assistant"`` (default, the paper's rule): every token of every assistant turn in the prompt,
+  including the chat template's assistant header token(s), plus every generated token. Needs the tokenizer
+  to find the turns (:func:`probes.positions.assistant_token_mask`).
+- ``"generated"``: only tokens produced by ``generate`` after the prompt (nothing in a plain forward).
+- ``"all"``: every non-padding token.
+- a boolean mask ``(batch, pos)``: exactly the marked prompt tokens; tokens past the mask's end (generated
+  tokens) are steered too.
+
+Padding tokens (``attention_mask == 0``) are never steered, so batched runs equal unbatched ones.
+
+The hooks are registered with ``prepend=True``: the steered output is what every later observer sees
+(``output_hidden_states``, ``probes.record``) and what flows into the next block. Nested ``apply`` contexts
+on the same block run innermost first.
+
+Example:
+    >>> import torch
+    >>> from transformers import LlamaConfig, LlamaForCausalLM
+    >>> model = LlamaForCausalLM(LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+    ...     num_attention_heads=2, num_key_value_heads=1, vocab_size=50)).eval()
+    >>> ids = torch.tensor([[1, 2, 3]])
+    >>> v = torch.ones(16)
+    >>> with apply(model, v, layers=0, alpha=0.0, positions="all"):
+    ...     steered = model(ids).logits
+    >>> torch.equal(steered, model(ids).logits)
+    True
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor, nn
+
+from probes.layers import blocks, check_layer, d_model, layer_template, unwrap
+from steering.operators import Operator, add
+
+PositionRule = Literal["assistant", "generated", "all"]
+POSITION_RULES: tuple[str, ...] = ("assistant", "generated", "all")
+Positions = str | Bool[Tensor, "batch pos"]
+
+
+class SteeringError(RuntimeError):
+    """The model was called in a way the active steering hooks cannot handle."""
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Inputs: directions, layers, alpha, positions
+
+
+def _directions_by_layer(directions: Any) -> dict[int, Tensor] | Tensor:
+    """A ConceptVector / dict layer -> Tensor becomes a dict; a bare Tensor stays a Tensor."""
+    if isinstance(directions, Tensor):
+        return directions
+    inner = getattr(directions, "directions", directions)
+    if isinstance(inner, Mapping):
+        return {int(layer): vec for layer, vec in inner.items()}
+    raise TypeError(
+        "directions must be a ConceptVector, a dict {layer: Tensor(d_model)} or a Tensor(d_model), "
+        f"got {type(directions).__name__}"
+    )
+
+
+def resolve_directions(
+    model: nn.Module, directions: Any, layers: int | Sequence[int] | str | None
+) -> dict[int, Float[Tensor, " d_model"]]:
+    """Validate and pair layers with their direction: ``{layer: direction}`` for the layers to steer.
+
+    Raises:
+        TypeError / ValueError / IndexError / KeyError: with the bad value and what is allowed.
+    """
+    by_layer = _directions_by_layer(directions)
+    if layers is None:
+        if isinstance(by_layer, Tensor):
+            raise ValueError("layers is required when directions is a single Tensor (e.g. layers=[6])")
+        layers = sorted(by_layer)
+    if isinstance(layers, str):
+        if layers != "all":
+            raise ValueError(f"layers must be 'all', an int or a list of ints, got {layers!r}")
+        layers = sorted(by_layer) if isinstance(by_layer, dict) else list(range(len(blocks(model))))
+    if isinstance(layers, int) or hasattr(layers, "__index__"):
+        layers = [layers]  # type: ignore[list-item]
+    resolved: dict[int, Tensor] = {}
+    width = d_model(model)
+    for requested in layers:  # type: ignore[union-attr]
+        layer = check_layer(model, requested)
+        if isinstance(by_layer, Tensor):
+            vec = by_layer
+        else:
+            key = requested if requested in by_layer else layer
+            if key not in by_layer:
+                raise KeyError(
+                    f"no direction for layer {requested}: the vector has layers {sorted(by_layer)}"
+                )
+            vec = by_layer[key]
+        if not isinstance(vec, Tensor):
+            raise TypeError(f"direction for layer {layer} must be a Tensor, got {type(vec).__name__}")
+        if vec.shape != (width,):
+            raise ValueError(
+                f"direction for layer {layer} has shape {tuple(vec.shape)}; the model needs ({width},)"
+            )
+        if not torch.isfinite(vec).all():
+            raise ValueError(f"direction for layer {layer} has non-finite entries")
+        resolved[layer] = vec.detach()
+    if not resolved:
+        raise ValueError("no layers to steer: pass layers=... (an int or a non-empty list)")
+    return resolved
+
+
+def resolve_alpha(alpha: float | Mapping[int, float], layers: Sequence[int]) -> dict[int, float]:
+    """``{layer: alpha}``; a single number applies to every layer. Raises on non-finite values."""
+    if isinstance(alpha, Mapping):
+        missing = [layer for layer in layers if layer not in alpha]
+        if missing:
+            raise KeyError(f"alpha has no value for layers {missing}; it has {sorted(alpha)}")
+        values = {layer: alpha[layer] for layer in layers}
+    else:
+        values = dict.fromkeys(layers, alpha)
+    for layer, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int | float) and not hasattr(value, "__float__"):
+            raise TypeError(f"alpha must be a real number, got {type(value).__name__} {value!r}")
+        if not math.isfinite(float(value)):
+            raise ValueError(f"alpha must be finite, got {value!r} (layer {layer})")
+        values[layer] = float(value)
+    return values
+
+
+def check_positions(positions: Any) -> Positions:
+    """Validate a position rule or mask (see the module docstring)."""
+    if isinstance(positions, str):
+        if positions not in POSITION_RULES:
+            raise ValueError(
+                f"unknown position rule {positions!r}: choose one of {list(POSITION_RULES)} "
+                "or pass a boolean mask of shape (batch, pos)"
+            )
+        return positions
+    if isinstance(positions, Tensor):
+        if positions.dtype != torch.bool or positions.ndim != 2:
+            raise ValueError(
+                f"a position mask must be a bool Tensor of shape (batch, pos), got dtype {positions.dtype} "
+                f"and shape {tuple(positions.shape)}"
+            )
+        return positions
+    raise TypeError(
+        f"positions must be one of {list(POSITION_RULES)} or a bool Tensor (batch, pos), "
+        f"got {type(positions).__name__}"
+    )
+
+
+def prompt_position_mask(
+    positions: Positions,
+    input_ids: Int[Tensor, "batch pos"] | None,
+    attention_mask: Int[Tensor, "batch pos"] | None = None,
+    *,
+    tokenizer: Any = None,
+) -> Bool[Tensor, "batch pos"]:
+    """Which prompt tokens a rule steers (before generation), padding excluded.
+
+    Example:
+        >>> import torch
+        >>> prompt_position_mask("all", torch.tensor([[0, 5, 6]]), torch.tensor([[0, 1, 1]]))
+        tensor([[False,  True,  True]])
+    """
+    positions = check_positions(positions)
+    if input_ids is None:
+        raise SteeringError(f"positions={positions!r} needs input_ids to locate tokens")
+    batch, length = input_ids.shape
+    if isinstance(positions, Tensor):
+        if positions.shape[0] != batch:
+            raise ValueError(
+                f"position mask has batch {positions.shape[0]} but the prompt has batch {batch} "
+                f"(prompt shape {(batch, length)})"
+            )
+        mask = positions[:, :length].to(input_ids.device)
+        if mask.shape[1] < length:  # tokens past the mask's end are generated tokens: steered
+            tail = torch.ones(batch, length - mask.shape[1], dtype=torch.bool, device=input_ids.device)
+            mask = torch.cat([mask, tail], dim=1)
+    elif positions == "all":
+        mask = torch.ones(batch, length, dtype=torch.bool, device=input_ids.device)
+    elif positions == "generated":
+        mask = torch.zeros(batch, length, dtype=torch.bool, device=input_ids.device)
+    else:
+        if tokenizer is None:
+            raise ValueError(
+                "positions='assistant' needs tokenizer=... to find the assistant turns; "
+                "or pass positions='generated' / 'all' / a bool mask"
+            )
+        from probes.positions import assistant_token_mask
+
+        mask = assistant_token_mask(tokenizer, input_ids).to(device=input_ids.device, dtype=torch.bool)
+    if attention_mask is not None and attention_mask.ndim == 2:
+        mask = mask & attention_mask[:, :length].to(device=mask.device).bool()
+    return mask
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The hooks
+
+
+@dataclass
+class SteeringHandle:
+    """What an active :func:`apply` context is doing; yielded by the context manager.
+
+    Attributes:
+        layers: the steered layers (normalised, ascending).
+        alpha: coefficient per layer.
+        positions: the position rule or mask.
+        prompt_mask: the steered prompt tokens of the latest prompt (prefill) pass, ``(batch, pos)``.
+        n_calls: forward calls seen (prompt passes and decoding steps).
+    """
+
+    layers: list[int]
+    alpha: dict[int, float]
+    positions: Positions
+    prompt_mask: Tensor | None = None
+    n_calls: int = 0
+    _prompt_ids: Tensor | None = field(default=None, repr=False)
+    _step_mask: Tensor | None = field(default=None, repr=False)
+    _step_all: bool = field(default=False, repr=False)
+    _step_shape: tuple[int, int] | None = field(default=None, repr=False)
+
+
+def _first(args: tuple, kwargs: dict, name: str, index: int) -> Any:
+    if name in kwargs:
+        return kwargs[name]
+    return args[index] if len(args) > index else None
+
+
+def _past_length(kwargs: dict, attention_mask: Tensor | None, new_len: int) -> int:
+    if attention_mask is not None and attention_mask.ndim == 2:
+        return int(attention_mask.shape[1]) - new_len
+    cache = kwargs.get("past_key_values")
+    if cache is not None and hasattr(cache, "get_seq_length"):
+        return int(cache.get_seq_length())
+    return 0
+
+
+def _step_mask(
+    handle: SteeringHandle,
+    tokenizer: Any,
+    input_ids: Tensor | None,
+    inputs_embeds: Tensor | None,
+    attention_mask: Tensor | None,
+    past: int,
+) -> tuple[Tensor, bool, tuple[int, int]]:
+    """The mask of this call's new tokens: (mask, steer_everything, (batch, new_len)).
+
+    A call without a cache starts a new prompt, unless it re-feeds the previous prompt plus more tokens
+    (``generate(use_cache=False)``): then the extra tokens are generated tokens. A call with a cache is a
+    decoding step; its tokens past the prompt are generated tokens.
+    """
+    ref = input_ids if input_ids is not None else inputs_embeds
+    if ref is None:
+        raise SteeringError("the model was called without input_ids or inputs_embeds")
+    batch, new_len = int(ref.shape[0]), int(ref.shape[1])
+    device = ref.device
+    known = handle.prompt_mask
+    prompt_ids = handle._prompt_ids
+    if past == 0:
+        continuation = (
+            known is not None
+            and prompt_ids is not None
+            and input_ids is not None
+            and prompt_ids.shape[0] == batch
+            and new_len > prompt_ids.shape[1]
+            and torch.equal(input_ids[:, : prompt_ids.shape[1]], prompt_ids.to(device))
+        )
+        if not continuation:
+            ids = input_ids
+            if ids is None:
+                if isinstance(handle.positions, str) and handle.positions == "assistant":
+                    raise SteeringError(
+                        "positions='assistant' needs input_ids; the model was called with inputs_embeds"
+                    )
+                ids = torch.zeros(batch, new_len, dtype=torch.long, device=device)
+            mask = prompt_position_mask(handle.positions, ids, attention_mask, tokenizer=tokenizer)
+            handle.prompt_mask = mask
+            handle._prompt_ids = input_ids.detach().clone() if input_ids is not None else None
+            return mask, bool(mask.all()), (batch, new_len)
+    elif known is None or known.shape[0] != batch:
+        if isinstance(handle.positions, Tensor):
+            known = handle.positions
+        elif handle.positions in ("all", "generated"):
+            known = torch.full((batch, past), handle.positions == "all", dtype=torch.bool, device=device)
+        else:
+            raise SteeringError(
+                "a cached decoding step arrived but this steering context never saw the prompt pass; "
+                "run the whole forward/generate call inside the `with apply(...)` block"
+            )
+    assert known is not None
+    if known.shape[0] != batch:
+        raise ValueError(
+            f"position mask has batch {known.shape[0]} but the model was called with batch {batch}"
+        )
+    # Absolute positions past..past+new_len-1; those beyond the prompt are generated tokens (steered).
+    absolute = torch.arange(past, past + new_len, device=device)
+    inside = absolute < known.shape[1]
+    mask = torch.ones(batch, new_len, dtype=torch.bool, device=device)
+    if bool(inside.any()):
+        mask[:, inside] = known.to(device)[:, absolute[inside]]
+    if attention_mask is not None and attention_mask.ndim == 2:
+        mask &= attention_mask[:, past : past + new_len].to(device).bool()
+    return mask, bool(mask.all()), (batch, new_len)
+
+
+@contextmanager
+def apply(
+    model: nn.Module,
+    directions: Any,
+    *,
+    layers: int | Sequence[int] | str | None = None,
+    alpha: float | Mapping[int, float] = 1.0,
+    positions: Positions = "assistant",
+    operator: Operator | None = None,
+    tokenizer: Any = None,
+) -> Iterator[SteeringHandle]:
+    """Steer ``model`` inside the ``with`` block; every hook is removed on exit, even after an error.
+
+    Args:
+        model: a HF causal LM (or peft wrapper).
+        directions: ConceptVector, ``{layer: Tensor(d_model)}`` or one ``Tensor(d_model)`` used at every layer.
+        layers: layer(s) to steer (negative counts from the end; ``"all"``); default: the vector's layers.
+        alpha: coefficient (one number, or ``{layer: alpha}``); must be finite.
+        positions: ``"assistant"``, ``"generated"``, ``"all"`` or a bool mask ``(batch, pos)``.
+        operator: from :mod:`steering.operators`; default ``add()``.
+        tokenizer: needed for ``positions="assistant"``.
+
+    Yields:
+        A :class:`SteeringHandle` describing the intervention (and the last prompt mask used).
+
+    Example:
+        >>> with apply(model, v, layers=[6], alpha=4.0, tokenizer=tok) as handle:  # doctest: +SKIP
+        ...     out = model.generate(**batch, max_new_tokens=32)
+    """
+    positions = check_positions(positions)
+    if positions == "assistant" and tokenizer is None:
+        raise ValueError(
+            "positions='assistant' needs tokenizer=... to find the assistant turns; "
+            "or pass positions='generated' / 'all' / a bool mask"
+        )
+    op = operator if operator is not None else add()
+    if not callable(op):
+        raise TypeError(f"operator must be callable (e.g. steering.operators.add()), got {type(op).__name__}")
+    by_layer = resolve_directions(model, directions, layers)
+    alphas = resolve_alpha(alpha, list(by_layer))
+    handle = SteeringHandle(layers=sorted(by_layer), alpha=alphas, positions=positions)
+
+    base = unwrap(model)
+    template = layer_template(base)
+    parent_name = template.partition("{num}")[0].rstrip(".").rpartition(".")[0]
+    stack_module = base.get_submodule(parent_name) if parent_name else base
+    block_modules = blocks(base)
+    cast_cache: dict[tuple[int, torch.device, torch.dtype], Tensor] = {}
+
+    def pre_hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        input_ids = _first(args, kwargs, "input_ids", 0)
+        inputs_embeds = kwargs.get("inputs_embeds")
+        attention_mask = _first(args, kwargs, "attention_mask", 1)
+        if isinstance(attention_mask, dict):  # some models pass a mapping of prepared masks
+            attention_mask = None
+        if attention_mask is not None and not isinstance(attention_mask, Tensor):
+            attention_mask = None
+        ref = input_ids if input_ids is not None else inputs_embeds
+        new_len = int(ref.shape[1]) if ref is not None else 0
+        past = _past_length(kwargs, attention_mask, new_len)
+        mask, steer_all, shape = _step_mask(handle, tokenizer, input_ids, inputs_embeds, attention_mask, past)
+        handle._step_mask, handle._step_all, handle._step_shape = mask, steer_all, shape
+        handle.n_calls += 1
+
+    def make_block_hook(layer: int):
+        vec = by_layer[layer]
+        coef = alphas[layer]
+
+        def block_hook(module: nn.Module, args: tuple, output: Any) -> Any:
+            hidden = output[0] if isinstance(output, tuple) else output
+            if handle._step_shape is None:
+                raise SteeringError(
+                    f"block {layer} ran without the model's forward (steering needs the token layout); "
+                    "call the whole model inside the `with apply(...)` block"
+                )
+            if tuple(hidden.shape[:2]) != handle._step_shape:
+                raise SteeringError(
+                    f"block {layer} output has shape {tuple(hidden.shape)} but the model input was "
+                    f"{handle._step_shape}"
+                )
+            key = (layer, hidden.device, hidden.dtype)
+            direction = cast_cache.get(key)
+            if direction is None:
+                direction = cast_cache[key] = vec.to(device=hidden.device, dtype=hidden.dtype)
+            mask = handle._step_mask
+            if handle._step_all:
+                new = op(hidden, direction, coef)
+            elif mask is None or not bool(mask.any()):
+                return None
+            else:
+                new = torch.where(mask.to(hidden.device).unsqueeze(-1), op(hidden, direction, coef), hidden)
+            if isinstance(output, tuple):
+                return (new, *output[1:])
+            return new
+
+        return block_hook
+
+    handles: list[torch.utils.hooks.RemovableHandle] = []
+    try:
+        handles.append(stack_module.register_forward_pre_hook(pre_hook, with_kwargs=True, prepend=True))
+        for layer in handle.layers:
+            handles.append(block_modules[layer].register_forward_hook(make_block_hook(layer), prepend=True))
+        yield handle
+    finally:
+        for hook_handle in handles:
+            hook_handle.remove()

@@ -1,0 +1,133 @@
+"""Steering operators: how a direction changes a block's output at the steered positions.
+
+An operator is a plain callable ``op(hidden, direction, alpha) -> new_hidden`` built by a factory
+(``add()``, ``ablate()``, ``ablate_then_add()``), so adding a method is one function and one test.
+:func:`steering.apply.apply` calls it on the block output restricted to the steered positions; the
+positions it does not steer are left bit-for-bit untouched.
+
+Example:
+    >>> import torch
+    >>> h = torch.tensor([[[1.0, 2.0]]])
+    >>> v = torch.tensor([0.0, 1.0])
+    >>> add()(h, v, 3.0)
+    tensor([[[1., 5.]]])
+    >>> ablate()(h, v, 3.0)
+    tensor([[[1., 0.]]])
+    >>> ablate_then_add()(h, v, 3.0)
+    tensor([[[1., 3.]]])
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+Operator = Callable[[Float[Tensor, "*batch d_model"], Float[Tensor, " d_model"], float], Tensor]
+"""``op(hidden, direction, alpha) -> new hidden`` (same shape and dtype as ``hidden``)."""
+
+
+def _unit(direction: Tensor) -> Tensor:
+    # at least fp32 for the norm (bf16/fp16 directions), full precision for fp64
+    norm = torch.linalg.vector_norm(direction.to(torch.promote_types(direction.dtype, torch.float32)))
+    if not torch.isfinite(norm) or norm == 0:
+        raise ValueError(
+            f"cannot ablate along a direction with norm {float(norm)}: it must be finite and > 0"
+        )
+    return direction / norm.to(direction.dtype)
+
+
+def add() -> Operator:
+    """Additive steering: ``h + alpha * v`` (the paper's intervention; ``alpha=0`` is the identity)."""
+
+    def _add(hidden: Tensor, direction: Tensor, alpha: float) -> Tensor:
+        return hidden + alpha * direction
+
+    _add.__qualname__ = _add.__name__ = "add"
+    return _add
+
+
+def ablate() -> Operator:
+    """Directional ablation: project ``h`` onto the complement of ``v``: ``h - (h·û) û``. ``alpha`` is ignored."""
+
+    def _ablate(hidden: Tensor, direction: Tensor, alpha: float) -> Tensor:
+        unit = _unit(direction)
+        return hidden - (hidden @ unit).unsqueeze(-1) * unit
+
+    _ablate.__qualname__ = _ablate.__name__ = "ablate"
+    return _ablate
+
+
+def ablate_then_add() -> Operator:
+    """Ablate ``v`` then add ``alpha * v``: the component along ``v`` is set to exactly ``alpha * ‖v‖``."""
+
+    def _ablate_then_add(hidden: Tensor, direction: Tensor, alpha: float) -> Tensor:
+        unit = _unit(direction)
+        return hidden - (hidden @ unit).unsqueeze(-1) * unit + alpha * direction
+
+    _ablate_then_add.__qualname__ = _ablate_then_add.__name__ = "ablate_then_add"
+    return _ablate_then_add
+
+
+OPERATORS: dict[str, Callable[[], Operator]] = {
+    "add": add,
+    "ablate": ablate,
+    "ablate_then_add": ablate_then_add,
+}
+
+
+def operator_by_name(name: str) -> Operator:
+    """The operator a factory name builds (``"add"``, ``"ablate"``, ``"ablate_then_add"``)."""
+    if name not in OPERATORS:
+        raise ValueError(f"unknown steering operator {name!r}: choose one of {sorted(OPERATORS)}")
+    return OPERATORS[name]()
+
+
+def _norm_at(vector: Any, layer: int | None) -> float:
+    """Euclidean norm of a direction given as a tensor, a ``{layer: tensor}`` dict or a ConceptVector."""
+    if isinstance(vector, Tensor):
+        return float(torch.linalg.vector_norm(vector.float()))
+    directions = getattr(vector, "directions", vector)
+    if not isinstance(directions, Mapping):
+        raise TypeError(
+            f"expected a Tensor, a dict layer -> Tensor or a ConceptVector, got {type(vector).__name__}"
+        )
+    if layer is None:
+        raise ValueError("pass layer=... to pick which layer's direction to norm-match")
+    if layer not in directions:
+        raise KeyError(f"layer {layer} not in the vector's layers {sorted(directions)}")
+    return float(torch.linalg.vector_norm(directions[layer].float()))
+
+
+def norm_matched_alpha(v: Any, u: Any, alpha: float, layer: int | None = None) -> float:
+    """The coefficient ``beta`` that gives a control ``u`` the same push as ``alpha * v``: ``beta‖u‖ = alpha‖v‖``.
+
+    Args:
+        v: the trained direction (Tensor, ``{layer: Tensor}`` or ConceptVector).
+        u: the control direction (same kinds).
+        alpha: the coefficient used with ``v``.
+        layer: which layer's norms to match (needed for dicts / ConceptVectors).
+
+    Example:
+        >>> import torch
+        >>> norm_matched_alpha(torch.tensor([3.0, 4.0]), torch.tensor([0.0, 10.0]), 2.0)
+        1.0
+    """
+    if not math.isfinite(alpha):
+        raise ValueError(f"alpha must be finite, got {alpha!r}")
+    norm_v, norm_u = _norm_at(v, layer), _norm_at(u, layer)
+    if norm_u == 0 or not math.isfinite(norm_u):
+        raise ValueError(f"control direction norm is {norm_u}: it must be finite and > 0")
+    return alpha * norm_v / norm_u
+
+
+def norm_matched(u: Tensor, v: Tensor) -> Tensor:
+    """``u`` rescaled to the norm of ``v`` (so that the same ``alpha`` gives the same push)."""
+    norm_u = torch.linalg.vector_norm(u.float())
+    if norm_u == 0:
+        raise ValueError("cannot rescale a zero vector")
+    return u * (torch.linalg.vector_norm(v.float()) / norm_u).to(u.dtype)

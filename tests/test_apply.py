@@ -1,0 +1,320 @@
+"""Exact-math tests of steering.apply on tiny randomly initialised Llama and Gemma3 models."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+import torch
+from torch import Tensor, nn
+from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM
+
+from probes.layers import blocks
+from steering.apply import SteeringError, apply, prompt_position_mask
+from steering.operators import ablate, ablate_then_add
+
+D_MODEL = 32
+N_LAYERS = 3
+VOCAB = 97
+
+
+def _llama() -> nn.Module:
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=D_MODEL,
+        intermediate_size=64,
+        num_hidden_layers=N_LAYERS,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    return LlamaForCausalLM(cfg).eval()
+
+
+def _gemma() -> nn.Module:
+    torch.manual_seed(0)
+    cfg = Gemma3TextConfig(
+        vocab_size=VOCAB,
+        hidden_size=D_MODEL,
+        intermediate_size=64,
+        num_hidden_layers=N_LAYERS,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        sliding_window=4,
+        layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+        max_position_embeddings=256,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    return Gemma3ForCausalLM(cfg).eval()
+
+
+@pytest.fixture(scope="module", params=["llama", "gemma3"])
+def model(request: pytest.FixtureRequest) -> nn.Module:
+    return _llama() if request.param == "llama" else _gemma()
+
+
+@contextmanager
+def capture_blocks(model: nn.Module) -> Iterator[list[Tensor]]:
+    """Raw outputs of every decoder block for one forward (test helper)."""
+    outs: list[Tensor] = [None] * N_LAYERS  # type: ignore[list-item]
+    handles = []
+    for i, block in enumerate(blocks(model)):
+
+        def hook(module, args, output, i=i):
+            outs[i] = (output[0] if isinstance(output, tuple) else output).detach().clone()
+
+        handles.append(block.register_forward_hook(hook))
+    try:
+        yield outs
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _hook_counts(model: nn.Module) -> list[tuple[int, int, int]]:
+    return [
+        (len(m._forward_hooks), len(m._forward_pre_hooks), len(m._forward_hooks_with_kwargs))
+        for m in model.modules()
+    ]
+
+
+IDS = torch.tensor([[5, 17, 33, 8, 41, 9, 12, 60], [7, 7, 21, 90, 3, 44, 15, 16]])
+
+
+@pytest.mark.parametrize("layer", [0, 1, 2])
+def test_apply_patches_only_requested_layer_and_positions(model: nn.Module, layer: int) -> None:
+    torch.manual_seed(1)
+    v = torch.randn(D_MODEL)
+    alpha = 3.0
+    mask = torch.zeros_like(IDS, dtype=torch.bool)
+    mask[0, 3:6] = True
+    mask[1, 5] = True
+    with torch.no_grad(), capture_blocks(model) as base:
+        base_logits = model(IDS).logits
+    with torch.no_grad(), capture_blocks(model) as steered:
+        with apply(model, v, layers=layer, alpha=alpha, positions=mask) as handle:
+            steered_logits = model(IDS).logits
+    assert torch.equal(handle.prompt_mask, mask)
+    for i in range(layer):
+        assert torch.equal(steered[i], base[i]), f"block {i} before the steered layer changed"
+    expected = torch.where(mask.unsqueeze(-1), base[layer] + alpha * v, base[layer])
+    assert torch.equal(steered[layer], expected)
+    # unmasked positions of the steered block are bit-for-bit unchanged
+    assert torch.equal(steered[layer][~mask], base[layer][~mask])
+    # causality: positions before the first steered token of a row are untouched everywhere after
+    for row, first in ((0, 3), (1, 5)):
+        for i in range(layer + 1, N_LAYERS):
+            assert torch.equal(steered[i][row, :first], base[i][row, :first])
+            assert not torch.allclose(steered[i][row, first:], base[i][row, first:])
+        assert torch.equal(steered_logits[row, :first], base_logits[row, :first])
+
+
+def test_apply_multiple_layers_with_per_layer_alpha(model: nn.Module) -> None:
+    torch.manual_seed(2)
+    vectors = {0: torch.randn(D_MODEL), 2: torch.randn(D_MODEL)}
+    with torch.no_grad(), capture_blocks(model) as base:
+        model(IDS)
+    with torch.no_grad(), capture_blocks(model) as steered:
+        with apply(model, vectors, alpha={0: 1.5, 2: -2.0}, positions="all") as handle:
+            model(IDS)
+    assert handle.layers == [0, 2]
+    assert torch.equal(steered[0], base[0] + 1.5 * vectors[0])
+    # block 2's input changed, so compare against a recomputation with block 0 steered only
+    with torch.no_grad(), capture_blocks(model) as only_first:
+        with apply(model, vectors, layers=[0], alpha=1.5, positions="all"):
+            model(IDS)
+    assert torch.equal(steered[2], only_first[2] + -2.0 * vectors[2])
+
+
+def test_alpha_zero_is_bitwise_identical(model: nn.Module) -> None:
+    v = torch.randn(D_MODEL) * 10
+    with torch.no_grad():
+        base = model(IDS).logits
+        base_gen = model.generate(IDS, max_new_tokens=6, do_sample=False, pad_token_id=0)
+        with apply(model, v, layers=[0, 1, 2], alpha=0.0, positions="all"):
+            steered = model(IDS).logits
+            steered_gen = model.generate(IDS, max_new_tokens=6, do_sample=False, pad_token_id=0)
+    assert torch.equal(base, steered)
+    assert torch.equal(base_gen, steered_gen)
+
+
+def test_context_exit_restores_model_exactly(model: nn.Module) -> None:
+    v = torch.randn(D_MODEL) * 10
+    before_hooks = _hook_counts(model)
+    with torch.no_grad():
+        base = model(IDS).logits
+        with apply(model, v, layers=[1], alpha=4.0, positions="all"):
+            assert _hook_counts(model) != before_hooks
+            assert not torch.equal(model(IDS).logits, base)
+        assert _hook_counts(model) == before_hooks
+        assert torch.equal(model(IDS).logits, base)
+        with pytest.raises(RuntimeError, match="boom"):
+            with apply(model, v, layers=[1], alpha=4.0, positions="all"):
+                raise RuntimeError("boom")
+        assert _hook_counts(model) == before_hooks
+        assert torch.equal(model(IDS).logits, base)
+
+
+def test_exit_removes_only_own_handles(model: nn.Module) -> None:
+    seen: list[int] = []
+    foreign = blocks(model)[1].register_forward_hook(lambda m, a, o: seen.append(1))
+    try:
+        with apply(model, torch.randn(D_MODEL), layers=[1], alpha=1.0, positions="all"):
+            pass
+        with torch.no_grad():
+            model(IDS)
+        assert seen == [1]
+    finally:
+        foreign.remove()
+
+
+@pytest.mark.parametrize("operator", [ablate(), ablate_then_add()])
+def test_ablation_leaves_block_output_orthogonal(model: nn.Module, operator) -> None:
+    torch.manual_seed(3)
+    v = torch.randn(D_MODEL)
+    unit = v / v.norm()
+    alpha = 2.0
+    with torch.no_grad(), capture_blocks(model) as base:
+        model(IDS)
+    with torch.no_grad(), capture_blocks(model) as steered:
+        with apply(model, v, layers=1, alpha=alpha, positions="all", operator=operator):
+            model(IDS)
+    target = 0.0 if operator.__name__ == "ablate" else alpha * float(v.norm())
+    dots = steered[1] @ unit
+    norms = steered[1].norm(dim=-1)
+    assert ((dots - target).abs() / norms).max() < 1e-5
+    assert (base[1] @ unit).abs().max() > 1e-2  # the direction was present before
+
+
+def _left_pad(rows: list[list[int]], pad: int = 0) -> tuple[Tensor, Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    return ids, mask
+
+
+def test_batched_equals_unbatched_with_padding(model: nn.Module) -> None:
+    torch.manual_seed(4)
+    v = torch.randn(D_MODEL) * 3
+    rows = [[5, 17, 33, 8, 41, 9], [7, 21, 90], [11, 12, 13, 14]]
+    ids, attn = _left_pad(rows)
+    position_ids = (attn.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad(), apply(model, v, layers=[1], alpha=2.0, positions="all") as handle:
+        batched = model(input_ids=ids, attention_mask=attn, position_ids=position_ids).logits
+        assert torch.equal(handle.prompt_mask, attn.bool())  # padding is never steered
+        for i, row in enumerate(rows):
+            single = model(torch.tensor([row])).logits[0]
+            assert torch.allclose(batched[i, -len(row) :], single, atol=1e-5, rtol=1e-5)
+        gen = model.generate(
+            input_ids=ids, attention_mask=attn, max_new_tokens=5, do_sample=False, pad_token_id=0
+        )
+        for i, row in enumerate(rows):
+            single = model.generate(torch.tensor([row]), max_new_tokens=5, do_sample=False, pad_token_id=0)
+            assert torch.equal(gen[i, ids.shape[1] :], single[0, len(row) :])
+
+
+def test_generate_kv_cache_equals_recomputation(model: nn.Module) -> None:
+    torch.manual_seed(5)
+    v = torch.randn(D_MODEL) * 4
+    prompt_mask = torch.zeros_like(IDS, dtype=torch.bool)
+    prompt_mask[:, 5:] = True  # e.g. the assistant header of a chat prompt
+    new = 6
+    kwargs = dict(max_new_tokens=new, do_sample=False, pad_token_id=0)
+    with torch.no_grad():
+        plain = model.generate(IDS, **kwargs)
+        with apply(model, v, layers=[1], alpha=3.0, positions=prompt_mask):
+            cached = model.generate(IDS, use_cache=True, **kwargs)
+            uncached = model.generate(IDS, use_cache=False, **kwargs)
+            # one forward over prompt + generated tokens, with every generated token steered
+            full_mask = torch.cat([prompt_mask, torch.ones(2, new, dtype=torch.bool)], dim=1)
+        with apply(model, v, layers=[1], alpha=3.0, positions=full_mask):
+            logits = model(cached).logits
+    assert not torch.equal(cached, plain), "steering should change greedy tokens at this alpha"
+    assert torch.equal(cached, uncached)
+    recomputed = logits[:, IDS.shape[1] - 1 : -1].argmax(-1)
+    assert torch.equal(recomputed, cached[:, IDS.shape[1] :])
+
+
+def test_generated_rule_leaves_prompt_pass_alone(model: nn.Module) -> None:
+    v = torch.randn(D_MODEL) * 8
+    kwargs = dict(max_new_tokens=5, do_sample=False, pad_token_id=0)
+    with torch.no_grad():
+        base_logits = model(IDS).logits
+        plain = model.generate(IDS, **kwargs)
+        with apply(model, v, layers=[0], alpha=4.0, positions="generated") as handle:
+            assert torch.equal(model(IDS).logits, base_logits)  # nothing generated in a forward pass
+            steered = model.generate(IDS, **kwargs)
+            steered_nocache = model.generate(IDS, use_cache=False, **kwargs)
+    assert not handle.prompt_mask.any()
+    start = IDS.shape[1]
+    # the first new token comes from the unsteered prompt pass
+    assert torch.equal(steered[:, start], plain[:, start])
+    assert not torch.equal(steered, plain)
+    assert torch.equal(steered, steered_nocache)
+
+
+def test_prompt_position_mask_rules() -> None:
+    ids = torch.tensor([[0, 0, 4, 5], [3, 4, 5, 6]])
+    attn = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]])
+    assert torch.equal(prompt_position_mask("all", ids, attn), attn.bool())
+    assert not prompt_position_mask("generated", ids, attn).any()
+    custom = torch.tensor([[True, True, True, False], [False, True, False, True]])
+    assert torch.equal(prompt_position_mask(custom, ids, attn), custom & attn.bool())
+    short = torch.tensor([[False, False], [True, False]])
+    assert torch.equal(
+        prompt_position_mask(short, ids, attn),
+        torch.tensor([[False, False, True, True], [True, False, True, True]]),
+    )
+
+
+def test_bad_inputs_raise_clear_errors(model: nn.Module) -> None:
+    v = torch.randn(D_MODEL)
+    with pytest.raises(ValueError, match="unknown position rule 'prompt'"):
+        with apply(model, v, layers=0, alpha=1.0, positions="prompt"):
+            pass
+    for bad in (math.nan, math.inf, -math.inf):
+        with pytest.raises(ValueError, match="alpha must be finite"):
+            with apply(model, v, layers=0, alpha=bad, positions="all"):
+                pass
+    with pytest.raises(IndexError, match="valid layers are 0..2"):
+        with apply(model, v, layers=7, alpha=1.0, positions="all"):
+            pass
+    with pytest.raises(ValueError, match=r"shape \(5,\)"):
+        with apply(model, torch.randn(5), layers=0, alpha=1.0, positions="all"):
+            pass
+    with pytest.raises(ValueError, match="tokenizer"):
+        with apply(model, v, layers=0, alpha=1.0):
+            pass
+    with pytest.raises(KeyError, match="no direction for layer 1"):
+        with apply(model, {0: v}, layers=[1], alpha=1.0, positions="all"):
+            pass
+    with pytest.raises(ValueError, match="bool Tensor"):
+        with apply(model, v, layers=0, alpha=1.0, positions=torch.ones(2, 8)):
+            pass
+    with pytest.raises(ValueError, match="non-finite"):
+        with apply(model, torch.full((D_MODEL,), math.nan), layers=0, alpha=1.0, positions="all"):
+            pass
+    # a mask for the wrong batch is caught at call time, and the hooks are still removed
+    before = _hook_counts(model)
+    with pytest.raises(ValueError, match="batch"):
+        with apply(model, v, layers=0, alpha=1.0, positions=torch.ones(3, 8, dtype=torch.bool)):
+            model(IDS)
+    assert _hook_counts(model) == before
+
+
+def test_block_called_outside_model_forward_raises() -> None:
+    model = _llama()
+    hidden = torch.randn(1, 3, D_MODEL)
+    rotary = model.model.rotary_emb(hidden, torch.arange(3)[None])
+    with apply(model, torch.randn(D_MODEL), layers=0, alpha=1.0, positions="all"):
+        with pytest.raises(SteeringError, match="without the model's forward"):
+            model.model.layers[0](hidden, position_embeddings=rotary)
