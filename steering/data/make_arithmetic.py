@@ -186,7 +186,7 @@ def sibling_age(rng: random.Random) -> tuple[str, int, int]:
 
 def bus_stop(rng: random.Random) -> tuple[str, int, int]:
     start = rng.randint(15, 50)
-    off, on = rng.randint(2, start - 5), rng.randint(1, 20)
+    off, on = rng.randint(2, start - 5), rng.randint(2, 20)
     q = (
         f"A bus has {start} passengers. At the next stop, {off} people get off and {on} people get on. "
         f"How many passengers are on the bus now?"
