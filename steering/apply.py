@@ -160,6 +160,72 @@ def check_positions(positions: Any) -> Positions:
     )
 
 
+@dataclass(frozen=True)
+class AssistantTemplate:
+    """Token ids that open an assistant turn (``header``) and close any turn (``end``) in a chat template.
+
+    Example (SmolLM2): header ``<|im_start|> ass istant``, end ``<|im_end|>``; Gemma 3: header
+    ``<start_of_turn> model``, end ``<end_of_turn>``.
+    """
+
+    header: tuple[int, ...]
+    end: int
+
+
+def assistant_template(tokenizer: Any) -> AssistantTemplate:
+    """Find the assistant header and end-of-turn tokens by rendering a probe chat with the template."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(
+            f"{type(tokenizer).__name__} has no chat_template, so positions='assistant' cannot find assistant "
+            "turns; use positions='generated' / 'all' or a mask"
+        )
+    user = [{"role": "user", "content": "Hello there"}]
+    content = "Fine thanks"
+    plain = tokenizer.apply_chat_template(user, tokenize=False)
+    prompt = tokenizer.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
+    full = tokenizer.apply_chat_template(user + [{"role": "assistant", "content": content}], tokenize=False)
+    if not prompt.startswith(plain) or len(prompt) == len(plain):
+        raise ValueError("the chat template's generation prompt is not a suffix of the plain rendering")
+    at = full.find(content, len(plain))
+    if at < 0:
+        raise ValueError("could not locate the assistant content in the chat template's rendering")
+    header = list(tokenizer(prompt[len(plain) :], add_special_tokens=False)["input_ids"])
+    # drop trailing whitespace-only tokens ("\n"): they may merge with the content; the turn region covers them
+    while len(header) > 1 and not tokenizer.decode(header[-1:]).strip():
+        header.pop()
+    end_ids = tokenizer(full[at + len(content) :], add_special_tokens=False)["input_ids"]
+    if not header or not end_ids:
+        raise ValueError("could not find the chat template's assistant header or end-of-turn token")
+    return AssistantTemplate(header=tuple(int(i) for i in header), end=int(end_ids[0]))
+
+
+def assistant_turn_mask(
+    input_ids: Int[Tensor, "batch pos"], template: AssistantTemplate
+) -> Bool[Tensor, "batch pos"]:
+    """Tokens inside assistant turns: from the first header token through the end-of-turn token.
+
+    An open final turn (a generation prompt) runs to the end of the row.
+
+    Example:
+        >>> import torch
+        >>> t = AssistantTemplate(header=(7, 8), end=9)
+        >>> assistant_turn_mask(torch.tensor([[1, 7, 8, 4, 9, 2, 7, 8]]), t).int().tolist()
+        [[0, 1, 1, 1, 1, 0, 1, 1]]
+    """
+    batch, length = input_ids.shape
+    width = len(template.header)
+    positions = torch.arange(length, device=input_ids.device).expand(batch, length)
+    starts = torch.zeros(batch, length, dtype=torch.bool, device=input_ids.device)
+    if length >= width:
+        header = torch.tensor(template.header, device=input_ids.device)
+        starts[:, : length - width + 1] = (input_ids.unfold(1, width, 1) == header).all(-1)
+    none = torch.full_like(positions, -1)
+    last_start = torch.where(starts, positions, none).cummax(dim=1).values
+    ends = torch.where(input_ids == template.end, positions, none).cummax(dim=1).values
+    last_end_before = torch.cat([none[:, :1], ends[:, :-1]], dim=1)  # end tokens strictly before each token
+    return (last_start >= 0) & (last_start > last_end_before)
+
+
 def prompt_position_mask(
     positions: Positions,
     input_ids: Int[Tensor, "batch pos"] | None,
@@ -198,9 +264,18 @@ def prompt_position_mask(
                 "positions='assistant' needs tokenizer=... to find the assistant turns; "
                 "or pass positions='generated' / 'all' / a bool mask"
             )
-        from probes.positions import assistant_token_mask
-
-        mask = assistant_token_mask(tokenizer, input_ids).to(device=input_ids.device, dtype=torch.bool)
+        template = tokenizer if isinstance(tokenizer, AssistantTemplate) else assistant_template(tokenizer)
+        mask = assistant_turn_mask(input_ids, template)
+        if attention_mask is not None and attention_mask.ndim == 2:
+            valid = attention_mask[:, :length].to(device=mask.device).bool()
+        else:
+            valid = torch.ones_like(mask)
+        missing = [row for row in range(batch) if bool(valid[row].any()) and not bool(mask[row].any())]
+        if missing:
+            raise SteeringError(
+                f"positions='assistant' found no assistant turn in rows {missing}: render prompts with the "
+                "chat template (add_generation_prompt=True), or use positions='generated' / 'all' / a mask"
+            )
     if attention_mask is not None and attention_mask.ndim == 2:
         mask = mask & attention_mask[:, :length].to(device=mask.device).bool()
     return mask
@@ -336,7 +411,7 @@ def apply(
         alpha: coefficient (one number, or ``{layer: alpha}``); must be finite.
         positions: ``"assistant"``, ``"generated"``, ``"all"`` or a bool mask ``(batch, pos)``.
         operator: from :mod:`steering.operators`; default ``add()``.
-        tokenizer: needed for ``positions="assistant"``.
+        tokenizer: needed for ``positions="assistant"`` (or an :class:`AssistantTemplate`).
 
     Yields:
         A :class:`SteeringHandle` describing the intervention (and the last prompt mask used).
@@ -346,11 +421,14 @@ def apply(
         ...     out = model.generate(**batch, max_new_tokens=32)
     """
     positions = check_positions(positions)
-    if positions == "assistant" and tokenizer is None:
-        raise ValueError(
-            "positions='assistant' needs tokenizer=... to find the assistant turns; "
-            "or pass positions='generated' / 'all' / a bool mask"
-        )
+    layout: AssistantTemplate | None = None
+    if isinstance(positions, str) and positions == "assistant":
+        if tokenizer is None:
+            raise ValueError(
+                "positions='assistant' needs tokenizer=... to find the assistant turns; "
+                "or pass positions='generated' / 'all' / a bool mask"
+            )
+        layout = tokenizer if isinstance(tokenizer, AssistantTemplate) else assistant_template(tokenizer)
     op = operator if operator is not None else add()
     if not callable(op):
         raise TypeError(f"operator must be callable (e.g. steering.operators.add()), got {type(op).__name__}")
@@ -376,7 +454,7 @@ def apply(
         ref = input_ids if input_ids is not None else inputs_embeds
         new_len = int(ref.shape[1]) if ref is not None else 0
         past = _past_length(kwargs, attention_mask, new_len)
-        mask, steer_all, shape = _step_mask(handle, tokenizer, input_ids, inputs_embeds, attention_mask, past)
+        mask, steer_all, shape = _step_mask(handle, layout, input_ids, inputs_embeds, attention_mask, past)
         handle._step_mask, handle._step_all, handle._step_shape = mask, steer_all, shape
         handle.n_calls += 1
 

@@ -318,3 +318,102 @@ def test_block_called_outside_model_forward_raises() -> None:
     with apply(model, torch.randn(D_MODEL), layers=0, alpha=1.0, positions="all"):
         with pytest.raises(SteeringError, match="without the model's forward"):
             model.model.layers[0](hidden, position_embeddings=rotary)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The paper's "assistant" rule on real chat templates, and the nnsight backend
+
+
+CHAT = [
+    {"role": "user", "content": "Hi"},
+    {"role": "assistant", "content": "Yo"},
+    {"role": "user", "content": "Again"},
+]
+
+EXPECTED_STEERED = {
+    "llama": [
+        "<|im_start|>",
+        "ass",
+        "istant",
+        "Ċ",
+        "Y",
+        "o",
+        "<|im_end|>",
+        "<|im_start|>",
+        "ass",
+        "istant",
+        "Ċ",
+    ],
+    "gemma3": ["<start_of_turn>", "model", "\n", "Yo", "<end_of_turn>", "<start_of_turn>", "model", "\n"],
+}
+
+
+@pytest.fixture(scope="module", params=["llama", "gemma3"])
+def chat_model(request: pytest.FixtureRequest):
+    from probes.models import tiny_model
+
+    model, tok = tiny_model(request.param, seed=0, n_layers=3, d_model=32, n_heads=4)
+    return request.param, model, tok
+
+
+def _encode(tok, chats: list[list[dict[str, str]]]) -> tuple[Tensor, Tensor]:
+    texts = [tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in chats]
+    enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    return enc["input_ids"], enc["attention_mask"]
+
+
+def test_assistant_rule_steers_assistant_turns_headers_and_generated_tokens(chat_model) -> None:
+    family, model, tok = chat_model
+    ids, attn = _encode(tok, [CHAT])
+    v = torch.randn(model.config.hidden_size) * 5
+    with torch.no_grad(), capture_blocks(model) as base:
+        model(input_ids=ids, attention_mask=attn)
+    with torch.no_grad(), capture_blocks(model) as steered:
+        with apply(model, v, layers=1, alpha=2.0, tokenizer=tok) as handle:
+            model(input_ids=ids, attention_mask=attn)
+    steered_tokens = [t for t, m in zip(tok.convert_ids_to_tokens(ids[0]), handle.prompt_mask[0]) if m]
+    assert steered_tokens == EXPECTED_STEERED[family]
+    mask = handle.prompt_mask
+    assert torch.equal(steered[1], torch.where(mask.unsqueeze(-1), base[1] + 2.0 * v, base[1]))
+    # generation: the same as the explicit mask, with every generated token steered
+    kwargs = dict(input_ids=ids, attention_mask=attn, max_new_tokens=4, do_sample=False)
+    with torch.no_grad():
+        with apply(model, v, layers=1, alpha=2.0, tokenizer=tok):
+            by_rule = model.generate(**kwargs)
+        with apply(model, v, layers=1, alpha=2.0, positions=mask):
+            by_mask = model.generate(**kwargs)
+    assert torch.equal(by_rule, by_mask)
+
+
+def test_assistant_rule_without_chat_turn_raises(chat_model) -> None:
+    _, model, tok = chat_model
+    ids = tok(["plain text, no template"], return_tensors="pt", add_special_tokens=False)["input_ids"]
+    with pytest.raises(SteeringError, match="no assistant turn"):
+        with apply(model, torch.randn(model.config.hidden_size), layers=0, alpha=1.0, tokenizer=tok):
+            model(ids)
+
+
+def test_nnsight_backend_matches_hooks(chat_model) -> None:
+    from steering.nnsight_apply import forward_nnsight, generate_nnsight, wrap_nnsight
+
+    family, model, tok = chat_model
+    if family == "gemma3":
+        pytest.skip("one family is enough for the nnsight parity check (Gemma's 262k vocabulary is slow)")
+    chats = [CHAT, [{"role": "user", "content": "How are you feeling right now?"}]]
+    ids, attn = _encode(tok, chats)
+    assert bool((attn == 0).any()), "the batch should need padding"
+    position_ids = (attn.cumsum(-1) - 1).clamp(min=0)
+    torch.manual_seed(7)
+    v = torch.randn(model.config.hidden_size) * 4
+    lm = wrap_nnsight(model, tok)
+    with torch.no_grad():
+        with apply(model, v, layers=[0, 2], alpha=3.0, tokenizer=tok):
+            hooked = model(input_ids=ids, attention_mask=attn, position_ids=position_ids).logits
+            hooked_gen = model.generate(input_ids=ids, attention_mask=attn, max_new_tokens=5, do_sample=False)
+        traced = forward_nnsight(lm, v, ids, attn, layers=[0, 2], alpha=3.0, tokenizer=tok)
+        traced_gen = generate_nnsight(
+            lm, v, ids, attn, layers=[0, 2], alpha=3.0, tokenizer=tok, max_new_tokens=5, do_sample=False
+        )
+    valid = attn.bool()
+    assert torch.equal(traced[valid], hooked[valid])
+    assert torch.equal(traced_gen, hooked_gen)
