@@ -101,9 +101,13 @@ class MazeBatch:
             raise RuntimeError(f"episodes finished after {self.config.n_turns} turns; call reset()")
         actions = np.asarray(actions)
         if actions.shape != (self.n,) or not np.issubdtype(actions.dtype, np.integer):
-            raise ValueError(f"actions must be an integer array of shape ({self.n},); got {actions.dtype} {actions.shape}")
+            raise ValueError(
+                f"actions must be an integer array of shape ({self.n},); got {actions.dtype} {actions.shape}"
+            )
         if actions.min() < 0 or actions.max() > 3:
-            raise ValueError(f"actions must be in 0..3 (N, E, S, W); got values in [{actions.min()}, {actions.max()}]")
+            raise ValueError(
+                f"actions must be in 0..3 (N, E, S, W); got values in [{actions.min()}, {actions.max()}]"
+            )
         c = self.config
         everyone = np.ones(self.n, dtype=bool)
         first = self._move(actions, everyone)
@@ -117,7 +121,12 @@ class MazeBatch:
         rewards = c.step_cost + tile_reward[first] + tile_reward[second]
         self.turn += 1
         self._draw_orders()
-        info = {"delta_gold": d_gold, "delta_mold": d_mold, "wind": self.wind.copy(), "entered": np.stack([first, second], 1)}
+        info = {
+            "delta_gold": d_gold,
+            "delta_mold": d_mold,
+            "wind": self.wind.copy(),
+            "entered": np.stack([first, second], 1),
+        }
         return rewards, info
 
     def neighbours(self) -> np.ndarray:
@@ -144,6 +153,12 @@ class MazeBatch:
         wind = self.wind.tolist()
         tiles = self.config.tiles
         return [
-            observation_text((int(self.x[i]), int(self.y[i])), nb[i], tiles, order=orders[i], wind=None if wind[i] < 0 else wind[i])
+            observation_text(
+                (int(self.x[i]), int(self.y[i])),
+                nb[i],
+                tiles,
+                order=orders[i],
+                wind=None if wind[i] < 0 else wind[i],
+            )
             for i in range(self.n)
         ]

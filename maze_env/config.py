@@ -71,7 +71,11 @@ class MazeConfig:
             raise ValueError(
                 f"size must be an integer >= 5 (a Mold ring around an interior of at least 3x3); got {self.size!r}"
             )
-        if isinstance(self.n_turns, bool) or not isinstance(self.n_turns, numbers.Integral) or self.n_turns < 1:
+        if (
+            isinstance(self.n_turns, bool)
+            or not isinstance(self.n_turns, numbers.Integral)
+            or self.n_turns < 1
+        ):
             raise ValueError(f"n_turns must be an integer >= 1; got {self.n_turns!r}")
         lo = _check_number("walk_min_factor", self.walk_min_factor)
         hi = _check_number("walk_max_factor", self.walk_max_factor)
@@ -80,13 +84,25 @@ class MazeConfig:
         fmin = _check_fraction("mold_frac_min", self.mold_frac_min)
         fmax = _check_fraction("mold_frac_max", self.mold_frac_max)
         if fmin >= fmax:
-            raise ValueError(f"need mold_frac_min < mold_frac_max so [min, max) is not empty; got {fmin}, {fmax}")
+            raise ValueError(
+                f"need mold_frac_min < mold_frac_max so [min, max) is not empty; got {fmin}, {fmax}"
+            )
+        n_interior = (int(self.size) - 2) ** 2
+        lo_count = math.ceil(fmin * n_interior - 1e-9)
+        hi_count = math.ceil(fmax * n_interior - 1e-9) - 1
+        if lo_count > hi_count:
+            raise ValueError(
+                f"no Mold count of a {self.size - 2}x{self.size - 2} interior has a fraction in [{fmin}, {fmax}); "
+                "widen the window or enlarge the maze"
+            )
         _check_fraction("gold_frac", self.gold_frac)
         _check_fraction("wind_prob", self.wind_prob)
         for name in ("reward_mold", "reward_gold", "reward_path", "step_cost"):
             _check_number(name, getattr(self, name))
         if not isinstance(self.tiles, TileSet):
-            raise TypeError(f"tiles must be a TileSet (e.g. TileSet.preset('swap')); got {type(self.tiles).__name__}")
+            raise TypeError(
+                f"tiles must be a TileSet (e.g. TileSet.preset('swap')); got {type(self.tiles).__name__}"
+            )
 
     @property
     def tile_rewards(self) -> tuple[float, float, float]:
@@ -106,7 +122,9 @@ class MazeConfig:
         d = dict(d)
         unknown = set(d) - set(cls.__dataclass_fields__)
         if unknown:
-            raise KeyError(f"unknown maze config keys {sorted(unknown)}; valid keys: {sorted(cls.__dataclass_fields__)}")
+            raise KeyError(
+                f"unknown maze config keys {sorted(unknown)}; valid keys: {sorted(cls.__dataclass_fields__)}"
+            )
         if isinstance(d.get("tiles"), dict):
             d["tiles"] = TileSet(**d["tiles"])
         elif isinstance(d.get("tiles"), str):

@@ -24,7 +24,9 @@ def check_action(action: object) -> int:
     return int(action)
 
 
-def move(grid: np.ndarray, pos: tuple[int, int], direction: int, *, melt: bool = True) -> tuple[tuple[int, int], Tile | None]:
+def move(
+    grid: np.ndarray, pos: tuple[int, int], direction: int, *, melt: bool = True
+) -> tuple[tuple[int, int], Tile | None]:
     """Move one tile in place on ``grid`` (indexed ``grid[y, x]``).
 
     The tile left becomes Mold when ``melt`` (Gold included). A move off the grid is blocked: the agent

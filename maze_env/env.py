@@ -64,7 +64,9 @@ class MazeEnv(gym.Env):
 
     metadata = {"render_modes": ["ansi"], "render_fps": 4}
 
-    def __init__(self, config: MazeConfig | None = None, render_mode: str | None = None, **overrides: Any) -> None:
+    def __init__(
+        self, config: MazeConfig | None = None, render_mode: str | None = None, **overrides: Any
+    ) -> None:
         if config is None:
             config = MazeConfig(**overrides)
         elif overrides:
@@ -72,7 +74,9 @@ class MazeEnv(gym.Env):
         if not isinstance(config, MazeConfig):
             raise TypeError(f"config must be a MazeConfig; got {type(config).__name__}")
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None; got {render_mode!r}")
+            raise ValueError(
+                f"render_mode must be one of {self.metadata['render_modes']} or None; got {render_mode!r}"
+            )
         self.config = config
         self.render_mode = render_mode
         self.action_space = gym.spaces.Discrete(4)
@@ -84,7 +88,9 @@ class MazeEnv(gym.Env):
         self._wind: int | None = None
 
     # -- core ------------------------------------------------------------------------------------------
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[str, dict[str, Any]]:
         """Generate a fresh maze. ``options={"maze": Maze}`` starts from a given layout instead."""
         super().reset(seed=seed)
         maze = (options or {}).get("maze")
@@ -122,7 +128,13 @@ class MazeEnv(gym.Env):
         parts = self.reward_parts(entered)
         reward = float(sum(parts.values()))
         truncated = self.turn >= self.config.n_turns
-        return self._observation(), reward, False, truncated, self._info(entered=tuple(entered), wind=wind, reward_parts=parts)
+        return (
+            self._observation(),
+            reward,
+            False,
+            truncated,
+            self._info(entered=tuple(entered), wind=wind, reward_parts=parts),
+        )
 
     def reward_parts(self, entered: list[Tile]) -> dict[str, float]:
         """Per-step reward split by source; override to change the reward."""
@@ -141,11 +153,19 @@ class MazeEnv(gym.Env):
         return neighbours(self.grid, self.position)
 
     def _observation(self) -> str:
-        order = tuple(int(i) for i in self.np_random.permutation(4)) if self.config.shuffle_clauses else IDENTITY_ORDER
+        order = (
+            tuple(int(i) for i in self.np_random.permutation(4))
+            if self.config.shuffle_clauses
+            else IDENTITY_ORDER
+        )
         self._order = order
-        return observation_text(self.position, self.neighbours(), self.config.tiles, order=order, wind=self._wind)
+        return observation_text(
+            self.position, self.neighbours(), self.config.tiles, order=order, wind=self._wind
+        )
 
-    def _info(self, *, entered: tuple[Tile, ...], wind: int | None, reward_parts: dict[str, float] | None) -> dict[str, Any]:
+    def _info(
+        self, *, entered: tuple[Tile, ...], wind: int | None, reward_parts: dict[str, float] | None
+    ) -> dict[str, Any]:
         return {
             "position": self.position,
             "turn": self.turn,
@@ -178,4 +198,7 @@ class MazeEnv(gym.Env):
                 else:
                     row.append(" ")
             rows.append(" ".join(row))
-        return "\n".join(rows) + f"\nturn {self.turn}/{self.config.n_turns} at {self.position}  ({'/'.join(ACTIONS)})"
+        return (
+            "\n".join(rows)
+            + f"\nturn {self.turn}/{self.config.n_turns} at {self.position}  ({'/'.join(ACTIONS)})"
+        )

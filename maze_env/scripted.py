@@ -79,7 +79,12 @@ def _sample_walk(
         out = []
         for d in rng.permutation(4).tolist():
             nx, ny = x + _DX[d], y + _DY[d]
-            if 0 <= nx < size_x and 0 <= ny < size_y and (nx, ny) not in visited and grid[ny, nx] == Tile.PATH:
+            if (
+                0 <= nx < size_x
+                and 0 <= ny < size_y
+                and (nx, ny) not in visited
+                and grid[ny, nx] == Tile.PATH
+            ):
                 out.append(d)
         return out
 

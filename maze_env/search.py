@@ -78,7 +78,9 @@ def sequence_returns(grid: np.ndarray, pos: tuple[int, int], horizon: int, confi
     return total
 
 
-def _expectimax(win: list[list[int]], x: int, y: int, h: int, c: MazeConfig, rewards: tuple[float, ...]) -> list[float]:
+def _expectimax(
+    win: list[list[int]], x: int, y: int, h: int, c: MazeConfig, rewards: tuple[float, ...]
+) -> list[float]:
     """Q_h for the 4 actions with wind averaged exactly; mutates ``win`` and undoes every change."""
     q = []
     p = c.wind_prob

@@ -24,7 +24,7 @@ class ActionParseError(ValueError):
 
 
 def wind_sentence(push_direction: int) -> str:
-    """"A strong wind from the {D1} blew you {D2}! " where D2 is the push and D1 its opposite."""
+    """ "A strong wind from the {D1} blew you {D2}! " where D2 is the push and D1 its opposite."""
     return f"A strong wind from the {DIRECTION_NAMES[OPPOSITE[push_direction]]} blew you {DIRECTION_NAMES[push_direction]}! "
 
 
@@ -99,4 +99,6 @@ def render_chat(tokenizer: Any, messages: list[dict[str, str]], *, close_final: 
     last_is_assistant = messages[-1]["role"] == "assistant"
     if last_is_assistant and not close_final:
         return tokenizer.apply_chat_template(messages, tokenize=False, continue_final_message=True)
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=not last_is_assistant)
+    return tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=not last_is_assistant
+    )

@@ -31,11 +31,15 @@ class Tile(IntEnum):
             try:
                 return cls[value.upper()]
             except KeyError:
-                raise ValueError(f"unknown tile {value!r}; expected one of {[t.name.title() for t in cls]}") from None
+                raise ValueError(
+                    f"unknown tile {value!r}; expected one of {[t.name.title() for t in cls]}"
+                ) from None
         try:
             return cls(int(value))
         except (ValueError, TypeError):
-            raise ValueError(f"unknown tile {value!r}; expected one of {[t.name.title() for t in cls]}") from None
+            raise ValueError(
+                f"unknown tile {value!r}; expected one of {[t.name.title() for t in cls]}"
+            ) from None
 
 
 # The paper's office trio (emoji literal, no variation selector).
