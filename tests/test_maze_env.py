@@ -380,3 +380,25 @@ def test_config_round_trips_through_dict():
     cfg = maze_env.config_for_preset("swap", wind_prob=0.0)
     assert MazeConfig.from_dict(copy.deepcopy(cfg.to_dict())) == cfg
     assert ACTIONS == ("N", "E", "S", "W")
+
+
+@pytest.mark.parametrize(
+    "module_name",
+    [
+        "maze_env",
+        "maze_env.tiles",
+        "maze_env.config",
+        "maze_env.generate",
+        "maze_env.text",
+        "maze_env.env",
+        "maze_env.batch",
+        "maze_env.search",
+        "maze_env.scripted",
+    ],
+)
+def test_docstring_examples_run(module_name):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(module_name), optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0 and result.attempted > 0
