@@ -137,6 +137,19 @@ def blocks(model: nn.Module) -> list[nn.Module]:
     return found
 
 
+def backbone(model: nn.Module) -> nn.Module:
+    """The module that owns the block list and receives ``attention_mask`` (``model.model`` for Llama).
+
+    It is called through ``__call__`` by every ``*ForCausalLM`` forward (also under peft), so a forward
+    pre-hook on it sees the inputs.
+    """
+    model = unwrap(model)
+    template = layer_template(model)
+    prefix = template.partition("{num}")[0].rstrip(".")  # e.g. "model.layers"
+    parent = prefix.rpartition(".")[0]  # e.g. "model"
+    return model.get_submodule(parent) if parent else model
+
+
 def n_layers(model: nn.Module) -> int:
     """Number of decoder blocks ``L``."""
     return len(blocks(model))
@@ -285,10 +298,15 @@ def unembed(model: nn.Module) -> Float[Tensor, "d_model d_vocab"]:
 
 
 def model_name(model: nn.Module) -> str:
-    """The checkpoint a model was loaded from (``config._name_or_path``), or its class name."""
+    """The model's name for provenance: ``config.welfare_axis_name`` (set by ``probes.models``), else the
+    checkpoint it was loaded from (``name_or_path``), else its class name."""
     model = unwrap(model)
     config = getattr(model, "config", None)
-    name = getattr(model, "name_or_path", None) or getattr(config, "_name_or_path", None)
+    name = (
+        getattr(config, "welfare_axis_name", None)
+        or getattr(model, "name_or_path", None)
+        or getattr(config, "_name_or_path", None)
+    )
     return str(name) if name else type(model).__name__
 
 
