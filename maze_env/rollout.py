@@ -1,0 +1,576 @@
+"""LM rollouts in the maze: batched multi-turn chat episodes with the KV cache reused across turns.
+
+One call plays ``len(seeds)`` mazes (a :class:`~maze_env.batch.MazeBatch`, one maze per seed, the paper's
+rules including wind) for ``config.n_turns`` turns. Every turn the model reads the whole conversation,
+rendered with its own chat template and no system message of ours, and answers with one direction letter
+sampled from its logits **masked to the four direction tokens** (temperature-scaled, or greedy).
+
+How a turn is computed:
+
+* Only the new tokens are fed: the previous assistant letter, the end of that assistant turn, the new user
+  turn and the assistant header (the difference between successive renderings of the conversation), with
+  the KV cache of everything before.
+* Rows (mazes) have chunks of different lengths. Each chunk is padded on its LEFT with the pad token;
+  the padded slots are masked in a 2D attention mask that grows with the cache, and explicit
+  ``position_ids = cumsum(mask) - 1`` give every real token the position it has in its own unpadded
+  conversation. So row ``i`` computes the same numbers as an unbatched episode would (up to float
+  rounding), and the same as one plain forward over the final sequence (:func:`action_logits`).
+* The logits are read at the last position only (``logits_to_keep=1``).
+
+Chat-template facts for SmolLM2-135M-Instruct (ChatML): with no system message the template inserts
+``<|im_start|>system\\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\\n``
+(we keep that behaviour: it is what the instruct model was tuned with). The tokenizer adds no BOS. The
+first prompt is ~103 tokens (system 18 + user turn + header); every later turn adds ~85 tokens (the
+letter, ``<|im_end|>\\n<|im_start|>user\\n``, the ~75-token observation, ``<|im_end|>\\n<|im_start|>assistant\\n``),
+so a 15-turn episode is ~1,300 tokens. The letters N/E/S/W are single tokens (ids 62, 53, 67, 71).
+
+Example:
+    >>> from probes.models import tiny_model
+    >>> from maze_env.rollout import collect_episodes
+    >>> model, tok = tiny_model("llama")
+    >>> episodes = collect_episodes(model, tok, seeds=[0, 1], config=MazeConfig(n_turns=3))
+    >>> episodes.actions.shape, episodes.returns.shape
+    (torch.Size([2, 3]), torch.Size([2]))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from maze_env.batch import MazeBatch
+from maze_env.config import MazeConfig
+from maze_env.dynamics import ACTIONS
+from maze_env.text import episode_messages
+
+__all__ = [
+    "EpisodeBatch",
+    "action_logits",
+    "collect_episodes",
+    "direction_log_probs",
+    "episode_token_ids",
+]
+
+
+# ----------------------------------------------------------------------------------------------------
+# The episode record
+# ----------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class EpisodeBatch:
+    """``B`` finished maze episodes of ``n_turns`` turns each, with everything training and analysis need.
+
+    Tensors are on the CPU. ``input_ids`` hold the exact tokens the model saw, right-padded; the token at
+    ``action_positions[i, t] + 1`` is the sampled letter of turn ``t`` and the logits at
+    ``action_positions[i, t]`` produced it. Row ``i``'s real tokens equal the tokenization of
+    ``maze_env.render_chat(tokenizer, messages[i])`` (final assistant letter left open).
+
+    Attributes:
+        input_ids: (B, T) token ids, right-padded with ``pad_token_id``.
+        attention_mask: (B, T) 1 for real tokens.
+        action_positions: (B, n_turns) index whose logits produced each action.
+        actions: (B, n_turns) ints 0..3 (N, E, S, W).
+        logprobs: (B, n_turns) log-probability of the chosen action under the masked,
+            temperature-scaled distribution ``softmax(direction_logits / temperature)``.
+        direction_logits: (B, n_turns, 4) raw (unscaled) logits of the four direction tokens.
+        rewards: (B, n_turns) per-turn reward (step cost + tiles entered).
+        delta_gold, delta_mold: (B, n_turns) Gold / Mold tiles entered per turn (0..2 with wind).
+        neighbours: (B, n_turns, 4) tile classes (``Tile``) to the N, E, S, W at each decision.
+        wind: (B, n_turns) direction the wind pushed after the move of that turn, -1 for none.
+        seeds: one maze seed per episode.
+        messages: the chat messages of every episode (user/assistant alternating, no system message).
+        temperature: the sampling temperature (logprobs are under it, also when ``greedy``).
+        greedy: whether actions were argmax instead of samples.
+        direction_token_ids: the token ids of N, E, S, W used for masking.
+        pad_token_id: the id used for right padding.
+        config: the maze rules.
+        model_name: provenance (``config.welfare_axis_name`` or ``name_or_path`` of the model).
+    """
+
+    input_ids: Int[Tensor, "batch seq"]
+    attention_mask: Int[Tensor, "batch seq"]
+    action_positions: Int[Tensor, "batch turn"]
+    actions: Int[Tensor, "batch turn"]
+    logprobs: Float[Tensor, "batch turn"]
+    direction_logits: Float[Tensor, "batch turn 4"]
+    rewards: Float[Tensor, "batch turn"]
+    delta_gold: Int[Tensor, "batch turn"]
+    delta_mold: Int[Tensor, "batch turn"]
+    neighbours: Int[Tensor, "batch turn 4"]
+    wind: Int[Tensor, "batch turn"]
+    seeds: list[int]
+    messages: list[list[dict[str, str]]]
+    temperature: float
+    greedy: bool
+    direction_token_ids: list[int]
+    pad_token_id: int
+    config: MazeConfig
+    model_name: str = ""
+
+    TENSOR_FIELDS = (
+        "input_ids",
+        "attention_mask",
+        "action_positions",
+        "actions",
+        "logprobs",
+        "direction_logits",
+        "rewards",
+        "delta_gold",
+        "delta_mold",
+        "neighbours",
+        "wind",
+    )
+
+    def __post_init__(self) -> None:
+        b, n = self.actions.shape
+        expected = {
+            "input_ids": (b, self.input_ids.shape[1]),
+            "attention_mask": tuple(self.input_ids.shape),
+            "action_positions": (b, n),
+            "logprobs": (b, n),
+            "direction_logits": (b, n, 4),
+            "rewards": (b, n),
+            "delta_gold": (b, n),
+            "delta_mold": (b, n),
+            "neighbours": (b, n, 4),
+            "wind": (b, n),
+        }
+        for name, shape in expected.items():
+            if tuple(getattr(self, name).shape) != shape:
+                raise ValueError(
+                    f"EpisodeBatch.{name} has shape {tuple(getattr(self, name).shape)}; expected {shape}"
+                )
+        if len(self.seeds) != b or len(self.messages) != b:
+            raise ValueError(
+                f"need one seed and one message list per episode (B={b}); got {len(self.seeds)}, {len(self.messages)}"
+            )
+
+    # -- sizes -------------------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return int(self.actions.shape[0])
+
+    @property
+    def n_turns(self) -> int:
+        return int(self.actions.shape[1])
+
+    @property
+    def n_tokens(self) -> int:
+        """Real (unpadded) tokens over all episodes."""
+        return int(self.attention_mask.sum())
+
+    # -- returns -----------------------------------------------------------------------------------------
+    @property
+    def returns(self) -> Float[Tensor, " batch"]:
+        """Undiscounted episode return ``R_i = Σ_t r_{i,t}``."""
+        return self.rewards.sum(dim=1)
+
+    @property
+    def returns_to_go(self) -> Float[Tensor, "batch turn"]:
+        """``G_{i,t} = Σ_{k≥t} r_{i,k}`` (γ = 1), the paper's REINFORCE target."""
+        return self.rewards.flip(1).cumsum(1).flip(1)
+
+    def summary(self) -> dict[str, Any]:
+        """Scalar statistics for logging: return, Gold/Mold entries per episode, action frequencies, tokens.
+
+        Example:
+            >>> sorted(batch.summary())  # doctest: +SKIP
+            ['action_freq', 'episodes', 'gold_per_episode', 'mean_entropy', 'mold_per_episode', ...]
+        """
+        returns = self.returns.double()
+        b = len(self)
+        counts = torch.bincount(self.actions.flatten(), minlength=4).double()
+        log_p = direction_log_probs(self.direction_logits, self.temperature)
+        entropy = -(log_p.exp() * log_p).sum(-1)
+        return {
+            "episodes": b,
+            "turns": self.n_turns,
+            "mean_return": float(returns.mean()),
+            "std_return": float(returns.std()) if b > 1 else 0.0,
+            "stderr_return": float(returns.std() / math.sqrt(b)) if b > 1 else 0.0,
+            "gold_per_episode": float(self.delta_gold.sum(1).double().mean()),
+            "mold_per_episode": float(self.delta_mold.sum(1).double().mean()),
+            "wind_per_episode": float((self.wind >= 0).sum(1).double().mean()),
+            "action_freq": {a: float(c / counts.sum()) for a, c in zip(ACTIONS, counts)},
+            "mean_entropy": float(entropy.mean()),
+            "mean_logprob": float(self.logprobs.double().mean()),
+            "tokens": self.n_tokens,
+            "tokens_per_episode": self.n_tokens / b,
+        }
+
+    # -- slicing and joining ---------------------------------------------------------------------------
+    def select(self, index: Sequence[int] | Tensor | slice) -> EpisodeBatch:
+        """The episodes at ``index`` (a slice, list of ints or bool/long tensor), padding trimmed.
+
+        Example:
+            >>> first_half = batch.select(slice(0, len(batch) // 2))  # doctest: +SKIP
+        """
+        rows = (
+            torch.arange(len(self))[index]
+            if not isinstance(index, Tensor) or index.dtype != torch.bool
+            else torch.nonzero(index).flatten()
+        )
+        rows = torch.as_tensor(rows, dtype=torch.long).reshape(-1)
+        width = int(self.attention_mask[rows].sum(1).max()) if len(rows) else 0
+        kwargs: dict[str, Any] = {name: getattr(self, name)[rows] for name in self.TENSOR_FIELDS}
+        kwargs["input_ids"] = kwargs["input_ids"][:, :width]
+        kwargs["attention_mask"] = kwargs["attention_mask"][:, :width]
+        picked = rows.tolist()
+        kwargs["seeds"] = [self.seeds[i] for i in picked]
+        kwargs["messages"] = [self.messages[i] for i in picked]
+        return dataclasses.replace(self, **kwargs)
+
+    @classmethod
+    def cat(cls, batches: Sequence[EpisodeBatch]) -> EpisodeBatch:
+        """Concatenate batches of the same maze rules, turn count, temperature and direction tokens."""
+        if not batches:
+            raise ValueError("cat() needs at least one EpisodeBatch")
+        first = batches[0]
+        for other in batches[1:]:
+            for attr in ("n_turns", "temperature", "greedy", "direction_token_ids", "pad_token_id", "config"):
+                if getattr(other, attr) != getattr(first, attr):
+                    raise ValueError(
+                        f"cannot concatenate episode batches with different {attr}: "
+                        f"{getattr(first, attr)!r} vs {getattr(other, attr)!r}"
+                    )
+        width = max(b.input_ids.shape[1] for b in batches)
+        kwargs: dict[str, Any] = {}
+        for name in cls.TENSOR_FIELDS:
+            parts = [getattr(b, name) for b in batches]
+            if name in ("input_ids", "attention_mask"):
+                fill = first.pad_token_id if name == "input_ids" else 0
+                parts = [torch.nn.functional.pad(p, (0, width - p.shape[1]), value=fill) for p in parts]
+            kwargs[name] = torch.cat(parts)
+        kwargs["seeds"] = [s for b in batches for s in b.seeds]
+        kwargs["messages"] = [m for b in batches for m in b.messages]
+        return dataclasses.replace(first, **kwargs)
+
+    def to(self, device: str | torch.device) -> EpisodeBatch:
+        """A copy with every tensor on ``device``."""
+        return dataclasses.replace(self, **{n: getattr(self, n).to(device) for n in self.TENSOR_FIELDS})
+
+
+# ----------------------------------------------------------------------------------------------------
+# Helpers
+# ----------------------------------------------------------------------------------------------------
+
+
+def direction_log_probs(logits: Float[Tensor, "... 4"], temperature: float) -> Float[Tensor, "... 4"]:
+    """Log-probabilities of the masked, temperature-scaled policy: ``log_softmax(logits / temperature)``.
+
+    The rollout's ``logprobs`` are exactly this at the chosen action; use the same function in the loss.
+
+    Example:
+        >>> direction_log_probs(torch.zeros(4), 0.7).exp()
+        tensor([0.2500, 0.2500, 0.2500, 0.2500])
+    """
+    _check_temperature(temperature)
+    return torch.log_softmax(logits.float() / temperature, dim=-1)
+
+
+def _check_temperature(temperature: float) -> None:
+    if (
+        isinstance(temperature, bool)
+        or not isinstance(temperature, int | float)
+        or not math.isfinite(temperature)
+        or temperature <= 0
+    ):
+        raise ValueError(
+            f"temperature must be a finite number > 0 (use greedy=True for argmax); got {temperature!r}"
+        )
+
+
+def _direction_ids(tokenizer: Any) -> list[int]:
+    from probes.tokens import direction_token_ids  # probes depends on maze_env, not the reverse, at import
+
+    return list(direction_token_ids(tokenizer, ACTIONS))
+
+
+def _model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _model_name(model: torch.nn.Module) -> str:
+    config = getattr(model, "config", None)
+    return str(getattr(config, "welfare_axis_name", None) or getattr(config, "name_or_path", "") or "")
+
+
+def _default_generator(seeds: Sequence[int]) -> torch.Generator:
+    """A sampling generator determined by the seeds, so the same seeds replay the same episodes."""
+    state = np.random.SeedSequence([int(s) % (2**63) for s in seeds] + [0x7E11]).generate_state(2, np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+def _encode(tokenizer: Any, texts: list[str]) -> list[list[int]]:
+    return tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+
+def episode_token_ids(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
+    """The token ids of a conversation as the rollout feeds them (chat template, no added special tokens).
+
+    Equal to row ``i`` of ``EpisodeBatch.input_ids`` (unpadded) for ``messages = batch.messages[i]``.
+    """
+    from maze_env.text import render_chat
+
+    return _encode(tokenizer, [render_chat(tokenizer, messages, close_final=False)])[0]
+
+
+class _Renderer:
+    """Per-row chat rendering that returns only the text added since the previous turn."""
+
+    def __init__(self, tokenizer: Any, n: int) -> None:
+        self.tokenizer = tokenizer
+        self.previous = [""] * n
+
+    def new_text(self, messages: list[list[dict[str, str]]]) -> list[str]:
+        out = []
+        for i, conversation in enumerate(messages):
+            text = self.tokenizer.apply_chat_template(
+                conversation, tokenize=False, add_generation_prompt=True
+            )
+            if not text.startswith(self.previous[i]):
+                raise RuntimeError(
+                    "the chat template does not render conversations incrementally (turn t+1's text does not "
+                    "start with turn t's text), so the KV cache cannot be reused; tail of turn t: "
+                    f"{self.previous[i][-60:]!r}"
+                )
+            out.append(text[len(self.previous[i]) :])
+            self.previous[i] = text
+        return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# Rollout
+# ----------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def collect_episodes(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    *,
+    seeds: Sequence[int],
+    config: MazeConfig | None = None,
+    temperature: float = 0.7,
+    generator: torch.Generator | None = None,
+    greedy: bool = False,
+    device: str | torch.device | None = None,
+    autocast: bool = True,
+    batch_size: int | None = None,
+) -> EpisodeBatch:
+    """Play one maze per seed with ``model`` for ``config.n_turns`` turns; return every token and reward.
+
+    Args:
+        model: an HF causal LM (a peft model works too). Run in eval mode for the call (restored after).
+        tokenizer: its tokenizer, with a chat template and a pad token (``probes.models`` sets both).
+        seeds: one maze seed per episode; maze ``i`` equals ``MazeEnv().reset(seed=seeds[i])``'s maze.
+            Wind and clause order come from the batch RNG (seeded by ``seeds[0]``), so replay a single
+            episode with its recorded ``wind``.
+        config: maze rules (default: the paper's).
+        temperature: sampling temperature (> 0); also defines ``logprobs`` when ``greedy``.
+        generator: torch RNG for sampling; default: one seeded from ``seeds`` (same seeds -> same episodes).
+            One uniform per episode per turn is drawn, whatever ``batch_size``.
+        greedy: take the argmax direction instead of sampling.
+        device: where to run (default: the model's device). Inputs are moved there; the model is not.
+        autocast: run the forward passes under bfloat16 autocast (about 2x faster on CPU, ~1e-2 logit
+            differences; use ``False`` for exact float32 numbers).
+        batch_size: at most this many episodes per forward pass (each group keeps its own KV cache; all
+            mazes still step together, so results do not depend on it beyond float rounding).
+
+    Returns:
+        An :class:`EpisodeBatch` on the CPU.
+
+    Raises:
+        ValueError: empty seeds, bad temperature or batch_size.
+        probes.tokens.TokenizationError: a direction letter is not one unambiguous token.
+    """
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise ValueError("seeds is empty; pass one maze seed per episode")
+    if not greedy:
+        _check_temperature(temperature)
+    elif temperature is not None:
+        _check_temperature(temperature)
+    if batch_size is not None and (
+        isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
+    ):
+        raise ValueError(f"batch_size must be a positive int or None; got {batch_size!r}")
+    if tokenizer.pad_token_id is None:
+        raise ValueError(
+            "the tokenizer has no pad token; set tokenizer.pad_token (probes.models.load_model does)"
+        )
+    config = config or MazeConfig()
+    n = len(seeds)
+    run_device = torch.device(device) if device is not None else _model_device(model)
+    direction_ids = _direction_ids(tokenizer)
+    direction_index = torch.tensor(direction_ids, device=run_device)
+    pad_id = int(tokenizer.pad_token_id)
+    generator = generator if generator is not None else _default_generator(seeds)
+    group = batch_size or n
+    groups = [list(range(start, min(start + group, n))) for start in range(0, n, group)]
+
+    mazes = MazeBatch(n, config)
+    observations = [[text] for text in mazes.reset(seed=seeds)]
+    chosen: list[list[int]] = [[] for _ in range(n)]
+    renderer = _Renderer(tokenizer, n)
+    token_rows: list[list[int]] = [[] for _ in range(n)]
+    caches: list[Any] = [None] * len(groups)
+    masks: list[Tensor | None] = [None] * len(groups)
+
+    turns = config.n_turns
+    action_positions = torch.zeros(n, turns, dtype=torch.long)
+    actions = torch.zeros(n, turns, dtype=torch.long)
+    logprobs = torch.zeros(n, turns)
+    direction_logits = torch.zeros(n, turns, 4)
+    rewards = torch.zeros(n, turns)
+    delta_gold = torch.zeros(n, turns, dtype=torch.long)
+    delta_mold = torch.zeros(n, turns, dtype=torch.long)
+    neighbours = torch.zeros(n, turns, 4, dtype=torch.long)
+    wind = torch.full((n, turns), -1, dtype=torch.long)
+
+    was_training = model.training
+    model.eval()
+    try:
+        for t in range(turns):
+            neighbours[:, t] = torch.from_numpy(mazes.neighbours())
+            messages = [episode_messages(observations[i], chosen[i]) for i in range(n)]
+            chunks = _encode(tokenizer, renderer.new_text(messages))
+            for i in range(n):
+                if t > 0 and (not chunks[i] or chunks[i][0] != direction_ids[chosen[i][-1]]):
+                    raise RuntimeError(
+                        f"the rendered assistant turn does not start with the sampled letter token "
+                        f"{direction_ids[chosen[i][-1]]}; got tokens {chunks[i][:3]}"
+                    )
+                token_rows[i].extend(chunks[i])
+                action_positions[i, t] = len(token_rows[i]) - 1
+            turn_logits = torch.zeros(n, 4)
+            for g, rows in enumerate(groups):
+                logits, caches[g], masks[g] = _forward_chunk(
+                    model, [chunks[i] for i in rows], caches[g], masks[g], pad_id, run_device, autocast
+                )
+                turn_logits[rows] = logits[:, direction_index].float().cpu()
+            log_p = direction_log_probs(turn_logits, temperature)
+            if greedy:
+                picked = turn_logits.argmax(-1)
+            else:
+                uniform = torch.rand(n, generator=generator, device=generator.device).cpu()
+                cdf = log_p.exp().cumsum(-1)
+                picked = (cdf < uniform[:, None] * cdf[:, -1:]).sum(-1).clamp(max=3)
+            actions[:, t] = picked
+            logprobs[:, t] = log_p.gather(1, picked[:, None]).squeeze(1)
+            direction_logits[:, t] = turn_logits
+            step_rewards, info = mazes.step(picked.numpy().astype(np.int64))
+            rewards[:, t] = torch.from_numpy(np.asarray(step_rewards, dtype=np.float32))
+            delta_gold[:, t] = torch.from_numpy(info["delta_gold"])
+            delta_mold[:, t] = torch.from_numpy(info["delta_mold"])
+            wind[:, t] = torch.from_numpy(info["wind"])
+            picked_list = picked.tolist()
+            for i in range(n):
+                chosen[i].append(picked_list[i])
+            if t + 1 < turns:
+                for i, text in enumerate(mazes.observations()):
+                    observations[i].append(text)
+    finally:
+        model.train(was_training)
+        caches.clear()
+
+    for i in range(n):
+        token_rows[i].append(direction_ids[chosen[i][-1]])  # the final letter (open assistant turn)
+    width = max(len(row) for row in token_rows)
+    input_ids = torch.full((n, width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros(n, width, dtype=torch.long)
+    for i, row in enumerate(token_rows):
+        input_ids[i, : len(row)] = torch.tensor(row)
+        attention_mask[i, : len(row)] = 1
+    return EpisodeBatch(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        action_positions=action_positions,
+        actions=actions,
+        logprobs=logprobs,
+        direction_logits=direction_logits,
+        rewards=rewards,
+        delta_gold=delta_gold,
+        delta_mold=delta_mold,
+        neighbours=neighbours,
+        wind=wind,
+        seeds=seeds,
+        messages=[episode_messages(observations[i], chosen[i]) for i in range(n)],
+        temperature=float(temperature),
+        greedy=bool(greedy),
+        direction_token_ids=direction_ids,
+        pad_token_id=pad_id,
+        config=config,
+        model_name=_model_name(model),
+    )
+
+
+def _forward_chunk(
+    model: torch.nn.Module,
+    chunks: list[list[int]],
+    cache: Any,
+    mask: Tensor | None,
+    pad_id: int,
+    device: torch.device,
+    autocast: bool,
+) -> tuple[Tensor, Any, Tensor]:
+    """Feed one left-padded chunk per row on top of ``cache``; return last-position logits, cache, mask."""
+    width = max(len(c) for c in chunks)
+    ids = torch.full((len(chunks), width), pad_id, dtype=torch.long)
+    chunk_mask = torch.zeros(len(chunks), width, dtype=torch.long)
+    for r, chunk in enumerate(chunks):
+        ids[r, width - len(chunk) :] = torch.tensor(chunk, dtype=torch.long)
+        chunk_mask[r, width - len(chunk) :] = 1
+    ids, chunk_mask = ids.to(device), chunk_mask.to(device)
+    full_mask = chunk_mask if mask is None else torch.cat([mask, chunk_mask], dim=1)
+    position_ids = (full_mask.cumsum(-1) - 1).clamp(min=0)[:, -width:]
+    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast):
+        out = model(
+            input_ids=ids,
+            attention_mask=full_mask,
+            position_ids=position_ids,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+    return out.logits[:, -1], out.past_key_values, full_mask
+
+
+# ----------------------------------------------------------------------------------------------------
+# Teacher-forced recomputation (training)
+# ----------------------------------------------------------------------------------------------------
+
+
+def action_logits(model: torch.nn.Module, batch: EpisodeBatch) -> Float[Tensor, "batch turn 4"]:
+    """Direction-token logits at every decision, by one teacher-forced forward over ``batch.input_ids``.
+
+    Differentiable (call it with grad enabled, under autocast if you like); equals the rollout's
+    ``batch.direction_logits`` up to float rounding. Only the ``B × n_turns`` decision positions go
+    through the output head, so memory stays ``O(B·T·d_model)`` instead of ``O(B·T·vocab)``.
+
+    Example:
+        >>> logits = action_logits(model, batch)  # doctest: +SKIP
+        >>> log_p = direction_log_probs(logits, batch.temperature)  # doctest: +SKIP
+    """
+    device = _model_device(model)
+    input_ids = batch.input_ids.to(device)
+    attention_mask = batch.attention_mask.to(device)
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    decoder = model.get_decoder()
+    hidden = decoder(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+    ).last_hidden_state
+    positions = batch.action_positions.to(device)
+    picked = hidden.gather(1, positions[:, :, None].expand(-1, -1, hidden.shape[-1]))
+    logits = model.get_output_embeddings()(picked)
+    cap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
+    if cap is not None:
+        logits = torch.tanh(logits / cap) * cap
+    return logits[..., torch.tensor(batch.direction_token_ids, device=device)].float()
