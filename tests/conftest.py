@@ -34,3 +34,19 @@ def _seed_everything() -> None:
         torch.manual_seed(0)
     except ImportError:  # pragma: no cover
         pass
+
+
+@pytest.fixture
+def tiny_llama():
+    """A fresh random 2-layer Llama (SmolLM2 tokenizer): ``(model, tokenizer)``."""
+    from probes.models import tiny_model
+
+    return tiny_model("llama", seed=0)
+
+
+@pytest.fixture
+def tiny_gemma():
+    """A fresh random 2-layer Gemma 3 (Gemma 3 tokenizer): ``(model, tokenizer)``."""
+    from probes.models import tiny_model
+
+    return tiny_model("gemma3", seed=0)

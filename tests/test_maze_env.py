@@ -402,3 +402,23 @@ def test_docstring_examples_run(module_name):
 
     result = doctest.testmod(importlib.import_module(module_name), optionflags=doctest.ELLIPSIS)
     assert result.failed == 0 and result.attempted > 0
+
+
+@pytest.mark.parametrize("family", ["smollm2-135m-instruct", "gemma3-270m"])
+def test_render_chat_leaves_the_final_move_open_for_every_bundled_template(family):
+    from probes.models import load_tokenizer
+
+    tok = load_tokenizer(family)
+    trajs = maze_env.scripted_trajectories("gold", 3)
+    text = maze_env.render_chat(tok, trajs[2].messages)
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    # The read position -1 is the final direction letter itself (paper §A.3).
+    assert tok.decode(ids[-1:]).strip() == ACTIONS[trajs[2].final_action]
+    closed = maze_env.render_chat(tok, trajs[2].messages, close_final=True)
+    assert closed.startswith(text) and len(closed) > len(text)
+    # Every user turn appears verbatim, in order, with no wind sentence.
+    pos = 0
+    for m in trajs[2].messages:
+        pos = text.index(m["content"], pos)
+    prompt = maze_env.render_chat(tok, trajs[2].messages[:-1])
+    assert text.startswith(prompt)  # ends with the assistant header, ready for the next move
