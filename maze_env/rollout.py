@@ -44,6 +44,7 @@ import numpy as np
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
+from transformers import DynamicCache
 
 from maze_env.batch import MazeBatch
 from maze_env.config import MazeConfig
@@ -530,17 +531,56 @@ def _forward_chunk(
         chunk_mask[r, width - len(chunk) :] = 1
     ids, chunk_mask = ids.to(device), chunk_mask.to(device)
     full_mask = chunk_mask if mask is None else torch.cat([mask, chunk_mask], dim=1)
-    position_ids = (full_mask.cumsum(-1) - 1).clamp(min=0)[:, -width:]
+    full_positions = (full_mask.cumsum(-1) - 1).clamp(min=0)
+    position_ids = full_positions[:, -width:]
+    attention_mask: Tensor | dict[str, Tensor] = full_mask
+    window = _sliding_window(model)
+    if window is not None:
+        # Sliding-window layers: HF counts the window in cache slots, which would include our padding.
+        # Keep every slot (a plain DynamicCache never evicts) and build the window from real positions.
+        if cache is None:
+            cache = DynamicCache()
+        attention_mask = _position_window_masks(model, full_mask, full_positions, cache, width, window)
     with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast):
         out = model(
             input_ids=ids,
-            attention_mask=full_mask,
+            attention_mask=attention_mask,
             position_ids=position_ids,
             past_key_values=cache,
             use_cache=True,
             logits_to_keep=1,
         )
     return out.logits[:, -1], out.past_key_values, full_mask
+
+
+def _sliding_window(model: torch.nn.Module) -> int | None:
+    """The sliding window of a model with sliding-window attention layers (Gemma 3), else None."""
+    config = getattr(model, "config", None)
+    config = getattr(config, "get_text_config", lambda: config)()
+    layer_types = getattr(config, "layer_types", None) or ()
+    window = getattr(config, "sliding_window", None)
+    return int(window) if window and "sliding_attention" in layer_types else None
+
+
+def _position_window_masks(
+    model: torch.nn.Module, full_mask: Tensor, positions: Tensor, cache: Any, width: int, window: int
+) -> dict[str, Tensor]:
+    """Attention masks keyed by layer type, with the sliding window measured in token positions."""
+    from transformers.masking_utils import create_causal_mask
+
+    config = model.config.get_text_config()
+    dummy = torch.empty(full_mask.shape[0], width, 1, dtype=model.dtype, device=full_mask.device)
+
+    def within_window(batch_idx: Tensor, head_idx: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+        return positions[batch_idx, q_idx] - positions[batch_idx, kv_idx] < window
+
+    common = {"config": config, "inputs_embeds": dummy, "attention_mask": full_mask, "past_key_values": cache}
+    return {
+        "full_attention": create_causal_mask(**common, allow_is_causal_skip=False),
+        "sliding_attention": create_causal_mask(
+            **common, and_mask_function=within_window, allow_is_causal_skip=False
+        ),
+    }
 
 
 # ----------------------------------------------------------------------------------------------------
