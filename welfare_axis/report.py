@@ -1,0 +1,79 @@
+"""A self-contained HTML report: plotly figures embedded with plotly.js inlined once (no network to view).
+
+Example:
+    >>> import plotly.graph_objects as go
+    >>> html = render_report("Study", [Section("Geometry", text="Per-layer cosines.",
+    ...     tables=[Table("cos", [{"layer": 0, "cos": -0.5}])], figures=[go.Figure()])])
+    >>> html.count("<h2"), "<script src" in html
+    (1, False)
+"""
+
+from __future__ import annotations
+
+import html as _html
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import plotly.graph_objects as go
+from plotly.offline import get_plotlyjs
+
+_STYLE = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+h1{border-bottom:2px solid #444}h2{margin-top:2em;border-bottom:1px solid #ccc}
+table{border-collapse:collapse;margin:1em 0;font-size:.92em}th,td{border:1px solid #ccc;padding:.3em .6em;text-align:right}
+th{background:#f2f2f2}td:first-child,th:first-child{text-align:left}.note{background:#fff7d6;padding:.6em 1em;border-left:4px solid #e0b000}
+.missing{color:#a00}
+"""
+
+
+@dataclass
+class Table:
+    title: str
+    rows: Sequence[dict[str, Any]]
+
+
+@dataclass
+class Section:
+    title: str
+    text: str = ""
+    tables: list[Table] = field(default_factory=list)
+    figures: list[go.Figure] = field(default_factory=list)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if value is None:
+        return "—"
+    return _html.escape(str(value))
+
+
+def _table_html(table: Table) -> str:
+    if not table.rows:
+        return f"<p class='missing'>{_html.escape(table.title)}: no rows</p>"
+    columns: list[str] = []
+    for row in table.rows:
+        columns += [c for c in row if c not in columns]
+    head = "".join(f"<th>{_html.escape(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{_fmt(row.get(c))}</td>" for c in columns) + "</tr>" for row in table.rows)
+    return f"<h3>{_html.escape(table.title)}</h3><table><tr>{head}</tr>{body}</table>"
+
+
+def render_report(title: str, sections: Sequence[Section], *, notes: Sequence[str] = ()) -> str:
+    """The whole report as one HTML string."""
+    parts = [
+        "<!DOCTYPE html><html><head><meta charset='utf-8'>",
+        f"<title>{_html.escape(title)}</title><style>{_STYLE}</style>",
+        f"<script type='text/javascript'>{get_plotlyjs()}</script></head><body>",
+        f"<h1>{_html.escape(title)}</h1>",
+    ]
+    parts += [f"<p class='note'>{_html.escape(n)}</p>" for n in notes]
+    for section in sections:
+        parts.append(f"<h2>{_html.escape(section.title)}</h2>")
+        if section.text:
+            parts += [f"<p>{_html.escape(p)}</p>" for p in section.text.split("\n\n")]
+        parts += [_table_html(t) for t in section.tables]
+        parts += [f.to_html(full_html=False, include_plotlyjs=False) for f in section.figures]
+    parts.append("</body></html>")
+    return "\n".join(parts)
