@@ -183,3 +183,29 @@ def test_check_model_width_family_and_range():
 def test_dataset_hash_depends_on_boundaries():
     assert dataset_hash(["ab", "c"]) != dataset_hash(["a", "bc"])
     assert dataset_hash(["x"]) == dataset_hash(["x"])
+
+
+def test_apply_delegates_to_steering_apply():
+    pytest.importorskip("steering.apply")
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            vocab_size=50,
+        )
+    ).eval()
+    ids = torch.randint(0, 50, (2, 5))
+    v = ConceptVector({0: torch.randn(64)}, model_family=L.model_family(model))
+    with torch.no_grad():
+        base = model(ids, output_hidden_states=True).hidden_states[1]
+        with v.apply(model, alpha=2.0, positions="all"):
+            steered = model(ids, output_hidden_states=True).hidden_states[1]
+        after = model(ids, output_hidden_states=True).hidden_states[1]
+    torch.testing.assert_close(steered, base + 2.0 * v[0], rtol=0, atol=1e-6)
+    assert torch.equal(after, base)
+    with pytest.raises(FamilyMismatchError):
+        v.replace(model_family="gemma3/L2/d64").apply(model, alpha=1.0, positions="all")
