@@ -110,3 +110,35 @@ def test_is_monotonic() -> None:
     assert not is_monotonic([-1, 0, 0, 2], strict=True)
     assert is_monotonic([3, 2, 1], increasing=False, strict=True)
     assert not is_monotonic([0, float("nan"), 1])
+
+
+def test_plots_return_figures_with_the_data() -> None:
+    import plotly.graph_objects as go
+
+    from steering.plots import dose_response_figure, layer_sweep_heatmap
+
+    records = [
+        _record(None, None, 0.0, [0.0, 2.0]),
+        _record("v", 3, 2.0, [2.0, 4.0]),
+        _record("v", 3, -2.0, [-3.0, -1.0]),
+        _record("u", 3, 2.0, [1.0, 1.0]),
+        _record("u", 3, -2.0, [None] * 10, incoherent=[True] * 10),
+        _record("v", 5, 2.0, [0.0, 0.0]),
+        _record("v", 5, -2.0, [0.0, 0.0]),
+    ]
+    cells = summarize_cells(records)
+    with pytest.raises(ValueError, match="layer=..."):
+        dose_response_figure(cells)
+    fig = dose_response_figure(cells, layer=3)
+    assert isinstance(fig, go.Figure)
+    traces = {t.name: t for t in fig.data}
+    assert list(traces["v"].x) == [-2.0, 0.0, 2.0] and list(traces["v"].y) == [-2.0, 1.0, 3.0]
+    assert list(traces["u"].x) == [0.0, 2.0]  # the masked α = -2 cell is omitted
+    heat = layer_sweep_heatmap(dose_response_slopes(records, n_boot=50), eval_name="sentiment")
+    assert list(heat.data[0].x) == [3, 5] and list(heat.data[0].y) == ["u", "v"]
+    # v at layer 5: x = (0, 0, 2, 2, -2, -2), y = (0, 2, 0, 0, 0, 0): Sxy = 0
+    assert heat.data[0].z[1][0] == pytest.approx(1.25) and heat.data[0].z[1][1] == pytest.approx(
+        0.0, abs=1e-12
+    )
+    with pytest.raises(ValueError, match="no slopes for eval 'refusal'"):
+        layer_sweep_heatmap(dose_response_slopes(records, n_boot=50), eval_name="refusal")
