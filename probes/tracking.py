@@ -1,0 +1,287 @@
+"""Tracking: do projections onto a reward vector separate good from bad outcomes the model sees?
+
+Two readouts from the paper (§5, App. I; research notes §A.4.7):
+
+- **Maze goals** (:func:`maze_tracking`): new (held-out) Gold-final and Mold-final scripted trajectories,
+  read at the final direction token (the extraction position). The score of an activation ``a`` is
+  the scalar projection ``<a, v> / ||v||``; the effect size is Cohen's ``d`` of Gold-final minus
+  Mold-final projections, per layer. (The paper expresses projections in SDs from the mean across
+  classes; ``d`` is invariant to that affine rescaling.) The paper reports ``d > 1.6`` trained and
+  ``|d| < 0.12`` maze-naive for v_Gold on Qwen3-4B-Base.
+- **Correctness feedback** (:func:`feedback_tracking`): after a short-answer question the assistant
+  gives a correct or a wrong answer, the user gives truthful feedback (``"That's right."`` /
+  ``"That's wrong."``) and the assistant turn opens (the generation prompt). Activations are projected at
+  **all tokens of that final assistant template** (the tokens the generation prompt adds), averaged per
+  conversation (the mean projection equals the projection of the mean); ``d`` is correct minus incorrect.
+  Wrong answers are the answers of other questions of the same topic (a seeded derangement), so they are
+  plausible in form.
+
+Example:
+    >>> import torch
+    >>> round(cohens_d(torch.tensor([2.0, 3.0, 4.0]), torch.tensor([0.0, 1.0, 2.0])), 3)
+    2.0
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from jaxtyping import Float
+from torch import Tensor, nn
+
+from maze_env.config import MazeConfig
+from maze_env.scripted import PAPER_BASE_SEED, Trajectory, scripted_trajectories
+from probes.concept_vector import ConceptVector, WidthMismatchError
+from probes.record import capture
+
+HELD_OUT_SEED = PAPER_BASE_SEED + 1_000_003
+"""Default maze seed of held-out tracking trajectories (far from the extraction seeds 474747, ...)."""
+
+FEEDBACK = {"correct": "That's right.", "incorrect": "That's wrong."}
+
+
+class TrackingError(ValueError):
+    """Bad tracking input (too few samples, mismatched widths, empty data)."""
+
+
+def cohens_d(positive: Tensor | np.ndarray, negative: Tensor | np.ndarray) -> float:
+    """``(mean_pos - mean_neg) / s_pooled`` with ``s_pooled² = ((n1-1)s1² + (n2-1)s2²) / (n1+n2-2)``.
+
+    Raises:
+        TrackingError: a group with fewer than 2 samples. Zero pooled variance gives ``±inf`` (or NaN
+            for equal means).
+    """
+    a = torch.as_tensor(positive).double().flatten()
+    b = torch.as_tensor(negative).double().flatten()
+    if a.numel() < 2 or b.numel() < 2:
+        raise TrackingError(f"Cohen's d needs >= 2 samples per group, got {a.numel()} and {b.numel()}")
+    pooled = ((a.numel() - 1) * a.var() + (b.numel() - 1) * b.var()) / (a.numel() + b.numel() - 2)
+    diff = float(a.mean() - b.mean())
+    sd = math.sqrt(float(pooled))
+    if sd == 0.0:
+        return math.copysign(math.inf, diff) if diff != 0 else float("nan")
+    return diff / sd
+
+
+def project(
+    activations: Float[Tensor, "n d_model"], direction: Float[Tensor, " d_model"]
+) -> Float[Tensor, " n"]:
+    """Scalar projection ``<a, v> / ||v||`` (float64)."""
+    v = torch.as_tensor(direction).double().cpu()
+    a = torch.as_tensor(activations).double().cpu()
+    if a.shape[-1] != v.shape[0]:
+        raise WidthMismatchError(f"activations have width {a.shape[-1]}, the direction {v.shape[0]}")
+    norm = v.norm()
+    if norm == 0:
+        raise TrackingError("cannot project onto a zero direction")
+    return a @ v / norm
+
+
+@dataclass(frozen=True)
+class Tracking:
+    """Per-layer separation of two groups by their projection onto a vector.
+
+    Attributes:
+        d: ``{layer: Cohen's d}`` (positive group minus negative group).
+        positive, negative: ``{layer: (n,) projections}``.
+        labels: names of the (positive, negative) groups.
+        concept: the vector's concept label.
+    """
+
+    d: dict[int, float]
+    positive: dict[int, Tensor]
+    negative: dict[int, Tensor]
+    labels: tuple[str, str]
+    concept: str = ""
+
+    def best_layer(self) -> int:
+        """Layer of the largest ``|d|``."""
+        return max(
+            self.d, key=lambda layer: (abs(self.d[layer]) if math.isfinite(self.d[layer]) else -1.0, -layer)
+        )
+
+
+def tracking_from_activations(
+    vector: ConceptVector,
+    positive: dict[int, Tensor],
+    negative: dict[int, Tensor],
+    *,
+    labels: tuple[str, str] = ("positive", "negative"),
+) -> Tracking:
+    """Cohen's d of projections onto ``vector`` at every layer shared by the vector and the activations."""
+    layers = [layer for layer in vector.layers if layer in positive and layer in negative]
+    if not layers:
+        raise TrackingError(f"no shared layers: vector {vector.layers}, activations {sorted(positive)}")
+    pos = {layer: project(positive[layer], vector[layer]) for layer in layers}
+    neg = {layer: project(negative[layer], vector[layer]) for layer in layers}
+    return Tracking(
+        d={layer: cohens_d(pos[layer], neg[layer]) for layer in layers},
+        positive=pos,
+        negative=neg,
+        labels=labels,
+        concept=vector.concept,
+    )
+
+
+def held_out_trajectories(
+    n: int, *, config: MazeConfig | None = None, base_seed: int = HELD_OUT_SEED
+) -> dict[str, list[Trajectory]]:
+    """``{"Gold": [...], "Mold": [...]}`` fresh scripted trajectories on held-out maze seeds."""
+    return {
+        tile: scripted_trajectories(tile, n, config=config, base_seed=base_seed) for tile in ("Gold", "Mold")
+    }
+
+
+def maze_tracking(
+    model: nn.Module,
+    tokenizer: Any,
+    vector: ConceptVector,
+    *,
+    gold: Sequence[Trajectory] | None = None,
+    mold: Sequence[Trajectory] | None = None,
+    n: int = 60,
+    config: MazeConfig | None = None,
+    batch_size: int = 8,
+) -> Tracking:
+    """Cohen's d (Gold-final minus Mold-final) of projections onto ``vector`` at its layers.
+
+    Trajectories default to ``held_out_trajectories(n)``; they are read at the final direction token,
+    like the extraction (``close_final=False``, position ``"last"``).
+    """
+    vector.check_model(model)
+    if gold is None or mold is None:
+        fresh = held_out_trajectories(n, config=config)
+        gold, mold = gold or fresh["Gold"], mold or fresh["Mold"]
+    if len(gold) < 2 or len(mold) < 2:
+        raise TrackingError(f"need >= 2 trajectories per class, got {len(gold)} Gold and {len(mold)} Mold")
+    read = {
+        name: capture(
+            model,
+            tokenizer,
+            [t.messages for t in trajs],
+            layers=vector.layers,
+            position="last",
+            batch_size=batch_size,
+            close_final=False,
+        )
+        for name, trajs in (("Gold", gold), ("Mold", mold))
+    }
+    return tracking_from_activations(vector, read["Gold"], read["Mold"], labels=("Gold-final", "Mold-final"))
+
+
+def feedback_conversations(
+    items: Sequence[Any] | None = None, *, n: int | None = None, seed: int = 0
+) -> dict[str, list[list[dict[str, str]]]]:
+    """Correct and incorrect QA conversations ending with the user's truthful feedback.
+
+    Args:
+        items: QA rows with ``question``, ``answer`` (and optionally ``topic``); default
+            ``steering.data.load_jsonl("qa")``.
+        n: use the first ``n`` items after a seeded shuffle (default all).
+        seed: shuffle and wrong-answer seed.
+
+    Returns:
+        ``{"correct": [...], "incorrect": [...]}``, one conversation per item in each.
+    """
+    if items is None:
+        from steering.data import load_jsonl
+
+        items = load_jsonl("qa")
+    rows = [r if isinstance(r, dict) else r.__dict__ for r in items]
+    if len(rows) < 2:
+        raise TrackingError("need at least 2 QA items")
+    rng = np.random.default_rng(seed)
+    rows = [rows[i] for i in rng.permutation(len(rows))]
+    if n is not None:
+        rows = rows[:n]
+    wrong = _wrong_answers(rows, rng)
+    out: dict[str, list[list[dict[str, str]]]] = {"correct": [], "incorrect": []}
+    for row, bad in zip(rows, wrong, strict=True):
+        for label, answer in (("correct", row["answer"]), ("incorrect", bad)):
+            out[label].append(
+                [
+                    {"role": "user", "content": row["question"]},
+                    {"role": "assistant", "content": str(answer)},
+                    {"role": "user", "content": FEEDBACK[label]},
+                ]
+            )
+    return out
+
+
+def _wrong_answers(rows: list[dict[str, Any]], rng: np.random.Generator) -> list[str]:
+    """For each row, the answer of another row (same topic when possible) that differs from its own."""
+    answers = [str(r["answer"]) for r in rows]
+    out = []
+    for i, row in enumerate(rows):
+        topic = row.get("topic")
+        same = [
+            j for j, r in enumerate(rows) if j != i and r.get("topic") == topic and answers[j] != answers[i]
+        ]
+        pool = same or [j for j in range(len(rows)) if answers[j] != answers[i]]
+        if not pool:
+            raise TrackingError("every QA item has the same answer; cannot build wrong answers")
+        out.append(answers[int(rng.choice(pool))])
+    return out
+
+
+def template_length(tokenizer: Any, messages: list[dict[str, str]]) -> int:
+    """Tokens the generation prompt (the final assistant template) adds after ``messages``."""
+    closed = tokenizer.apply_chat_template(messages, tokenize=False)
+    opened = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    if not opened.startswith(closed) or opened == closed:
+        raise TrackingError("the chat template adds no assistant header with add_generation_prompt=True")
+    special = {"add_special_tokens": False}
+    full, prefix = tokenizer(opened, **special)["input_ids"], tokenizer(closed, **special)["input_ids"]
+    if full[: len(prefix)] != prefix:
+        raise TrackingError("the assistant header merges with the previous tokens; cannot isolate it")
+    return len(full) - len(prefix)
+
+
+def feedback_tracking(
+    model: nn.Module,
+    tokenizer: Any,
+    vector: ConceptVector,
+    *,
+    conversations: dict[str, list[list[dict[str, str]]]] | None = None,
+    n: int | None = 100,
+    seed: int = 0,
+    batch_size: int = 8,
+) -> Tracking:
+    """Cohen's d (correct minus incorrect) of the mean projection over the final assistant template.
+
+    Example:
+        >>> res = feedback_tracking(model, tok, v_gold.select([20]), n=100)  # doctest: +SKIP
+        >>> res.d[20]  # doctest: +SKIP
+    """
+    vector.check_model(model)
+    conversations = conversations or feedback_conversations(n=n, seed=seed)
+    activations = {}
+    for label in ("correct", "incorrect"):
+        chats = conversations[label]
+        if len(chats) < 2:
+            raise TrackingError(f"need >= 2 {label} conversations, got {len(chats)}")
+        lengths = {template_length(tokenizer, chat) for chat in chats}
+        if len(lengths) != 1:
+            raise TrackingError(f"the assistant template has varying token lengths {sorted(lengths)}")
+        k = lengths.pop()
+        texts = [
+            tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True) for chat in chats
+        ]
+        activations[label] = capture(
+            model,
+            tokenizer,
+            texts,
+            layers=vector.layers,
+            position=slice(-k, None),
+            reduce="mean",
+            batch_size=batch_size,
+            add_special_tokens=False,
+        )
+    return tracking_from_activations(
+        vector, activations["correct"], activations["incorrect"], labels=("correct", "incorrect")
+    )
