@@ -11,7 +11,8 @@ Three readouts from the paper (Han, Chalmers, Izmailov 2026, §A.4.1 of the rese
   every pair; after training Mold and Gold become the antipodal pair.
 
 Class activations are passed as ``{class_name: {layer: tensor}}`` where each tensor is either a class
-mean ``(d_model,)`` or the class's activations ``(n, d_model)`` (averaged here). Class names are matched
+mean ``(d_model,)`` or the class's activations ``(n, d_model)`` (averaged here), or as the
+``probes.extract.ClassActivations`` that ``reward_activations`` returns. Class names are matched
 case-insensitively (``"mold"``, ``"Mold"``, ``maze_env.Tile.MOLD``).
 
 Example:
@@ -27,6 +28,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from jaxtyping import Float
@@ -37,8 +39,8 @@ from probes.concept_vector import ConceptVector, ConceptVectorError, WidthMismat
 CLASSES: tuple[str, str, str] = ("Mold", "Gold", "Path")
 """The three tile classes, in the order the paper's tables use."""
 
-ClassActivations = Mapping[object, Mapping[int, Tensor]]
-"""``{class: {layer: (d_model,) mean or (n, d_model) activations}}``."""
+ClassMeansLike = Mapping[object, Mapping[int, Tensor]] | Any
+"""``{class: {layer: (d_model,) mean or (n, d_model) activations}}``, or a ``probes.extract.ClassActivations``."""
 
 VectorLike = ConceptVector | Mapping[int, Tensor]
 
@@ -67,12 +69,16 @@ def analysis_layer(n_layers: int, numerator: int = 2, denominator: int = 3) -> i
     return min(n_layers - 1, (numerator * n_layers) // denominator)
 
 
-def class_means(activations: ClassActivations) -> dict[str, dict[int, Float[Tensor, " d_model"]]]:
+def class_means(activations: ClassMeansLike) -> dict[str, dict[int, Float[Tensor, " d_model"]]]:
     """Normalise class activations to ``{"Mold"|"Gold"|"Path"|other: {layer: float64 mean (d_model,)}}``.
 
     Raises:
         GeometryError: an empty class, a tensor that is not 1-D/2-D, NaN values, or a width mismatch.
     """
+    if not isinstance(activations, Mapping) and isinstance(
+        getattr(activations, "activations", None), Mapping
+    ):
+        activations = activations.activations  # probes.extract.ClassActivations
     if not isinstance(activations, Mapping) or not activations:
         raise GeometryError("class activations are empty: pass {class: {layer: tensor}}")
     canonical = {c.lower(): c for c in CLASSES}
@@ -217,7 +223,7 @@ def _three(means: dict[str, dict[int, Tensor]], classes: tuple[str, ...]) -> lis
     return [means[found[c.lower()]] for c in classes]
 
 
-def path_reference_cosines(activations: ClassActivations) -> LayerCosines:
+def path_reference_cosines(activations: ClassMeansLike) -> LayerCosines:
     """``cos(mu_Mold - mu_Path, mu_Gold - mu_Path)`` per layer (the single-reference form, App. C.8).
 
     Example:
@@ -275,7 +281,7 @@ class CentredGeometry:
 
 
 def centred_class_cosines(
-    activations: ClassActivations,
+    activations: ClassMeansLike,
     layer: int | None = None,
     *,
     n_layers: int | None = None,

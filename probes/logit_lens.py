@@ -51,6 +51,7 @@ from torch import Tensor, nn
 
 from probes import layers as _layers
 from probes.concept_vector import ConceptVector, WidthMismatchError
+from probes.selection import auroc
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 
@@ -253,21 +254,6 @@ def resolve_words(tokenizer: Any, words: Iterable[str], *, min_chars: int = 2) -
         whole=tuple(whole),
         first_token_only=tuple(partial),
     )
-
-
-def auroc(positive: Tensor, negative: Tensor) -> float:
-    """P(a random positive scores above a random negative), ties counted half (Mann-Whitney U / n1 n2).
-
-    Example:
-        >>> auroc(torch.tensor([3.0, 4.0]), torch.tensor([1.0, 3.0]))
-        0.875
-    """
-    pos, neg = positive.double().flatten(), negative.double().flatten()
-    if pos.numel() == 0 or neg.numel() == 0:
-        raise LogitLensError("auroc needs at least one positive and one negative score")
-    greater = (pos[:, None] > neg[None, :]).double().sum()
-    ties = (pos[:, None] == neg[None, :]).double().sum()
-    return float((greater + 0.5 * ties) / (pos.numel() * neg.numel()))
 
 
 @dataclass(frozen=True)

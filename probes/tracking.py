@@ -16,10 +16,12 @@ Two readouts from the paper (§5, App. I; research notes §A.4.7):
   Wrong answers are the answers of other questions of the same topic (a seeded derangement), so they are
   plausible in form.
 
+Cohen's ``d`` is ``probes.selection.cohens_d`` (pooled, (n-1)-weighted standard deviation).
+
 Example:
     >>> import torch
-    >>> round(cohens_d(torch.tensor([2.0, 3.0, 4.0]), torch.tensor([0.0, 1.0, 2.0])), 3)
-    2.0
+    >>> round(float(project(torch.tensor([[3.0, 4.0]]), torch.tensor([0.0, 2.0]))[0]), 3)
+    4.0
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from maze_env.config import MazeConfig
 from maze_env.scripted import PAPER_BASE_SEED, Trajectory, scripted_trajectories
 from probes.concept_vector import ConceptVector, WidthMismatchError
 from probes.record import capture
+from probes.selection import cohens_d
 
 HELD_OUT_SEED = PAPER_BASE_SEED + 1_000_003
 """Default maze seed of held-out tracking trajectories (far from the extraction seeds 474747, ...)."""
@@ -47,25 +50,6 @@ FEEDBACK = {"correct": "That's right.", "incorrect": "That's wrong."}
 
 class TrackingError(ValueError):
     """Bad tracking input (too few samples, mismatched widths, empty data)."""
-
-
-def cohens_d(positive: Tensor | np.ndarray, negative: Tensor | np.ndarray) -> float:
-    """``(mean_pos - mean_neg) / s_pooled`` with ``s_pooled² = ((n1-1)s1² + (n2-1)s2²) / (n1+n2-2)``.
-
-    Raises:
-        TrackingError: a group with fewer than 2 samples. Zero pooled variance gives ``±inf`` (or NaN
-            for equal means).
-    """
-    a = torch.as_tensor(positive).double().flatten()
-    b = torch.as_tensor(negative).double().flatten()
-    if a.numel() < 2 or b.numel() < 2:
-        raise TrackingError(f"Cohen's d needs >= 2 samples per group, got {a.numel()} and {b.numel()}")
-    pooled = ((a.numel() - 1) * a.var() + (b.numel() - 1) * b.var()) / (a.numel() + b.numel() - 2)
-    diff = float(a.mean() - b.mean())
-    sd = math.sqrt(float(pooled))
-    if sd == 0.0:
-        return math.copysign(math.inf, diff) if diff != 0 else float("nan")
-    return diff / sd
 
 
 def project(
@@ -117,6 +101,9 @@ def tracking_from_activations(
     layers = [layer for layer in vector.layers if layer in positive and layer in negative]
     if not layers:
         raise TrackingError(f"no shared layers: vector {vector.layers}, activations {sorted(positive)}")
+    for name, group in (("positive", positive), ("negative", negative)):
+        if next(iter(group.values())).shape[0] < 2:
+            raise TrackingError(f"the {name} group needs >= 2 samples for Cohen's d")
     pos = {layer: project(positive[layer], vector[layer]) for layer in layers}
     neg = {layer: project(negative[layer], vector[layer]) for layer in layers}
     return Tracking(
@@ -197,9 +184,9 @@ def feedback_conversations(
         raise TrackingError("need at least 2 QA items")
     rng = np.random.default_rng(seed)
     rows = [rows[i] for i in rng.permutation(len(rows))]
+    wrong = _wrong_answers(rows, rng)  # drawn from the whole set, so same-topic answers exist
     if n is not None:
-        rows = rows[:n]
-    wrong = _wrong_answers(rows, rng)
+        rows, wrong = rows[:n], wrong[:n]
     out: dict[str, list[list[dict[str, str]]]] = {"correct": [], "incorrect": []}
     for row, bad in zip(rows, wrong, strict=True):
         for label, answer in (("correct", row["answer"]), ("incorrect", bad)):
