@@ -1,0 +1,364 @@
+"""The training loop: CLI runs, checkpoints and exact resume, bad input, expert data, evaluation."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from maze_env import MazeConfig, MazeEnv
+from maze_env import losses as L
+from maze_env import train as T
+from maze_env.expert_data import expert_episodes
+from maze_env.rollout import action_logits, collect_episodes, episode_token_ids
+
+TINY = dict(
+    model="tiny-llama",
+    steps=4,
+    episodes_per_step=4,
+    group_size=2,
+    n_turns=3,
+    maze_size=12,
+    progress=False,
+    threads=1,
+    lr=1e-2,
+    checkpoint_every=1,
+)
+
+
+def tiny_args(tmp_path, name="run", **overrides) -> T.Args:
+    return T.Args(**{**TINY, "out": str(tmp_path / name), **overrides})
+
+
+def weights(run_dir, step):
+    return load_file(str(run_dir / "checkpoints" / f"step_{step:06d}" / "trainable.safetensors"))
+
+
+def metrics(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+# -- the CLI --------------------------------------------------------------------------------------------
+
+
+def test_cli_two_step_run_writes_config_metrics_checkpoints_and_eval(tmp_path, capsys):
+    from welfare_axis.cli import main as cli_main
+
+    out = tmp_path / "cli"
+    argv = ["train", "--model", "tiny-llama", "--steps", "2", "--episodes-per-step", "4", "--group-size", "2"]
+    argv += ["--n-turns", "2", "--maze-size", "12", "--out", str(out), "--no-progress", "--threads", "1"]
+    argv += ["--checkpoint-every", "1", "--eval-episodes", "2", "--lr", "1e-3"]
+    assert cli_main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "before:" in printed and "after:" in printed
+    config = json.loads((out / "config.json").read_text())
+    assert config["algo"] == "dr_grpo" and config["steps"] == 2 and config["n_turns"] == 2
+    lines = metrics(out)
+    assert [r["step"] for r in lines] == [0, 1]
+    for key in ("mean_return", "gold_per_episode", "mold_per_episode", "entropy", "entropy_eq", "loss", "lr"):
+        assert all(math.isfinite(r[key]) for r in lines), key
+    assert all(r["tokens_per_s"] > 0 and r["step_seconds"] > 0 for r in lines)
+    assert lines[0]["lr"] == pytest.approx(1e-3) and lines[1]["lr"] == pytest.approx(0.0)  # cosine, S=2
+    # checkpoints: safetensors + JSON only, latest pointer, keep_checkpoints=2
+    ckpts = sorted(p.name for p in (out / "checkpoints").glob("step_*"))
+    assert ckpts == ["step_000001", "step_000002"]
+    assert json.loads((out / "checkpoints" / "latest.json").read_text())["step"] == 2
+    files = {p.name for p in (out / "checkpoints" / "step_000002").iterdir()}
+    assert files == {
+        "trainable.safetensors",
+        "optimizer.safetensors",
+        "optimizer.json",
+        "rng.safetensors",
+        "rng.json",
+        "state.json",
+    }
+    assert not list(out.rglob("*.pt")) and not list(out.rglob("*.bin")) and not list(out.rglob("*.pkl"))
+    assert (out / "final" / "adapter_model.safetensors").is_file()
+    evals = json.loads((out / "eval.json").read_text())
+    assert evals["before"]["n_episodes"] == 2 and evals["after"]["n_episodes"] == 2
+    assert evals["before"]["seeds"] == T.heldout_seeds(2)
+
+
+def test_cli_rejects_bad_input_with_clear_errors(tmp_path, capsys):
+    from welfare_axis.cli import main as cli_main
+
+    base = ["train", "--model", "tiny-llama", "--out", str(tmp_path / "bad"), "--no-progress"]
+    assert cli_main([*base, "--steps", "0"]) == 2
+    assert "steps must be an integer >= 1; got 0" in capsys.readouterr().err
+    assert cli_main([*base, "--episodes-per-step", "5", "--group-size", "2"]) == 2
+    assert "group_size=2 does not divide episodes_per_step=5" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli_main([*base, "--algo", "not_an_algo"])
+    assert cli_main(["train", "--model", str(tmp_path / "no_such_model"), "--out", str(tmp_path / "m")]) == 2
+    assert "no_such_model" in capsys.readouterr().err
+    assert cli_main([*base, "--preset", "gpu9000"]) == 2
+    assert "unknown preset 'gpu9000'" in capsys.readouterr().err
+
+
+def test_validate_names_the_bad_value():
+    with pytest.raises(ValueError, match="unknown algo 'foo'"):
+        T.validate(T.Args(algo="foo"))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="steps must be an integer >= 1; got -3"):
+        T.validate(T.Args(steps=-3))
+    with pytest.raises(
+        ValueError, match="group_size=3 does not divide episodes_per_step=8; .* episodes_per_step=9"
+    ):
+        T.validate(T.Args(episodes_per_step=8, group_size=3))
+    with pytest.raises(ValueError, match="rloo needs group_size >= 2"):
+        T.validate(T.Args(algo="rloo", episodes_per_step=4, group_size=1))
+    with pytest.raises(ValueError, match="lr must be a finite number > 0"):
+        T.validate(T.Args(lr=float("nan")))
+    with pytest.raises(ValueError, match="keep_fraction"):
+        T.validate(T.Args(keep_fraction=0.0))
+    with pytest.raises(ValueError, match="n_turns"):
+        T.validate(T.Args(n_turns=0))
+
+
+def test_preset_sets_defaults_and_explicit_flags_win():
+    args = T.parse_args(["--preset", "cpu", "--algo", "sft", "--lr", "1e-3"])
+    assert args.preset == "cpu" and args.algo == "sft" and args.lr == 1e-3
+    assert args.lora_layers == T.PRESETS["cpu"]["lora_layers"]
+    assert args.episodes_per_step == T.PRESETS["cpu"]["episodes_per_step"]
+    assert T.parse_args(["--steps", "3"]).preset is None
+
+
+# -- resume ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("algo", ["dr_grpo", "reinforce", "ppo", "tbrm", "iterative_sft", "sft"])
+def test_resume_continues_bit_for_bit(tmp_path, algo):
+    extra = {"kl_coef": 0.1} if algo in ("dr_grpo", "tbrm") else {}
+    whole = T.main(tiny_args(tmp_path, "whole", algo=algo, **extra))
+    T.main(tiny_args(tmp_path, "split", algo=algo, stop_at_step=2, **extra))
+    split_dir = tmp_path / "split"
+    assert json.loads((split_dir / "checkpoints" / "latest.json").read_text())["step"] == 2
+    assert not (split_dir / "final").exists()
+    resumed = T.main(tiny_args(tmp_path, "split", algo=algo, resume=True, **extra))
+    assert resumed.steps_done == whole.steps_done == 4
+    a, b = weights(tmp_path / "whole", 4), weights(split_dir, 4)
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    assert metrics(tmp_path / "whole") == [
+        {
+            **r,
+            **{
+                k: metrics(tmp_path / "whole")[i][k]
+                for k in r
+                if k.endswith("seconds") or k == "tokens_per_s"
+            },
+        }
+        for i, r in enumerate(metrics(split_dir))
+    ]
+    # and training did move the weights
+    lora_b = [k for k in a if "lora_B" in k]
+    assert lora_b and any(a[k].abs().max() > 0 for k in lora_b)
+
+
+def test_resume_with_another_config_is_refused(tmp_path):
+    T.main(tiny_args(tmp_path, steps=2, stop_at_step=1))
+    with pytest.raises(ValueError, match=r"another config \(lr: 0.01 \(saved\) vs 0.02 \(now\)\)"):
+        T.main(tiny_args(tmp_path, steps=2, lr=0.02, resume=True))
+    with pytest.raises(FileExistsError, match="already holds a run; pass --resume"):
+        T.main(tiny_args(tmp_path, steps=2))
+    with pytest.raises(FileNotFoundError, match="nothing to resume"):
+        T.main(tiny_args(tmp_path, name="never_started", steps=2, resume=True))
+    # threads and progress may change
+    T.main(tiny_args(tmp_path, steps=2, resume=True, threads=2))
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    real = T._micro_loss
+
+    def poisoned(policy, chunk, extras, args, entropy_coef):
+        loss, stats = real(policy, chunk, extras, args, entropy_coef)
+        return (loss * float("nan") if poisoned.step >= 2 else loss), stats
+
+    real_step = T.train_step
+
+    def tracking(policy, optimizer, episodes, args, step):
+        poisoned.step = step
+        return real_step(policy, optimizer, episodes, args, step)
+
+    poisoned.step = 0
+    monkeypatch.setattr(T, "_micro_loss", poisoned)
+    monkeypatch.setattr(T, "train_step", tracking)
+    run = tmp_path / "run"
+    with pytest.raises(
+        T.NonFiniteLossError, match=r"loss is nan at step 2.*last good checkpoint is .*step_000002"
+    ):
+        T.main(tiny_args(tmp_path))
+    assert json.loads((run / "checkpoints" / "latest.json").read_text())["step"] == 2
+    assert [r["step"] for r in metrics(run)] == [0, 1]
+    good = weights(run, 2)
+    assert all(torch.isfinite(v).all() for v in good.values())
+
+
+# -- pieces ---------------------------------------------------------------------------------------------
+
+
+def test_train_and_heldout_seeds_are_disjoint_and_grouped():
+    seeds = T.train_seeds(0, 5, n_groups=3, group_size=4)
+    assert len(seeds) == 12 and len(set(seeds)) == 3
+    assert all(seeds[g * 4 : g * 4 + 4] == [seeds[g * 4]] * 4 for g in range(3))
+    assert max(max(T.train_seeds(s, t, 8, 1)) for s in range(3) for t in range(50)) < 2**31
+    assert min(T.heldout_seeds(64)) >= T.HELDOUT_BASE_SEED > 2**31
+    assert T.train_seeds(0, 5, 3, 4) == seeds and T.train_seeds(0, 6, 3, 4) != seeds
+
+
+def test_expert_episodes_match_the_rollout_token_layout_and_the_env():
+    from probes.models import tiny_model
+
+    model, tok = tiny_model("llama")
+    config = MazeConfig(n_turns=4, size=20)
+    demos = expert_episodes(tok, seeds=[3, 4], config=config)
+    for i in range(2):
+        row = demos.input_ids[i, : int(demos.attention_mask[i].sum())].tolist()
+        assert row == episode_token_ids(tok, demos.messages[i])
+        letters = [row[p + 1] for p in demos.action_positions[i].tolist()]
+        assert letters == [demos.direction_token_ids[a] for a in demos.actions[i].tolist()]
+        # replaying the actions in the env gives the same rewards (same seed: same maze, wind, prompts)
+        env = MazeEnv(config)
+        env.reset(seed=demos.seeds[i])
+        rewards = [env.step(int(a))[1] for a in demos.actions[i]]
+        assert np.allclose(rewards, demos.rewards[i].numpy(), atol=1e-5)
+    logits = action_logits(model, demos)
+    assert logits.shape == (2, 4, 4)
+
+
+def test_expert_beats_random_play():
+    from probes.models import tiny_model
+
+    _, tok = tiny_model("llama")
+    demos = expert_episodes(tok, seeds=range(6), config=MazeConfig(n_turns=8))
+    rng = np.random.default_rng(0)
+    random_returns = []
+    for s in range(6):
+        env = MazeEnv(MazeConfig(n_turns=8))
+        env.reset(seed=s)
+        random_returns.append(sum(env.step(int(rng.integers(4)))[1] for _ in range(8)))
+    assert demos.returns.mean() > np.mean(random_returns) + 20
+
+
+def test_select_top_episodes_keeps_the_best_of_each_group():
+    from probes.models import tiny_model
+
+    model, tok = tiny_model("llama")
+    episodes = collect_episodes(
+        model, tok, seeds=[1, 1, 1, 1, 2, 2, 2, 2], config=MazeConfig(n_turns=2, size=12)
+    )
+    episodes.rewards = torch.tensor([[1.0, 0], [5, 0], [3, 0], [2, 0], [0, 0], [-1, 0], [7, 0], [6, 0]])
+    kept = T.select_top_episodes(episodes, 4, 0.5)
+    assert kept.returns.tolist() == [5.0, 3.0, 7.0, 6.0]
+    assert T.select_top_episodes(episodes, 4, 0.01).returns.tolist() == [5.0, 7.0]
+
+
+def test_compute_advantages_per_algo_by_hand(tmp_path):
+    from probes.models import tiny_model
+
+    model, tok = tiny_model("llama")
+    episodes = collect_episodes(model, tok, seeds=[1, 1, 2, 2], config=MazeConfig(n_turns=2, size=12))
+    episodes.rewards = torch.tensor([[1.0, 2.0], [3.0, 6.0], [0.0, 0.0], [4.0, -2.0]])
+    args = T.Args(episodes_per_step=4, group_size=2)
+    # returns 3, 9 | 0, 2
+    adv = T.compute_advantages(episodes, dataclasses.replace(args, algo="dr_grpo"))
+    assert torch.allclose(adv, torch.tensor([[-3.0, -3.0], [3.0, 3.0], [-1.0, -1.0], [1.0, 1.0]]))
+    adv = T.compute_advantages(episodes, dataclasses.replace(args, algo="rloo"))
+    assert torch.allclose(adv, torch.tensor([[-6.0, -6.0], [6.0, 6.0], [-2.0, -2.0], [2.0, 2.0]]))
+    # reinforce: G = [[3,2],[9,6],[0,0],[2,-2]]; baselines per group and turn: (6,4), (1,-1)
+    adv = T.compute_advantages(episodes, dataclasses.replace(args, algo="reinforce"))
+    assert torch.allclose(adv, torch.tensor([[-3.0, -2.0], [3.0, 2.0], [-1.0, 1.0], [1.0, -1.0]]))
+
+
+def test_policy_gradient_step_raises_the_probability_of_good_actions():
+    from probes.models import tiny_model
+
+    model, tok = tiny_model("llama", seed=3)
+    args = T.Args(
+        model="tiny-llama",
+        algo="dr_grpo",
+        episodes_per_step=4,
+        group_size=4,
+        n_turns=3,
+        maze_size=12,
+        lr=1e-4,
+        entropy_coef=0.0,
+        steps=10,
+    )
+    policy = T.make_policy(args, model, tok)
+    optimizer = T.make_optimizer(policy, args)
+    episodes = collect_episodes(policy.model, tok, seeds=[5] * 4, config=T.maze_config(args), temperature=0.7)
+    episodes.rewards = torch.tensor([[10.0, 0, 0], [0, 0, 0], [0, 0, 0], [-10.0, 0, 0]])  # A = +10, 0, 0, -10
+
+    def logp():
+        with torch.no_grad():
+            return L.direction_logprobs(action_logits(policy.model, episodes), episodes.actions, 0.7).sum(1)
+
+    before = logp()
+    for _ in range(3):
+        T.train_step(policy, optimizer, episodes, args, step=0)
+    after = logp()
+    assert after[0] > before[0] and after[3] < before[3]
+
+
+def test_evaluate_is_reproducible_and_compare_evals_by_hand():
+    from probes.models import tiny_model
+
+    model, tok = tiny_model("llama")
+    config = MazeConfig(n_turns=3, size=12)
+    a = T.evaluate(model, tok, T.heldout_seeds(4), config=config, sample_seed=1)
+    b = T.evaluate(model, tok, T.heldout_seeds(4), config=config, sample_seed=1)
+    assert a == b and a.n_episodes == 4
+    assert a.mean_return == pytest.approx(np.mean(a.returns))
+    assert a.stderr_return == pytest.approx(np.std(a.returns, ddof=1) / 2)
+    greedy = T.evaluate(model, tok, T.heldout_seeds(4), config=config, greedy=True)
+    assert greedy.greedy
+    before = dataclasses.replace(a, mean_return=-10.0, stderr_return=3.0, returns=[-10.0, -13.0, -7.0, -10.0])
+    after = dataclasses.replace(a, mean_return=2.0, stderr_return=4.0, returns=[1.0, 3.0, 0.0, 4.0])
+    c = T.compare_evals(before, after)
+    assert (
+        c["return_diff"] == 12.0
+        and c["stderr_diff_unpaired"] == 5.0
+        and c["z_unpaired"] == pytest.approx(2.4)
+    )
+    diffs = np.array([11.0, 16.0, 7.0, 14.0])
+    assert c["stderr_diff_paired"] == pytest.approx(diffs.std(ddof=1) / 2)
+
+
+def test_load_trained_gives_the_trained_policy(tmp_path):
+    T.main(tiny_args(tmp_path, steps=2))
+    model, tok = T.load_trained(tmp_path / "run")
+    policy = T.make_policy(tiny_args(tmp_path, steps=2))
+    T.load_checkpoint(tmp_path / "run" / "checkpoints" / "step_000002", policy)
+    episodes = collect_episodes(model, tok, seeds=[7, 8], config=MazeConfig(n_turns=2, size=12))
+    with torch.no_grad():
+        merged = action_logits(model, episodes)
+        adapted = action_logits(policy.model, episodes)
+    assert torch.allclose(merged, adapted, atol=1e-4)
+    assert not any("lora" in name for name, _ in model.named_parameters())
+
+
+# -- the real model -------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_cpu_preset_smoke_on_smollm2(tmp_path):
+    args = T.preset_args(
+        "cpu",
+        out=str(tmp_path / "smoke"),
+        steps=2,
+        episodes_per_step=4,
+        group_size=2,
+        n_turns=3,
+        eval_episodes=0,
+        progress=False,
+    )
+    result = T.main(args)
+    lines = metrics(result.run_dir)
+    assert len(lines) == 2 and all(math.isfinite(r["loss"]) for r in lines)
+    assert (result.run_dir / "final" / "adapter_model.safetensors").is_file()
