@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _extra_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
     """Subcommands contributed by other modules (training, the study pipeline)."""
     registrars = []
-    for module_name in ("welfare_axis.commands",):
+    for module_name in ("welfare_axis.commands", "welfare_axis.study_cli"):
         try:
             module = __import__(module_name, fromlist=["register"])
         except ModuleNotFoundError as err:
@@ -135,7 +135,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.handler(args) or 0)
     except (ValueError, TypeError, KeyError, FileNotFoundError, RuntimeError) as err:
-        print(f"welfare-axis: error: {err}", file=sys.stderr)
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err  # KeyError's str() adds quotes
+        print(f"welfare-axis: error: {message}", file=sys.stderr)
         return 2
 
 

@@ -1,0 +1,101 @@
+"""Several finished studies side by side: a text table and an HTML report with one figure per measure.
+
+Example:
+    >>> rows = comparison_rows([])
+    >>> rows
+    []
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import plotly.graph_objects as go
+
+from welfare_axis.artifacts import write_text
+
+MEASURES: dict[str, tuple[str, ...]] = {
+    "cos_min": ("geometry", "cos_min"),
+    "cos_avg": ("geometry", "cos_avg"),
+    "centred_mold_gold": ("geometry", "centred_mold_gold"),
+    "emotion_slope": ("emotions", "slope"),
+    "tracking_d": ("tracking", "maze_d_gold_vector"),
+    "q_spearman": ("q_readout", "spearman_pooled_centred"),
+}
+
+
+def _get(summary: dict[str, Any], path: Sequence[str]) -> Any:
+    node: Any = summary
+    for key in path:
+        if not isinstance(node, dict) or key not in node:
+            return None
+        node = node[key]
+    return node
+
+
+def load_summary(run: Path) -> dict[str, Any]:
+    path = run / "summary.json"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{run} has no summary.json: run `welfare-axis run --out {run}` to finish it first"
+        )
+    return json.loads(path.read_text())
+
+
+def comparison_rows(summaries: Sequence[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One row per run: its settings, training gain, trained/control measures and forgetting."""
+    rows = []
+    for name, s in summaries:
+        cfg = s.get("config", {})
+        row: dict[str, Any] = {"run": name, "model": cfg.get("model"), "algo": cfg.get("algo"), "tiles": cfg.get("tiles"),
+                               "finetune": cfg.get("finetune"), "fast": s.get("fast")}  # fmt: skip
+        gain = _get(s, ("training", "return_gain"))
+        row["return_gain"] = gain["diff"] if gain else None
+        row["return_gain_z"] = gain["z"] if gain else None
+        for label, path in MEASURES.items():
+            value = _get(s, path)
+            row[f"{label}_trained"] = value.get("trained") if isinstance(value, dict) else None
+            row[f"{label}_control"] = value.get("control") if isinstance(value, dict) else None
+        row["qa_accuracy_drop"] = _get(s, ("forgetting", "drop", "qa_accuracy_drop"))
+        row["perplexity_increase"] = _get(s, ("forgetting", "drop", "perplexity_increase"))
+        rows.append(row)
+    return rows
+
+
+def _format(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "(no runs)"
+    cols = list(rows[0])
+    cells = [[f"{r[c]:+.3f}" if isinstance(r[c], float) else str(r[c]) for c in cols] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
+    return "\n".join(lines)
+
+
+def compare_runs(runs: Sequence[Path], *, out: Path | None = None) -> tuple[str, Path | None]:
+    """Tabulate ``runs``; with ``out``, also write an HTML report with grouped bars per measure."""
+    from welfare_axis.report import Section, Table, render_report
+
+    summaries = [(run.name, load_summary(run)) for run in runs]
+    rows = comparison_rows(summaries)
+    if out is None:
+        return _format(rows), None
+    figures = []
+    for label in MEASURES:
+        fig = go.Figure()
+        for which in ("trained", "control"):
+            fig.add_trace(
+                go.Bar(name=which, x=[r["run"] for r in rows], y=[r[f"{label}_{which}"] for r in rows])
+            )
+        fig.update_layout(title=label, barmode="group", template="plotly_white")
+        figures.append(fig)
+    html = render_report(
+        "welfare-axis: runs compared",
+        [Section("Runs", tables=[Table("headline measures", rows)], figures=figures)],
+    )
+    write_text(out, html)
+    return _format(rows), out

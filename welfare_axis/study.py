@@ -1,0 +1,449 @@
+"""The whole study in one call: train → vectors (u untrained, v trained) → readouts → steering → report.
+
+Each stage is cached by a hash of its settings and inputs (``welfare_axis.stages``), so a rerun skips
+what is done and an interrupted run resumes (training from its last checkpoint). The result is
+``<out>/report.html`` (self-contained) and ``<out>/summary.json`` with the headline numbers next to the
+paper's.
+
+Example:
+    >>> cfg = StudyConfig.preset("fast")
+    >>> cfg.fast, cfg.model
+    (True, 'smollm2-135m-instruct')
+    >>> StudyConfig.from_overrides(StudyConfig(), {"algo": "sft"}).algo
+    'sft'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from welfare_axis.artifacts import read_json, write_json, write_text
+from welfare_axis.stages import StageRunner
+
+# The paper's headline numbers (shared/research/paper_welfare_axis.md §C), shown beside ours.
+PAPER = {
+    "cos_min_trained": "−0.84 to −0.95 (10 models; primary −0.947)",
+    "cos_min_control": "−0.13 to −0.23",
+    "cos_avg_trained": "−0.210 (primary)",
+    "cos_avg_control": "+0.089 (primary)",
+    "centred_mold_gold_trained": "−0.465 to −0.893 (primary −0.813)",
+    "centred_mold_gold_control": "−0.002 to +0.191",
+    "emotion_slope_trained": "≈ −1 (tight line)",
+    "emotion_slope_control": "unstructured cloud",
+    "tracking_d_trained": "> 1.6 (Qwen3-4B-Base)",
+    "tracking_d_control": "< 0.12",
+    "steer_sentiment_slope_v_gold": "+0.71 per unit α (judge, −5..5)",
+    "steer_sentiment_slope_v_mold": "−0.23 per unit α",
+    "steer_p_true_slope_v_gold": "+0.15 per unit α",
+    "steer_p_true_slope_v_mold": "−0.12 to −0.13 per unit α",
+    "logit_lens_v_mold_top": "failure / impossibility tokens (不存在, cannot, 是不可能, 不行)",
+}
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """Settings of one study. Every field can be set from the command line with ``--set key=value``."""
+
+    model: str = "smollm2-135m-instruct"
+    """Model to train and study (bundled name, HF id or local path)."""
+    algo: str = "dr_grpo"
+    """Training algorithm (maze_env.train: dr_grpo, grpo, reinforce, rloo, ppo, tbrm, sft, iterative_sft)."""
+    tiles: str = "office"
+    """Tile glyph preset: office, swap (Mold↔Gold) or shuffle (3-way)."""
+    finetune: str = "lora"
+    """lora or full fine-tuning."""
+    train_preset: str = "cpu"
+    """maze_env.train preset the run starts from."""
+    train_steps: int | None = None
+    """Override the preset's number of optimisation steps."""
+    train_overrides: dict[str, Any] = field(default_factory=dict)
+    """Any other maze_env.train.Args fields."""
+    n_per_class: int = 150
+    """Scripted trajectories per class (Mold, Gold, Path) for the vectors (paper: 5,000)."""
+    readout_scale: str = "full"
+    """Readout sizes: full (probes.report defaults) or smoke (a few texts each)."""
+    steer_model: str = "base"
+    """Which model is steered: base (maze-naive, the paper's main setting) or trained."""
+    steer_evals: tuple[str, ...] = ("sentiment", "confidence", "refusal", "backtracking")
+    """Steering evaluations to run."""
+    alphas: tuple[float, ...] = (-4.0, -2.0, 0.0, 2.0, 4.0)
+    """Steering multipliers (paper grid); the control u is norm-matched to v at every α."""
+    n_prompts: int = 10
+    """Prompts per steering cell."""
+    n_samples: int = 2
+    """Samples per prompt per steering cell."""
+    max_new_tokens: int = 48
+    """Tokens generated per steered response."""
+    forgetting_qa: int = 100
+    """QA items for the before/after capability check."""
+    forgetting_texts: int = 60
+    """General-text passages for the before/after perplexity."""
+    seed: int = 0
+    """Seed of training, sampling and steering."""
+    fast: bool = False
+    """Smaller settings everywhere (minutes, not tens of minutes); the report says so."""
+
+    @classmethod
+    def preset(cls, name: str) -> StudyConfig:
+        try:
+            overrides = PRESETS[name]
+        except KeyError:
+            raise ValueError(f"unknown study preset {name!r}; choose one of {sorted(PRESETS)}") from None
+        return cls.from_overrides(cls(), overrides)
+
+    @classmethod
+    def from_overrides(cls, base: StudyConfig, overrides: Mapping[str, Any]) -> StudyConfig:
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(overrides) - set(fields))
+        if unknown:
+            raise KeyError(f"unknown study setting(s) {unknown}; valid settings: {sorted(fields)}")
+        merged = {**dataclasses.asdict(base), **overrides}
+        for key in ("steer_evals", "alphas"):
+            merged[key] = tuple(merged[key])
+        return cls(**merged)
+
+    def train_args(self, out: Path):
+        from maze_env.train import preset_args
+
+        overrides: dict[str, Any] = {"model": self.model, "algo": self.algo, "tiles": self.tiles,
+                                     "finetune": self.finetune, "seed": self.seed, "out": str(out)}  # fmt: skip
+        if self.train_steps is not None:
+            overrides["steps"] = self.train_steps
+        if self.fast:
+            overrides.update(FAST_TRAIN)
+        overrides.update(self.train_overrides)
+        return preset_args(self.train_preset, **overrides)
+
+
+FAST_TRAIN = {"steps": 3, "episodes_per_step": 8, "group_size": 4, "eval_episodes": 16, "checkpoint_every": 1}
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "fast": {"fast": True, "n_per_class": 24, "readout_scale": "smoke", "steer_evals": ("sentiment", "confidence"),
+             "alphas": (-4.0, 0.0, 4.0), "n_prompts": 4, "n_samples": 1, "max_new_tokens": 24,
+             "forgetting_qa": 20, "forgetting_texts": 12},
+    # The paper's robustness table, one preset each.
+    "tile-swap": {"tiles": "swap"},
+    "tile-shuffle": {"tiles": "shuffle"},
+    "gemma": {"model": "gemma3-270m"},
+    "sft": {"algo": "sft"},
+    "iterative-sft": {"algo": "iterative_sft"},
+    "reinforce": {"algo": "reinforce"},
+    "tbrm": {"algo": "tbrm"},
+    "full-ft": {"finetune": "full"},
+    "steer-trained": {"steer_model": "trained"},
+}  # fmt: skip
+
+
+# ======================================================================================================
+# Stages
+# ======================================================================================================
+
+
+def _eval_summary(e: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    if e is None:
+        return None
+    keys = ("n_episodes", "mean_return", "stderr_return", "gold_per_episode", "mold_per_episode", "stderr_gold",
+            "stderr_mold", "action_freq")  # fmt: skip
+    return {k: e[k] for k in keys if k in e}
+
+
+def stage_train(cfg: StudyConfig, work: Path) -> dict[str, Any]:
+    from maze_env.train import main
+
+    args = cfg.train_args(work / "run")
+    args = dataclasses.replace(args, resume=(work / "run" / "config.json").is_file())
+    result = main(args)
+    evals = read_json(work / "run" / "eval.json") if (work / "run" / "eval.json").is_file() else {}
+    before, after = _eval_summary(evals.get("before")), _eval_summary(evals.get("after"))
+    out: dict[str, Any] = {"run": "run", "steps": result.steps_done, "before": before, "after": after,
+                           "train_args": dataclasses.asdict(args) | {"out": "run"}}  # fmt: skip
+    if before and after:
+        diff = after["mean_return"] - before["mean_return"]
+        se = math.sqrt(after["stderr_return"] ** 2 + before["stderr_return"] ** 2)
+        out["return_gain"] = {"diff": diff, "se": se, "z": diff / se if se > 0 else float("inf")}
+    return out
+
+
+def _load_models(runner: StageRunner) -> tuple[Any, Any, Any]:
+    """(base model, trained model, tokenizer)."""
+    from maze_env.train import load_trained
+    from probes.models import load_model
+
+    train = runner.outputs["train"]
+    base, tok = load_model(train.result["train_args"]["model"])
+    trained, _ = load_trained(train.dir / train.result["run"], merge=True)
+    return base, trained, tok
+
+
+def stage_forgetting(cfg: StudyConfig, runner: StageRunner, work: Path) -> dict[str, Any]:
+    from probes.capability import general_texts, perplexity, qa_accuracy
+
+    base, trained, tok = _load_models(runner)
+    texts = general_texts(cfg.forgetting_texts)
+    out: dict[str, Any] = {}
+    for name, model in (("before", base), ("after", trained)):
+        ppl = perplexity(model, tok, texts)
+        qa = qa_accuracy(model, tok, cfg.forgetting_qa, seed=cfg.seed)
+        out[name] = {
+            "perplexity": ppl.value,
+            "qa_accuracy": qa.accuracy,
+            "qa_stderr": qa.stderr,
+            "qa_n": qa.n,
+        }
+    out["drop"] = {"perplexity_increase": out["after"]["perplexity"] - out["before"]["perplexity"],
+                   "qa_accuracy_drop": out["before"]["qa_accuracy"] - out["after"]["qa_accuracy"]}  # fmt: skip
+    return out
+
+
+def _readout_settings(cfg: StudyConfig, out: Path):
+    from probes.report import ReportSettings
+
+    base = ReportSettings.smoke() if cfg.readout_scale == "smoke" else ReportSettings()
+    return dataclasses.replace(base, n_per_class=cfg.n_per_class, split_seed=cfg.seed, out=out)
+
+
+def stage_readouts(cfg: StudyConfig, runner: StageRunner, work: Path) -> dict[str, Any]:
+    """Vectors and every readout for the untrained (control u) and trained (v) model."""
+    from probes.report import readout_report
+
+    base, trained, tok = _load_models(runner)
+    results = {}
+    for name, model in (("control", base), ("trained", trained)):
+        settings = _readout_settings(cfg, work / f"readouts_{name}.json")
+        results[name] = readout_report(model, tok, settings, vectors_dir=work / f"vectors_{name}")
+    return {"control": "readouts_control.json", "trained": "readouts_trained.json",
+            "vectors": {"control": "vectors_control", "trained": "vectors_trained"},
+            "layer_star": results["trained"]["extraction"]["layer_star"]}  # fmt: skip
+
+
+def stage_steering(cfg: StudyConfig, runner: StageRunner, work: Path) -> dict[str, Any]:
+    """Dose-response sweeps of v and norm-matched u at ℓ*, one sweep per tile class."""
+    from probes.concept_vector import ConceptVector
+    from steering.stats import dose_response_slopes
+    from steering.sweep import SweepConfig, run_sweep
+
+    base, trained, tok = _load_models(runner)
+    model = base if cfg.steer_model == "base" else trained
+    readouts = runner.outputs["readouts"]
+    vec_dirs = readouts.result["vectors"]
+    out: dict[str, Any] = {"steered_model": cfg.steer_model, "sweeps": {}, "slopes": []}
+    for concept in ("Mold", "Gold"):
+        layer = int(readouts.result["layer_star"][concept])
+        v = ConceptVector.load(readouts.dir / vec_dirs["trained"] / concept)
+        u = ConceptVector.load(readouts.dir / vec_dirs["control"] / concept)
+        sweep_cfg = SweepConfig(alphas=tuple(cfg.alphas), layers=(layer,), evals=tuple(cfg.steer_evals),
+                                n_prompts=cfg.n_prompts, n_samples=cfg.n_samples, seeds=(cfg.seed,),
+                                max_new_tokens=cfg.max_new_tokens, norm_match_to=f"v_{concept}")  # fmt: skip
+        path = work / f"sweep_{concept}.jsonl"
+        records = run_sweep(model, tok, {f"v_{concept}": v, f"u_{concept}": u}, sweep_cfg, path)
+        out["sweeps"][concept] = path.name
+        out["slopes"] += [dataclasses.asdict(row) for row in dose_response_slopes(records, seed=cfg.seed)]
+        out[f"norm_v_{concept}"] = v.norms()[layer]
+        out[f"norm_u_{concept}"] = u.norms()[layer]
+    return out
+
+
+# ======================================================================================================
+# Summary and report
+# ======================================================================================================
+
+
+def _slope(slopes: list[dict[str, Any]], vector: str, eval_name: str) -> dict[str, Any] | None:
+    for row in slopes:
+        if row.get("vector") == vector and row.get("eval") == eval_name:
+            return row
+    return None
+
+
+def summarize(runner: StageRunner, cfg: StudyConfig) -> dict[str, Any]:
+    """Headline numbers, trained vs control, with the paper's values beside them."""
+    out = runner.outputs
+    train = out["train"].result
+    rd = out["readouts"]
+    ctrl = read_json(rd.dir / rd.result["control"])
+    trn = read_json(rd.dir / rd.result["trained"])
+
+    def pair(path: Callable[[dict[str, Any]], Any]) -> dict[str, Any]:
+        return {"trained": path(trn), "control": path(ctrl)}
+
+    summary: dict[str, Any] = {
+        "config": dataclasses.asdict(cfg),
+        "fast": cfg.fast,
+        "model": cfg.model,
+        "training": {k: train.get(k) for k in ("steps", "before", "after", "return_gain")},
+        "geometry": {
+            "cos_min": pair(lambda r: r["geometry"]["cos_mold_gold"]["min"]),
+            "cos_argmin": pair(lambda r: r["geometry"]["cos_mold_gold"]["argmin"]),
+            "cos_avg": pair(lambda r: r["geometry"]["cos_mold_gold"]["avg"]),
+            "centred_mold_gold": pair(lambda r: r["geometry"]["centred"].get("Mold·Gold")),
+            "path_reference_last_layer": pair(lambda r: r["geometry"]["path_reference"]["last_layer"]),
+        },
+        "logit_lens": {
+            "v_mold_top_raw": pair(lambda r: r["logit_lens"]["Mold_raw"]["top"]),
+            "v_gold_bottom_raw": pair(lambda r: r["logit_lens"]["Gold_raw"]["bottom"]),
+            "v_mold_failure_auroc": pair(lambda r: r["logit_lens"]["Mold_raw"]["failure_auroc"]),
+        },
+        "emotions": {
+            "slope": pair(lambda r: r["emotions"]["scatter"]["slope"]),
+            "r": pair(lambda r: r["emotions"]["scatter"]["r"]),
+        },  # fmt: skip
+        "tracking": {
+            "maze_d_gold_vector": pair(lambda r: r["tracking"]["maze_d_gold_vector_at_layer_star"]),
+            "feedback_d": pair(lambda r: r["tracking"]["feedback_d_gold_vector_at_layer_star"]),
+        },  # fmt: skip
+        "q_readout": {"spearman_pooled_centred": pair(lambda r: r["q_readout"]["spearman_pooled_centred"])},
+        "env_probes": {
+            task: pair(lambda r, t=task: r["env_probes"][t]["score"])
+            for task in trn["env_probes"]
+            if isinstance(trn["env_probes"][task], dict)
+        },
+        "layer_star": trn["extraction"]["layer_star"],
+        "paper": PAPER,
+    }
+    if "forgetting" in out:
+        summary["forgetting"] = out["forgetting"].result
+    if "steering" in out:
+        slopes = out["steering"].result["slopes"]
+        summary["steering"] = {
+            f"{vec}_{ev}": _slope(slopes, vec, ev)
+            for vec in ("v_Mold", "u_Mold", "v_Gold", "u_Gold")
+            for ev in cfg.steer_evals
+        }
+    return summary
+
+
+def build_report(runner: StageRunner, cfg: StudyConfig, summary: dict[str, Any]) -> str:
+    """The HTML report (every section filled from the stage outputs)."""
+    from maze_env.plots import training_curves
+    from probes.plots import layer_cosine_curves
+    from steering.plots import dose_response_figure
+    from steering.stats import summarize_cells
+    from steering.sweep import load_records
+    from welfare_axis.report import Section, Table, render_report
+
+    out = runner.outputs
+    rd = out["readouts"]
+    ctrl = read_json(rd.dir / rd.result["control"])
+    trn = read_json(rd.dir / rd.result["trained"])
+    train = out["train"]
+    metrics_path = train.dir / train.result["run"] / "metrics.jsonl"
+    metrics = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+
+    def rows(section: Mapping[str, Any]) -> list[dict[str, Any]]:
+        return [{"measure": k, "trained": v.get("trained"), "control": v.get("control"),
+                 "paper": PAPER.get(f"{k}_trained", "")} for k, v in section.items() if isinstance(v, dict)]  # fmt: skip
+
+    t = summary["training"]
+    sections = [
+        Section(
+            "Training",
+            text=(
+                f"{cfg.algo} on {cfg.model}, {t['steps']} steps. Held-out return before → after: "
+                + (
+                    f"{t['before']['mean_return']:+.2f} ± {t['before']['stderr_return']:.2f} → "
+                    f"{t['after']['mean_return']:+.2f} ± {t['after']['stderr_return']:.2f}"
+                    if t.get("before") and t.get("after")
+                    else "not evaluated"
+                )
+            ),  # fmt: skip
+            tables=[
+                Table(
+                    "held-out evaluation",
+                    [{"when": k, **(t[k] or {})} for k in ("before", "after") if t.get(k)],
+                )
+            ],
+            figures=[training_curves(metrics)] if metrics else [],
+        ),
+        Section(
+            "Geometry of the reward vectors",
+            text="Per-layer cos(v_Mold, v_Gold) for the trained model (v) and the untrained control (u).",
+            tables=[Table("headline", rows(summary["geometry"]))],
+            figures=[
+                layer_cosine_curves(
+                    {
+                        "trained v": dict(enumerate(trn["geometry"]["cos_mold_gold"]["by_layer"])),
+                        "control u": dict(enumerate(ctrl["geometry"]["cos_mold_gold"]["by_layer"])),
+                    }
+                )
+            ],
+        ),  # fmt: skip
+        Section(
+            "Logit lens",
+            tables=[Table("top / bottom tokens and failure-token AUROC", rows(summary["logit_lens"]))],
+        ),
+        Section("Emotion alignment", tables=[Table("scatter slope and r", rows(summary["emotions"]))]),
+        Section("Tracking", tables=[Table("Cohen's d", rows(summary["tracking"]))]),
+        Section("Logits as Q-values", tables=[Table("Spearman(Q̂, true Q)", rows(summary["q_readout"]))]),
+        Section("Environment probes", tables=[Table("best-layer probe score", rows(summary["env_probes"]))]),
+    ]
+    if "forgetting" in summary:
+        f = summary["forgetting"]
+        sections.append(Section("Forgetting", tables=[Table("non-target capability", [
+            {"when": k, **f[k]} for k in ("before", "after")] + [{"when": "drop", **f["drop"]}])]))  # fmt: skip
+    if "steering" in out:
+        st = out["steering"]
+        figures = []
+        for concept, name in st.result["sweeps"].items():
+            cells = summarize_cells(load_records(st.dir / name))
+            figures.append(
+                dose_response_figure(cells, title=f"steering with v_{concept} vs norm-matched u_{concept}")
+            )
+        slope_rows = [{k: r.get(k) for k in ("vector", "eval", "layer", "slope", "se", "ci_low", "ci_high", "n")}
+                      for r in st.result["slopes"]]  # fmt: skip
+        sections.append(
+            Section(
+                "Steering",
+                text=f"Steered model: {cfg.steer_model}. Control u is norm-matched to v.",
+                tables=[Table("dose-response slopes (OLS, bootstrap CI)", slope_rows)],
+                figures=figures,
+            )
+        )
+    notes = (
+        ["FAST MODE: small settings for a quick look; numbers are noisy and not comparable to the paper."]
+        if cfg.fast
+        else []
+    )
+    return render_report(
+        f"welfare-axis study: {cfg.model}, {cfg.algo}, tiles {cfg.tiles}", sections, notes=notes
+    )
+
+
+# ======================================================================================================
+# Driver
+# ======================================================================================================
+
+
+def run_study(cfg: StudyConfig, out: str | Path) -> dict[str, Any]:
+    """Run (or resume) every stage of the study into ``out``; returns the summary."""
+    runner = StageRunner(out)
+    write_json(Path(out) / "study_config.json", dataclasses.asdict(cfg))
+    stages: list[tuple[str, Callable[[Path], dict[str, Any]], list[str], bool]] = [
+        ("train", lambda d: stage_train(cfg, d), [], True),
+        ("forgetting", lambda d: stage_forgetting(cfg, runner, d), ["train"], False),
+        ("readouts", lambda d: stage_readouts(cfg, runner, d), ["train"], False),
+        ("steering", lambda d: stage_steering(cfg, runner, d), ["train", "readouts"], False),
+    ]
+    settings = {
+        "train": {k: v for k, v in dataclasses.asdict(cfg).items() if k in ("model", "algo", "tiles", "finetune", "train_preset", "train_steps", "train_overrides", "seed", "fast")},
+        "forgetting": {"qa": cfg.forgetting_qa, "texts": cfg.forgetting_texts, "seed": cfg.seed},
+        "readouts": {"n_per_class": cfg.n_per_class, "scale": cfg.readout_scale, "seed": cfg.seed},
+        "steering": {k: getattr(cfg, k) for k in ("steer_model", "steer_evals", "alphas", "n_prompts", "n_samples", "max_new_tokens", "seed")},
+    }  # fmt: skip
+    for name, fn, depends, resumable in stages:
+        start = time.perf_counter()
+        print(f"[welfare-axis] stage {name} ...", flush=True)
+        result = runner.stage(name, settings[name], fn, depends=depends, resumable=resumable)
+        how = "cached" if result.cached else f"{time.perf_counter() - start:.0f} s"
+        print(f"[welfare-axis] stage {name} done ({how})", flush=True)
+    summary = summarize(runner, cfg)
+    write_json(Path(out) / "summary.json", summary)
+    write_text(Path(out) / "report.html", build_report(runner, cfg, summary))
+    return summary

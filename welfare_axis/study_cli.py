@@ -1,0 +1,77 @@
+"""``welfare-axis run`` (the whole study) and ``welfare-axis compare`` (several runs side by side)."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+from pathlib import Path
+from typing import Any
+
+
+def _parse_set(items: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set expects key=value; got {item!r}")
+        try:
+            out[key] = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            out[key] = raw
+    return out
+
+
+def _run(args: argparse.Namespace) -> int:
+    from welfare_axis.study import PRESETS, StudyConfig, run_study
+
+    cfg = StudyConfig.preset(args.preset)
+    if args.fast:  # the fast sizes on top of the chosen preset (its model, algo, tiles... are kept)
+        cfg = StudyConfig.from_overrides(cfg, PRESETS["fast"])
+    cfg = StudyConfig.from_overrides(cfg, _parse_set(args.set))
+    out = Path(args.out or f"runs/{args.preset}{'-fast' if cfg.fast and args.preset != 'fast' else ''}")
+    summary = run_study(cfg, out)
+    g = summary["geometry"]
+    print(f"\nreport: {out / 'report.html'}\nsummary: {out / 'summary.json'}")
+    print(
+        f"min cos(v_Mold, v_Gold): trained {g['cos_min']['trained']:+.3f}, control {g['cos_min']['control']:+.3f}"
+    )
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from welfare_axis.compare import compare_runs
+
+    table, html_path = compare_runs([Path(p) for p in args.runs], out=Path(args.out) if args.out else None)
+    print(table)
+    if html_path:
+        print(f"\nwritten: {html_path}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from welfare_axis.study import PRESETS
+
+    p = sub.add_parser("run", help="the whole study: train, extract, read out, steer, report")
+    p.add_argument(
+        "--preset",
+        default="default",
+        choices=sorted(PRESETS),
+        help="study preset (controls: tile-swap, gemma, sft, ...)",
+    )
+    p.add_argument(
+        "--fast", action="store_true", help="small settings: a few minutes end to end (the report says so)"
+    )
+    p.add_argument("--out", default=None, help="run directory (default runs/<preset>)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any study setting, e.g. --set n_per_class=300",
+    )
+    p.set_defaults(handler=_run)
+
+    c = sub.add_parser("compare", help="tabulate and plot several finished runs together")
+    c.add_argument("runs", nargs="+", help="run directories holding summary.json")
+    c.add_argument("--out", default=None, help="write a comparison HTML report here")
+    c.set_defaults(handler=_compare)
