@@ -36,7 +36,9 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -54,6 +56,7 @@ from maze_env.text import episode_messages
 __all__ = [
     "EpisodeBatch",
     "action_logits",
+    "bf16_autocast_is_fast",
     "collect_episodes",
     "direction_log_probs",
     "episode_token_ids",
@@ -380,8 +383,11 @@ def collect_episodes(
             One uniform per episode per turn is drawn, whatever ``batch_size``.
         greedy: take the argmax direction instead of sampling.
         device: where to run (default: the model's device). Inputs are moved there; the model is not.
-        autocast: run the forward passes under bfloat16 autocast (about 2x faster on CPU, ~1e-2 logit
-            differences; use ``False`` for exact float32 numbers).
+        autocast: run the forward passes under bfloat16 autocast where that is faster than float32
+            (:func:`bf16_autocast_is_fast`: CUDA with bf16, CPUs with native bf16 matmuls such as
+            AVX512-BF16/AMX; ~1e-2 logit differences). On CPUs without native bf16 (AVX2-only), bf16
+            matmuls are 4-50x slower than float32, so the rollout stays in float32 there. ``False``:
+            always exact float32.
         batch_size: at most this many episodes per forward pass (each group keeps its own KV cache; all
             mazes still step together, so results do not depend on it beyond float rounding).
 
@@ -410,6 +416,7 @@ def collect_episodes(
     config = config or MazeConfig()
     n = len(seeds)
     run_device = torch.device(device) if device is not None else _model_device(model)
+    autocast = bool(autocast) and bf16_autocast_is_fast(run_device)
     direction_ids = _direction_ids(tokenizer)
     direction_index = torch.tensor(direction_ids, device=run_device)
     pad_id = int(tokenizer.pad_token_id)
@@ -551,6 +558,48 @@ def _forward_chunk(
             logits_to_keep=1,
         )
     return out.logits[:, -1], out.past_key_values, full_mask
+
+
+@functools.cache
+def _bf16_fast_on(device_type: str, index: int | None) -> bool:
+    if device_type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device_type != "cpu":
+        return False
+    try:
+        if not torch.ops.mkldnn._is_mkldnn_bf16_supported():  # no AVX512/AMX bf16 path at all
+            return False
+    except (AttributeError, RuntimeError):
+        pass
+    # A bf16 path exists (possibly emulated): time a model-sized linear layer in both dtypes.
+    x, w = torch.randn(256, 576), torch.randn(1536, 576)
+
+    def seconds(dtype: torch.dtype) -> float:
+        xs, ws = x.to(dtype), w.to(dtype)
+        torch.nn.functional.linear(xs, ws)
+        best = math.inf
+        for _ in range(3):
+            start = time.perf_counter()
+            torch.nn.functional.linear(xs, ws)
+            best = min(best, time.perf_counter() - start)
+        return best
+
+    return seconds(torch.bfloat16) < seconds(torch.float32)
+
+
+def bf16_autocast_is_fast(device: str | torch.device = "cpu") -> bool:
+    """Whether bf16 autocast speeds up matmuls on ``device`` (cached per device; a ~10 ms probe on CPU).
+
+    True on CUDA with bf16 support. On CPU, False when PyTorch has no native bf16 path (AVX2-only CPUs,
+    where bf16 matmuls run 4-50x slower than float32), else the result of timing a 256x576x1536 linear
+    layer in both dtypes.
+
+    Example:
+        >>> isinstance(bf16_autocast_is_fast("cpu"), bool)
+        True
+    """
+    device = torch.device(device)
+    return _bf16_fast_on(device.type, device.index)
 
 
 def _sliding_window(model: torch.nn.Module) -> int | None:

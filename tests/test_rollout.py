@@ -147,11 +147,24 @@ def test_action_logits_is_differentiable(llama, episodes):
     model.zero_grad()
 
 
-def test_autocast_is_close_to_float32(llama, episodes):
+def test_autocast_is_close_to_float32(llama, episodes, monkeypatch):
+    import maze_env.rollout as rollout
+
     model, tok = llama
+    monkeypatch.setattr(rollout, "bf16_autocast_is_fast", lambda device: True)  # force bf16 on any CPU
     fast = collect_episodes(model, tok, seeds=SEEDS[:2], config=MazeConfig(n_turns=2), autocast=True)
     exact = episodes.direction_logits[:2, :2]
+    assert not torch.equal(fast.direction_logits, exact)  # bf16 really ran
     assert (fast.direction_logits - exact).abs().max() < 0.05 * exact.abs().max() + 1e-3
+
+
+def test_autocast_is_skipped_where_bf16_is_slow(llama, episodes, monkeypatch):
+    import maze_env.rollout as rollout
+
+    model, tok = llama
+    monkeypatch.setattr(rollout, "bf16_autocast_is_fast", lambda device: False)  # e.g. an AVX2-only CPU
+    batch = collect_episodes(model, tok, seeds=SEEDS, config=SHORT, autocast=True)
+    _same(batch, episodes, exact=True)
 
 
 def test_sliding_window_model_batched_equals_unbatched_and_teacher_forced():
