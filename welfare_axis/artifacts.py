@@ -37,7 +37,9 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     except BaseException as err:
         tmp_path.unlink(missing_ok=True)
         if isinstance(err, OSError) and err.errno == 28:
-            raise OSError(28, f"disk full while writing {path}; nothing was written. Free space and rerun") from err
+            raise OSError(
+                28, f"disk full while writing {path}; nothing was written. Free space and rerun"
+            ) from err
         raise
     return path
 
@@ -47,7 +49,10 @@ def write_text(path: str | Path, text: str) -> Path:
 
 
 def write_json(path: str | Path, obj: Any) -> None:
-    atomic_write(path, lambda p: p.write_text(json.dumps(obj, indent=2, sort_keys=True, default=_default), encoding="utf-8"))
+    atomic_write(
+        path,
+        lambda p: p.write_text(json.dumps(obj, indent=2, sort_keys=True, default=_default), encoding="utf-8"),
+    )
 
 
 def read_json(path: str | Path) -> Any:

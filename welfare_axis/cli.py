@@ -135,7 +135,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.handler(args) or 0)
     except (ValueError, TypeError, KeyError, FileNotFoundError, RuntimeError) as err:
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err  # KeyError's str() adds quotes
+        message = (
+            err.args[0] if isinstance(err, KeyError) and err.args else err
+        )  # KeyError's str() adds quotes
         print(f"welfare-axis: error: {message}", file=sys.stderr)
         return 2
 

@@ -56,7 +56,9 @@ def _table_html(table: Table) -> str:
     for row in table.rows:
         columns += [c for c in row if c not in columns]
     head = "".join(f"<th>{_html.escape(c)}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(f"<td>{_fmt(row.get(c))}</td>" for c in columns) + "</tr>" for row in table.rows)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{_fmt(row.get(c))}</td>" for c in columns) + "</tr>" for row in table.rows
+    )
     return f"<h3>{_html.escape(table.title)}</h3><table><tr>{head}</tr>{body}</table>"
 
 
