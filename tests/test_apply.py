@@ -417,3 +417,18 @@ def test_nnsight_backend_matches_hooks(chat_model) -> None:
     valid = attn.bool()
     assert torch.equal(traced[valid], hooked[valid])
     assert torch.equal(traced_gen, hooked_gen)
+
+
+def test_concept_vector_apply_delegates_here(model: nn.Module) -> None:
+    from probes.concept_vector import ConceptVector
+
+    torch.manual_seed(8)
+    directions = {1: torch.randn(D_MODEL)}
+    vector = ConceptVector(directions, model_name="tiny", method="test")
+    with torch.no_grad():
+        with apply(model, directions, alpha=2.0, positions="all"):
+            expected = model(IDS).logits
+        with vector.apply(model, alpha=2.0, positions="all") as handle:
+            got = model(IDS).logits
+    assert handle.layers == [1]
+    assert torch.equal(got, expected)
