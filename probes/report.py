@@ -1,0 +1,387 @@
+"""Every readout of one model in one call: the numbers ``docs/probes_smollm2.md`` reports.
+
+:func:`readout_report` extracts the reward vectors of ``model`` from scripted trajectories (on a
+maze-naive model these are the control vectors ``u``), selects ``l*`` on held-out trajectories, and
+runs geometry, logit lens, emotion alignment, sentiment axes, tracking, logit-as-Q and the environment
+probes. Everything is seeded; the result is a JSON-ready dict.
+
+Run it from the command line (slow on a CPU: wrap it in ``flock /tmp/wa/heavy.lock``)::
+
+    python -m probes.report --model smollm2-135m-instruct --n-per-class 150 --out runs/readouts.json
+
+Example:
+    >>> from probes.models import tiny_model
+    >>> model, tok = tiny_model("llama")
+    >>> report = readout_report(model, tok, ReportSettings.smoke())  # doctest: +SKIP
+    >>> sorted(report)  # doctest: +SKIP
+    ['emotions', 'env_probes', 'extraction', 'geometry', 'logit_lens', 'q_readout', 'sentiment', 'tracking', ...]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from maze_env import MazeConfig
+from maze_env.scripted import scripted_trajectories
+from probes import layers as _layers
+from probes.emotions import DEFAULT_TOKEN_OFFSET, emotion_scatter, emotion_vectors, valence_axis
+from probes.env_probes import run_probes
+from probes.extract import aggregate, reward_activations
+from probes.geometry import analysis_layer, centred_class_cosines, layer_cosines, path_reference_cosines
+from probes.logit_lens import failure_score, logit_lens, overlap
+from probes.maze_states import MazeStates, read_decisions
+from probes.q_readout import q_correlation, q_readout, true_q
+from probes.selection import best_mean_auroc_layer, select_layer
+from probes.sentiment import labelled_sentiment_axis, prompt_sentiment_axis
+from probes.tracking import HELD_OUT_SEED, feedback_tracking, maze_tracking
+
+
+@dataclass(frozen=True)
+class ReportSettings:
+    """Sizes and seeds of :func:`readout_report`."""
+
+    model: str = "smollm2-135m-instruct"
+    """Model for the command line (``probes.models.load_model`` name or path)."""
+    n_per_class: int = 150
+    """Scripted trajectories per class (Mold, Gold, Path) for the vectors (the paper: 5,000)."""
+    held_out: float = 0.2
+    """Fraction of each class held out for the layer selection."""
+    seed: int = 474747
+    """Base maze seed of the extraction trajectories (the paper's)."""
+    split_seed: int = 0
+    """Seed of the train/held-out split and of the probes."""
+    maze_size: int = 100
+    """Maze side length (the paper: 100)."""
+    batch_size: int = 8
+    """Texts per forward."""
+    lens_k: int = 5
+    """Tokens per logit-lens list."""
+    token_offset: int = DEFAULT_TOKEN_OFFSET
+    """Story-mean offset for emotion and labelled-sentiment texts."""
+    tracking_n: int = 60
+    """Held-out Gold-final and Mold-final trajectories for maze tracking."""
+    feedback_n: int = 100
+    """QA items for correctness-feedback tracking."""
+    q_episodes: int = 20
+    """Held-out scripted Gold and Mold walks (each) whose states the logit-as-Q readout scores."""
+    q_horizon: int = 4
+    """Search horizon of the true Q."""
+    beta: float = 1.0
+    """beta of Q^ = beta * logits."""
+    probe_episodes: int = 40
+    """Random-walk episodes for the environment probes."""
+    probe_turns: int = 8
+    """Turns per random-walk episode."""
+    probe_layer_stride: int = 3
+    """Probe every this many layers (and the last)."""
+    out: Path | None = None
+    """Write the report JSON here (atomically)."""
+
+    @classmethod
+    def smoke(cls) -> ReportSettings:
+        """A small version (the slow test): a few trajectories and texts per readout."""
+        return cls(
+            n_per_class=20,
+            maze_size=30,
+            tracking_n=6,
+            feedback_n=12,
+            q_episodes=3,
+            probe_episodes=8,
+            probe_turns=4,
+            probe_layer_stride=10,
+        )
+
+
+def _round(x: float) -> float:
+    return float(round(x, 6)) if math.isfinite(x) else float(x)
+
+
+def _curve(values: dict[int, float]) -> list[float]:
+    return [_round(values[k]) for k in sorted(values)]
+
+
+def _finite_tree(tree: Any, path: str = "report") -> None:
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            _finite_tree(value, f"{path}.{key}")
+    elif isinstance(tree, list | tuple):
+        for i, value in enumerate(tree):
+            _finite_tree(value, f"{path}[{i}]")
+    elif isinstance(tree, float) and not math.isfinite(tree):
+        raise ValueError(f"non-finite number at {path}: {tree}")
+
+
+def readout_report(
+    model: nn.Module, tokenizer: Any, settings: ReportSettings | None = None
+) -> dict[str, Any]:
+    """Extract the reward vectors of ``model`` and run every readout on them (see the module docstring).
+
+    Raises:
+        ValueError: a readout produced a non-finite number (the report lists where).
+    """
+    s = settings or ReportSettings()
+    torch.manual_seed(s.split_seed)
+    config = MazeConfig(size=s.maze_size)
+    n_layers = _layers.n_layers(model)
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[name] = round(now - clock, 2)
+        clock = now
+
+    report: dict[str, Any] = {
+        "model": _layers.model_name(model),
+        "n_layers": n_layers,
+        "d_model": _layers.d_model(model),
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(s).items()},
+    }
+
+    # EXTRACTION: Eq. 1 vectors on the train split, l* on the held-out split
+    acts = reward_activations(
+        model, tokenizer, n_per_class=s.n_per_class, config=config, seed=s.seed, batch_size=s.batch_size
+    )
+    train, held = acts.split(s.held_out, seed=s.split_seed)
+    vectors = aggregate(train, "mean_diff")
+    v_mold, v_gold = vectors["Mold"], vectors["Gold"]
+    sel_mold, sel_gold = select_layer(v_mold, held), select_layer(v_gold, held)
+    layer_mold, layer_gold = sel_mold.layer, sel_gold.layer
+    emotion_layer = best_mean_auroc_layer(sel_mold, sel_gold)
+    report["extraction"] = {
+        "n_per_class": train.n_per_class,
+        "n_held_out": held.n_per_class,
+        "layer_star": {"Mold": layer_mold, "Gold": layer_gold},
+        "auroc_at_layer_star": {
+            "Mold": _round(float(sel_mold.auroc[sel_mold.layers.index(layer_mold)])),
+            "Gold": _round(float(sel_gold.auroc[sel_gold.layers.index(layer_gold)])),
+        },
+        "norm_at_layer_star": {
+            "Mold": _round(v_mold.norms()[layer_mold]),
+            "Gold": _round(v_gold.norms()[layer_gold]),
+        },
+        "best_mean_auroc_layer": emotion_layer,
+    }
+    lap("extraction")
+
+    # GEOMETRY
+    cosines = layer_cosines(v_mold, v_gold)
+    path_ref = path_reference_cosines(train)
+    centred = centred_class_cosines(train, n_layers=n_layers)
+    report["geometry"] = {
+        "cos_mold_gold": {
+            "avg": _round(cosines.avg),
+            "min": _round(cosines.min),
+            "argmin": cosines.argmin,
+            "by_layer": _curve(cosines.cosines),
+        },
+        "path_reference": {
+            "avg": _round(path_ref.avg),
+            "min": _round(path_ref.min),
+            "argmin": path_ref.argmin,
+            "last_layer": _round(path_ref.cosines[n_layers - 1]),
+            "by_layer": _curve(path_ref.cosines),
+        },
+        "centred": {"layer": centred.layer, **{k: _round(v) for k, v in centred.pairs().items()}},
+    }
+    lap("geometry")
+
+    # LOGIT LENS at floor(5L/6)
+    lens_layer = analysis_layer(n_layers, 5, 6)
+    lens: dict[str, Any] = {"layer": lens_layer}
+    lists = {}
+    for name, vector in (("Mold", v_mold), ("Gold", v_gold)):
+        for through_norm in (False, True):
+            mode = "norm" if through_norm else "raw"
+            result = logit_lens(model, tokenizer, vector, lens_layer, k=s.lens_k, through_norm=through_norm)
+            lists[(name, mode)] = result
+            score = failure_score(model, tokenizer, vector, lens_layer, through_norm=through_norm)
+            lens[f"{name}_{mode}"] = {
+                "top": result.top_tokens,
+                "bottom": result.bottom_tokens,
+                "failure_auroc": _round(score.auroc),
+                "failure_standardized": _round(score.standardized),
+            }
+    lens["overlap_mold_top_gold_bottom"] = {
+        mode: overlap(lists[("Mold", mode)].top, lists[("Gold", mode)].bottom) for mode in ("raw", "norm")
+    }
+    report["logit_lens"] = lens
+    lap("logit_lens")
+
+    # EMOTIONS at argmax 1/2 (AUROC_Mold + AUROC_Gold), valence axis there and at floor(2L/3)
+    ev = emotion_vectors(model, tokenizer, "all", token_offset=s.token_offset, batch_size=s.batch_size)
+    scatter = emotion_scatter(ev, v_mold, v_gold, emotion_layer)
+    geometry_layer = analysis_layer(n_layers)
+    axes = {layer: valence_axis(ev, layer) for layer in sorted({emotion_layer, geometry_layer})}
+    report["emotions"] = {
+        "n_emotions": len(ev.emotions),
+        "n_short_texts": ev.n_short,
+        "neutral_pcs_removed": {str(k): v for k, v in sorted(ev.n_components_removed.items()) if k in axes},
+        "scatter": {
+            "layer": emotion_layer,
+            "slope": _round(scatter.slope),
+            "r": _round(scatter.r),
+            "top_gold": [(e, _round(c)) for e, c in scatter.top("y", 5)],
+            "top_mold": [(e, _round(c)) for e, c in scatter.top("x", 5)],
+            "max_abs_cos": _round(float(max(np.abs(scatter.x).max(), np.abs(scatter.y).max()))),
+        },
+        "valence_axis": {
+            str(layer): {
+                "r_valence": _round(axis.r_valence),
+                "r_arousal_pc2": _round(axis.r_arousal),
+                "explained_pc1": _round(axis.explained[0]),
+                "explained_pc2": _round(axis.explained[1]),
+                "cos_pc1_gold": _round(
+                    float(axis.pc1 @ v_gold[layer].double() / v_gold[layer].double().norm())
+                ),
+                "cos_pc1_mold": _round(
+                    float(axis.pc1 @ v_mold[layer].double() / v_mold[layer].double().norm())
+                ),
+            }
+            for layer, axis in axes.items()
+        },
+    }
+    lap("emotions")
+
+    # SENTIMENT axes
+    sentiment = {}
+    for name, axis in (
+        ("prompt", prompt_sentiment_axis(model, tokenizer, "all")),
+        (
+            "labelled",
+            labelled_sentiment_axis(
+                model, tokenizer, "all", token_offset=s.token_offset, batch_size=s.batch_size
+            ),
+        ),
+    ):
+        with_mold, with_gold = axis.cosine(v_mold), axis.cosine(v_gold)
+        sentiment[name] = {
+            "cos_mold_at_emotion_layer": _round(with_mold[emotion_layer]),
+            "cos_gold_at_emotion_layer": _round(with_gold[emotion_layer]),
+            "max_abs_cos_mold": _round(max(abs(c) for c in with_mold.values())),
+            "max_abs_cos_gold": _round(max(abs(c) for c in with_gold.values())),
+        }
+    report["sentiment"] = sentiment
+    lap("sentiment")
+
+    # TRACKING
+    gold = scripted_trajectories("Gold", s.tracking_n, config=config, base_seed=HELD_OUT_SEED)
+    mold = scripted_trajectories("Mold", s.tracking_n, config=config, base_seed=HELD_OUT_SEED)
+    maze_gold = maze_tracking(model, tokenizer, v_gold, gold=gold, mold=mold, batch_size=s.batch_size)
+    maze_mold = maze_tracking(model, tokenizer, v_mold, gold=gold, mold=mold, batch_size=s.batch_size)
+    feedback = feedback_tracking(
+        model,
+        tokenizer,
+        v_gold.select([layer_gold]),
+        n=s.feedback_n,
+        seed=s.split_seed,
+        batch_size=s.batch_size,
+    )
+    report["tracking"] = {
+        "maze_d_gold_vector_at_layer_star": _round(maze_gold.d[layer_gold]),
+        "maze_d_mold_vector_at_layer_star": _round(maze_mold.d[layer_mold]),
+        "maze_d_gold_vector_max_abs": _round(max(abs(d) for d in maze_gold.d.values())),
+        "maze_d_gold_vector_by_layer": _curve(maze_gold.d),
+        "feedback_d_gold_vector_at_layer_star": _round(feedback.d[layer_gold]),
+    }
+    lap("tracking")
+
+    # LOGIT-AS-Q on held-out scripted walks
+    walks = scripted_trajectories(
+        "Gold", s.q_episodes, config=config, base_seed=HELD_OUT_SEED + 7919
+    ) + scripted_trajectories("Mold", s.q_episodes, config=config, base_seed=HELD_OUT_SEED + 7919)
+    states = MazeStates.from_trajectories(walks, config=config)
+    q = true_q(states, horizon=s.q_horizon)
+    readout = q_readout(model, tokenizer, states, beta=s.beta, batch_size=s.batch_size)
+    correlation = q_correlation(readout, q)
+    lens_readout = q_readout(model, tokenizer, states, beta=s.beta, layer=lens_layer, batch_size=s.batch_size)
+    lens_correlation = q_correlation(lens_readout, q)
+    policy = readout.log_policy.exp()
+    report["q_readout"] = {
+        "n_states": correlation.n_states,
+        "n_states_used": correlation.n_states_used,
+        "spearman_pooled_centred": _round(correlation.pooled),
+        "spearman_mean_per_state": _round(correlation.mean_per_state),
+        "lens_layer_spearman_pooled_centred": _round(lens_correlation.pooled),
+        "policy_entropy_nats": _round(float(-(policy * readout.log_policy).sum(1).mean())),
+        "action_share": [_round(float(x)) for x in policy.mean(0)],
+        "horizon": s.q_horizon,
+        "beta": s.beta,
+    }
+    lap("q_readout")
+
+    # ENVIRONMENT PROBES on random walks
+    probe_layers = sorted({*range(0, n_layers, s.probe_layer_stride), n_layers - 1})
+    walks_states = MazeStates.random_walks(
+        s.probe_episodes, config=config, seed=s.split_seed + 12345, n_turns=s.probe_turns
+    )
+    decisions = read_decisions(
+        model, tokenizer, walks_states, probe_layers, batch_size=max(1, s.batch_size // 2)
+    )
+    table = run_probes(decisions.activations, walks_states, seed=s.split_seed)
+    probes: dict[str, Any] = {"layers": probe_layers, "n_states": len(walks_states)}
+    for task in table.tasks:
+        best = table.best(task)
+        probes[task] = {
+            "best_layer": best.layer,
+            "metric": best.metric,
+            "score": _round(best.score),
+            "control": _round(best.control_score),
+            "selectivity": _round(best.selectivity),
+            "baseline": _round(best.baseline),
+        }
+    report["env_probes"] = probes
+    lap("env_probes")
+
+    report["timings_s"] = timings
+    _finite_tree({k: v for k, v in report.items() if k != "timings_s"})
+    if s.out is not None:
+        write_json(report, s.out)
+    return report
+
+
+def write_json(report: dict[str, Any], path: str | os.PathLike[str]) -> Path:
+    """Write ``report`` as JSON atomically (temp file + ``os.replace``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(report, f, indent=1, ensure_ascii=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def main(settings: ReportSettings) -> dict[str, Any]:
+    """Load ``settings.model`` on the CPU (2 threads) and run :func:`readout_report`."""
+    from probes.models import load_model
+
+    torch.set_num_threads(2)
+    model, tokenizer = load_model(settings.model, device="cpu")
+    report = readout_report(model, tokenizer, settings)
+    print(
+        json.dumps({k: v for k, v in report.items() if k not in ("settings",)}, indent=1, ensure_ascii=False)
+    )
+    return report
+
+
+if __name__ == "__main__":
+    import tyro
+
+    main(tyro.cli(ReportSettings))

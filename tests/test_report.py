@@ -1,0 +1,55 @@
+"""probes.report: every readout in one call (tiny model: fast; SmolLM2-135M-Instruct: slow)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from probes.models import tiny_model
+from probes.report import ReportSettings, readout_report
+
+SECTIONS = [
+    "extraction",
+    "geometry",
+    "logit_lens",
+    "emotions",
+    "sentiment",
+    "tracking",
+    "q_readout",
+    "env_probes",
+]
+
+TINY = dataclasses.replace(
+    ReportSettings.smoke(), n_per_class=10, tracking_n=4, feedback_n=6, q_episodes=2, probe_episodes=6
+)
+
+
+def _without_timings(report):
+    return {k: v for k, v in report.items() if k != "timings_s"}
+
+
+def test_report_on_a_tiny_model_has_every_section_and_writes_json(tmp_path):
+    model, tok = tiny_model("llama", n_layers=3)
+    report = readout_report(model, tok, dataclasses.replace(TINY, out=tmp_path / "r.json"))
+    assert [k for k in SECTIONS if k in report] == SECTIONS
+    assert report["geometry"]["centred"]["layer"] == 2  # floor(2 * 3 / 3) clipped to L - 1
+    assert len(report["geometry"]["cos_mold_gold"]["by_layer"]) == 3
+    assert json.loads((tmp_path / "r.json").read_text(encoding="utf-8"))["n_layers"] == 3
+
+
+@pytest.mark.slow
+def test_readouts_on_smollm2_are_finite_and_seeded():
+    from probes.models import load_model
+
+    model, tok = load_model("smollm2-135m-instruct", device="cpu")
+    first = readout_report(model, tok, TINY)  # raises on any non-finite number
+    second = readout_report(model, tok, TINY)
+    assert _without_timings(first) == _without_timings(second)
+    assert first["n_layers"] == 30 and first["d_model"] == 576
+    assert first["geometry"]["centred"]["layer"] == 20
+    assert first["logit_lens"]["layer"] == 25
+    assert len(first["logit_lens"]["Mold_raw"]["top"]) == 5
+    assert first["emotions"]["n_emotions"] >= 40
+    assert -1.0 <= first["geometry"]["cos_mold_gold"]["min"] <= 1.0
