@@ -401,10 +401,7 @@ def collect_episodes(
     seeds = [int(s) for s in seeds]
     if not seeds:
         raise ValueError("seeds is empty; pass one maze seed per episode")
-    if not greedy:
-        _check_temperature(temperature)
-    elif temperature is not None:
-        _check_temperature(temperature)
+    _check_temperature(temperature)
     if batch_size is not None and (
         isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
     ):
@@ -443,7 +440,7 @@ def collect_episodes(
     neighbours = torch.zeros(n, turns, 4, dtype=torch.long)
     wind = torch.full((n, turns), -1, dtype=torch.long)
 
-    was_training = model.training
+    modes = [(module, module.training) for module in model.modules()]
     model.eval()
     try:
         for t in range(turns):
@@ -486,7 +483,8 @@ def collect_episodes(
                 for i, text in enumerate(mazes.observations()):
                     observations[i].append(text)
     finally:
-        model.train(was_training)
+        for module, training in modes:  # restore every module's own mode (not just the root's)
+            module.training = training
         caches.clear()
 
     for i in range(n):

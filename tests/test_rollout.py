@@ -185,8 +185,10 @@ def test_peft_model_rollout_and_recompute_agree(llama):
     model, tok = tiny_model("llama", seed=2)
     peft_model = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
     peft_model.train()
+    frozen = peft_model.get_decoder().layers[0].eval()  # a submodule with its own mode
     batch = collect_episodes(peft_model, tok, seeds=SEEDS[:2], config=MazeConfig(n_turns=2), autocast=False)
-    assert peft_model.training  # mode restored
+    assert peft_model.training and peft_model.get_decoder().layers[1].training  # modes restored...
+    assert not frozen.training  # ...each module's own
     peft_model.eval()
     torch.testing.assert_close(action_logits(peft_model, batch), batch.direction_logits, atol=2e-5, rtol=1e-5)
 
