@@ -174,11 +174,10 @@ def stage_train(cfg: StudyConfig, work: Path) -> dict[str, Any]:
 
 def _load_models(runner: StageRunner) -> tuple[Any, Any, Any]:
     """(base model, trained model, tokenizer)."""
-    from maze_env.train import load_trained
-    from probes.models import load_model
+    from maze_env.train import Args, load_base_model, load_trained
 
     train = runner.outputs["train"]
-    base, tok = load_model(train.result["train_args"]["model"])
+    base, tok = load_base_model(Args(**train.result["train_args"]))
     trained, _ = load_trained(train.dir / train.result["run"], merge=True)
     return base, trained, tok
 
