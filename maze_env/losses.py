@@ -136,11 +136,14 @@ def returns_to_go(
 
 
 def reinforce_advantages(
-    rewards: Float[Tensor, "batch turn"], group_size: int, mask: Float[Tensor, "batch turn"] | None = None
+    rewards: Float[Tensor, "batch turn"],
+    group_size: int,
+    mask: Float[Tensor, "batch turn"] | None = None,
+    gamma: float = 1.0,
 ) -> Float[Tensor, "batch turn"]:
     """The paper's token-level REINFORCE advantage (App. Q.1).
 
-    ``G_{i,t}`` = returns-to-go with γ = 1; per-position group baseline
+    ``G_{i,t}`` = returns-to-go with γ = 1 (``gamma`` < 1 discounts later turns); per-position group baseline
     ``b_t = Σ_i m_{i,t} G_{i,t} / max(Σ_i m_{i,t}, 1)`` over the episodes ``i`` of a group;
     ``A_{i,t} = (G_{i,t} − b_t)·m_{i,t}``.
 
@@ -150,7 +153,7 @@ def reinforce_advantages(
                 [ 0., -1.]])
     """
     m = _ones_like_turns(rewards, mask)
-    g = returns_to_go(rewards, m)
+    g = returns_to_go(rewards, m, gamma)
     g_grouped = _grouped(g, group_size)  # (n_groups, G, T)
     m_grouped = _grouped(m, group_size)
     baseline = (m_grouped * g_grouped).sum(dim=1, keepdim=True) / m_grouped.sum(dim=1, keepdim=True).clamp(

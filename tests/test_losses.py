@@ -64,6 +64,12 @@ def test_reinforce_per_position_group_baseline():
     assert close(adv, T([[-2.0, -1.0], [2.0, 1.0], [0.0, 0.0]]))
 
 
+def test_reinforce_with_discount():
+    # gamma 0.5: G = [[1 + 0.5*2, 2], [3 + 0.5*4, 4]] = [[2, 2], [5, 4]]; baselines (3.5, 3)
+    adv = L.reinforce_advantages(T([[1.0, 2.0], [3.0, 4.0]]), 2, gamma=0.5)
+    assert close(adv, T([[-1.5, -1.0], [1.5, 1.0]]))
+
+
 def test_reinforce_baseline_is_per_group():
     r = T([[1.0], [3.0], [10.0], [30.0]])
     assert close(L.reinforce_advantages(r, 2), T([[-1.0], [1.0], [-10.0], [10.0]]))
