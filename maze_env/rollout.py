@@ -19,10 +19,12 @@ How a turn is computed:
 
 Chat-template facts for SmolLM2-135M-Instruct (ChatML): with no system message the template inserts
 ``<|im_start|>system\\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\\n``
-(we keep that behaviour: it is what the instruct model was tuned with). The tokenizer adds no BOS. The
-first prompt is ~103 tokens (system 18 + user turn + header); every later turn adds ~85 tokens (the
-letter, ``<|im_end|>\\n<|im_start|>user\\n``, the ~75-token observation, ``<|im_end|>\\n<|im_start|>assistant\\n``),
-so a 15-turn episode is ~1,300 tokens. The letters N/E/S/W are single tokens (ids 62, 53, 67, 71).
+(we keep that behaviour: it is what the instruct model was tuned with; 21 tokens). The tokenizer adds
+no BOS. The first prompt is 103 tokens (system 21 + the user turn + ``<|im_start|>assistant\\n``). Every
+later turn adds 85 tokens, 95 after a wind push (the letter, ``<|im_end|>\\n<|im_start|>user\\n``, the
+observation, whose emoji are 3 byte-level tokens each, ``<|im_end|>\\n<|im_start|>assistant\\n``); mean
+86 at 10% wind. A 15-turn episode is 1,294-1,334 tokens (mean ~1,309 over 32 episodes). The letters
+N/E/S/W are single tokens (ids 62, 53, 67, 71).
 
 Example:
     >>> from probes.models import tiny_model
