@@ -269,6 +269,8 @@ def mean_metrics(local: Mapping[str, float], ctx: DistContext, *, weight: float 
 
     Every rank must pass the same keys (checked). NaN stays NaN.
     """
+    if not ctx.distributed:
+        return {k: float(v) for k, v in local.items()}
     keys = sorted(local)
     if ctx.distributed:
         everyone = [None] * ctx.world_size
@@ -280,7 +282,29 @@ def mean_metrics(local: Mapping[str, float], ctx: DistContext, *, weight: float 
     total = float(summed[-1])
     if total == 0:
         return {k: math.nan for k in keys}
-    return {k: float(summed[i]) / total for i, k in enumerate(keys)}
+    means = {k: float(summed[i]) / total for i, k in enumerate(keys)}
+    return {k: means[k] for k in local}  # the caller's key order
+
+
+def whiten_global(
+    values: torch.Tensor, mask: torch.Tensor, ctx: DistContext, eps: float = 1e-8
+) -> torch.Tensor:
+    """``maze_env.losses.whiten`` with the mean and variance of the *global* batch (PPO advantages).
+
+    In one process it is ``losses.whiten(values, mask, eps)``.
+    """
+    if not ctx.distributed:
+        from maze_env.losses import whiten
+
+        return whiten(values, mask, eps)
+    m = mask.to(values.dtype)
+    local = torch.stack([(values * m).sum(), m.sum()]).to(torch.float64)
+    total, count = all_reduce_sum(local, ctx).tolist()
+    count = max(count, 1.0)
+    mean = total / count
+    squares = all_reduce_sum(((((values - mean) * m) ** 2).sum()).to(torch.float64).reshape(1), ctx)
+    var = float(squares[0]) / count
+    return (values - mean) * torch.rsqrt(torch.tensor(var + eps, dtype=values.dtype)) * m
 
 
 def gather_objects(obj: Any, ctx: DistContext) -> list[Any] | None:
