@@ -72,6 +72,7 @@ from maze_env import losses as L
 from maze_env.config import MazeConfig
 from maze_env.dynamics import ACTIONS
 from maze_env.rollout import EpisodeBatch, action_logits, collect_episodes
+from maze_env.top_layers import assemble, capture_below, supports_top_layers, top_action_logits
 from welfare_axis.artifacts import atomic_write, write_json
 
 Algo = Literal["dr_grpo", "grpo", "reinforce", "rloo", "ppo", "tbrm", "sft", "iterative_sft"]
@@ -153,6 +154,9 @@ class Args:
     """LoRA target module names, or all-linear (paper: all linear layers)."""
     lora_layers: int | None = None
     """Put LoRA only on the top N decoder layers (None: all). Backward then stops at the lowest adapted layer."""
+    reuse_rollout_activations: bool = True
+    """With lora_layers set (Llama-family models), feed the update the rollout's activations below the
+    adapted layers instead of recomputing the frozen ones (checked every step against the rollout's logits)."""
 
     # --- optimisation ---
     lr: float = 3e-6
@@ -435,9 +439,17 @@ def make_policy(args: Args, model: nn.Module | None = None, tokenizer: Any = Non
         return Policy(model, tokenizer, reference=reference, is_lora=False)
     from peft import LoraConfig, get_peft_model
 
-    targets: str | list[str] = (
-        "all-linear" if tuple(args.lora_targets) == ("all-linear",) else list(args.lora_targets)
-    )
+    targets = list(args.lora_targets)
+    if targets == [
+        "all-linear"
+    ]:  # every linear layer of the decoder blocks (peft's "all-linear" minus the head)
+        targets = sorted(
+            {
+                name.rsplit(".", 1)[-1]
+                for name, m in model.named_modules()
+                if isinstance(m, nn.Linear) and ".layers." in name
+            }
+        )
     layers = _lora_layer_indices(model, args.lora_layers)
     config = LoraConfig(
         r=args.lora_r,
@@ -502,6 +514,10 @@ def _autocast(args: Args, model: nn.Module):
 # ====================================================================================================
 
 
+_DRIFT_TOLERANCE = 0.5
+"""Max |logit difference| between the update's first pass and the rollout (bf16 rounding stays far below)."""
+
+
 class NonFiniteLossError(RuntimeError):
     """The loss or the gradient became NaN/inf; the step was not applied."""
 
@@ -528,24 +544,50 @@ def compute_advantages(episodes: EpisodeBatch, args: Args) -> torch.Tensor:
     return adv.float().contiguous()
 
 
-def _reference_logits(policy: Policy, episodes: EpisodeBatch, args: Args) -> torch.Tensor:
+def top_layer_start(policy: Policy, args: Args) -> int | None:
+    """The first adapted layer when the update may reuse the rollout's activations below it, else None."""
+    if not (args.reuse_rollout_activations and policy.is_lora and args.lora_layers):
+        return None
+    if args.algo == "sft" or not supports_top_layers(policy.model):
+        return None
+    start = int(policy.model.config.num_hidden_layers) - args.lora_layers
+    return start if start >= 1 else None
+
+
+def _policy_logits(
+    model: nn.Module, chunk: EpisodeBatch, hidden: torch.Tensor | None, start: int | None
+) -> torch.Tensor:
+    if hidden is None or start is None:
+        return action_logits(model, chunk)
+    return top_action_logits(model, hidden, chunk, start)
+
+
+def _reference_logits(
+    policy: Policy, episodes: EpisodeBatch, args: Args, hidden: torch.Tensor | None, start: int | None
+) -> torch.Tensor:
     """Reference-policy direction logits for every decision (no grad)."""
     parts = []
     with torch.no_grad(), policy.reference_model() as ref:
-        for start in range(0, len(episodes), args.micro_batch_size):
-            chunk = episodes.select(slice(start, start + args.micro_batch_size))
+        for first in range(0, len(episodes), args.micro_batch_size):
+            rows = list(range(first, min(first + args.micro_batch_size, len(episodes))))
+            chunk = episodes.select(rows)
             with _autocast(args, ref):
-                parts.append(action_logits(ref, chunk).float().cpu())
+                logits = _policy_logits(ref, chunk, None if hidden is None else hidden[rows], start)
+            parts.append(logits.float().cpu())
     return torch.cat(parts)
 
 
-def select_top_episodes(episodes: EpisodeBatch, group_size: int, keep_fraction: float) -> EpisodeBatch:
-    """Iterative-SFT's filter: the ``ceil(keep_fraction·G)`` highest-return episodes of every group."""
+def top_episode_rows(episodes: EpisodeBatch, group_size: int, keep_fraction: float) -> torch.Tensor:
+    """Iterative-SFT's filter: rows of the ``ceil(keep_fraction·G)`` highest-return episodes of every group."""
     returns = L._grouped(episodes.returns, group_size)  # (n_groups, G)
     k = max(1, math.ceil(keep_fraction * group_size - 1e-9))
     order = torch.argsort(-returns, dim=1, stable=True)[:, :k]
-    rows = (order + torch.arange(returns.shape[0])[:, None] * group_size).flatten().sort().values
-    return episodes.select(rows)
+    return (order + torch.arange(returns.shape[0])[:, None] * group_size).flatten().sort().values
+
+
+def select_top_episodes(episodes: EpisodeBatch, group_size: int, keep_fraction: float) -> EpisodeBatch:
+    """The episodes of :func:`top_episode_rows`."""
+    return episodes.select(top_episode_rows(episodes, group_size, keep_fraction))
 
 
 def _micro_loss(
@@ -554,10 +596,10 @@ def _micro_loss(
     extras: dict[str, torch.Tensor],
     args: Args,
     entropy_coef: float,
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """Loss of one micro-batch (mean over its episodes) and its statistics."""
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+    """Loss of one micro-batch (mean over its episodes), its direction logits and its statistics."""
     with _autocast(args, policy.model):
-        logits = action_logits(policy.model, chunk)  # (b, T, 4)
+        logits = _policy_logits(policy.model, chunk, extras.get("hidden"), extras.get("start"))  # (b, T, 4)
     logits = logits.float()
     mask = torch.ones(logits.shape[:2])
     actions = chunk.actions.to(logits.device)
@@ -566,7 +608,7 @@ def _micro_loss(
         loss = L.sft_loss(logits, actions)
         stats["accuracy"] = float((logits.argmax(-1) == actions).float().mean())
         stats["entropy"] = float(L.policy_entropy(logits.detach(), args.temperature).mean())
-        return loss, stats
+        return loss, logits.detach(), stats
     mask = mask.to(logits.device)
     entropy_eq = L.equalized_entropy(logits, chunk.neighbours.to(logits.device), temperature=args.temperature)
     if args.algo == "tbrm":
@@ -606,18 +648,28 @@ def _micro_loss(
         stats["ratio"] = float(torch.exp(logp.detach() - chunk.logprobs.to(logits.device)).mean())
     stats["entropy"] = float(L.policy_entropy(logits.detach(), args.temperature).mean())
     stats["entropy_eq"] = float(entropy_eq.detach().mean())
-    return loss, stats
+    return loss, logits.detach(), stats
 
 
 def train_step(
-    policy: Policy, optimizer: torch.optim.Optimizer, episodes: EpisodeBatch, args: Args, step: int
+    policy: Policy,
+    optimizer: torch.optim.Optimizer,
+    episodes: EpisodeBatch,
+    args: Args,
+    step: int,
+    *,
+    hidden: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """One update on ``episodes`` (advantages, epochs, minibatches, micro-batches); returns its statistics.
 
     The learning rate and the entropy coefficient are annealed with ``L.cosine_multiplier(step, S, f)``.
+    ``hidden`` (from :mod:`maze_env.top_layers`) holds the rollout's activations entering the first
+    adapted layer; with it only the adapted layers are run. For on-policy episodes the first pass's
+    logits are compared with the rollout's (``logit_drift``, the max absolute difference).
 
     Raises:
         NonFiniteLossError: the loss or the gradient norm is NaN/inf (nothing is applied).
+        RuntimeError: the reused activations do not reproduce the rollout's logits.
     """
     multiplier = L.cosine_multiplier(step, args.anneal_steps or args.steps, args.anneal_fraction)
     lr = args.lr * multiplier
@@ -625,12 +677,20 @@ def train_step(
     for group in optimizer.param_groups:
         group["lr"] = lr
 
+    start_layer = top_layer_start(policy, args) if hidden is not None else None
+    if start_layer is None:
+        hidden = None
+
     # ADVANTAGES
     extras_all: dict[str, torch.Tensor] = {}
     if args.algo in POLICY_GRADIENT:
         extras_all["advantages"] = compute_advantages(episodes, args)
     if _needs_reference(args) and args.algo not in ("sft", "iterative_sft"):
-        extras_all["ref_logits"] = _reference_logits(policy, episodes, args)
+        extras_all["ref_logits"] = _reference_logits(policy, episodes, args, hidden, start_layer)
+    if hidden is not None:
+        extras_all["hidden"] = hidden
+    on_policy = not episodes.greedy  # sampled by this policy (expert demos are greedy)
+    drift = 0.0
 
     # UPDATE
     policy.model.train()
@@ -641,7 +701,7 @@ def train_step(
     sums: dict[str, float] = {}
     counts: dict[str, int] = {}
     losses, grad_norms = [], []
-    for _epoch in range(epochs):
+    for epoch in range(epochs):
         for mb in range(minibatches):
             rows = list(range(mb * n // minibatches, (mb + 1) * n // minibatches))
             optimizer.zero_grad(set_to_none=True)
@@ -649,8 +709,11 @@ def train_step(
             for start in range(0, len(rows), args.micro_batch_size):
                 idx = rows[start : start + args.micro_batch_size]
                 chunk = episodes.select(idx)
-                extras = {k: v[idx] for k, v in extras_all.items()}
-                loss, stats = _micro_loss(policy, chunk, extras, args, entropy_coef)
+                extras: dict[str, Any] = {k: v[idx] for k, v in extras_all.items()}
+                extras["start"] = start_layer
+                loss, logits, stats = _micro_loss(policy, chunk, extras, args, entropy_coef)
+                if epoch == 0 and mb == 0 and on_policy:  # weights still equal the rollout's
+                    drift = max(drift, float((logits.cpu() - chunk.direction_logits).abs().max()))
                 if not torch.isfinite(loss):
                     raise NonFiniteLossError(f"loss is {float(loss.detach())} at step {step}")
                 (loss * (len(idx) / len(rows))).backward()
@@ -658,6 +721,11 @@ def train_step(
                 for k, v in stats.items():
                     sums[k] = sums.get(k, 0.0) + v * len(idx)
                     counts[k] = counts.get(k, 0) + len(idx)
+            if epoch == 0 and mb == 0 and hidden is not None and drift > _DRIFT_TOLERANCE:
+                raise RuntimeError(
+                    f"the update pass fed the rollout's cached activations gives logits {drift:.3g} away from the "
+                    "rollout's own; the rollout's chunking changed? Run with --no-reuse-rollout-activations"
+                )
             grad_norm = torch.nn.utils.clip_grad_norm_(
                 params, args.max_grad_norm if args.max_grad_norm > 0 else float("inf")
             )
@@ -675,7 +743,10 @@ def train_step(
         entropy_coef=entropy_coef,
         update_tokens=episodes.n_tokens * epochs,
         autocast=use_autocast(args, policy.model),
+        top_layers_only=hidden is not None,
     )
+    if on_policy:
+        out["logit_drift"] = drift
     return out
 
 
@@ -1098,6 +1169,7 @@ def main(args: Args) -> RunResult:
         print(f"before training: {before.line()}", file=sys.stderr)
 
     end = args.steps if args.stop_at_step is None else min(args.steps, args.stop_at_step)
+    start_layer = top_layer_start(policy, args)
     n_groups = args.episodes_per_step // args.group_size
     bar = tqdm(range(start, end), initial=start, total=args.steps, disable=not args.progress, desc=args.algo)
     last_checkpoint = latest_checkpoint(run_dir)
@@ -1117,18 +1189,23 @@ def main(args: Args) -> RunResult:
                 horizon=args.expert_horizon,
                 expert_seed=args.seed + step,
             )
-        else:
+        hidden = None
+        if args.algo != "sft":
             seeds = train_seeds(args.seed, step, n_groups, args.group_size)
-            episodes = collect_episodes(
-                policy.model,
-                policy.tokenizer,
-                seeds=seeds,
-                config=config,
-                temperature=args.temperature,
-                generator=_sampling_generator(args.seed, step, torch.device("cpu")),
-                autocast=use_autocast(args, policy.model),
-                batch_size=args.rollout_batch_size,
-            )
+            capture = capture_below(policy.model, start_layer) if start_layer else contextlib.nullcontext([])
+            with capture as captured:
+                episodes = collect_episodes(
+                    policy.model,
+                    policy.tokenizer,
+                    seeds=seeds,
+                    config=config,
+                    temperature=args.temperature,
+                    generator=_sampling_generator(args.seed, step, torch.device("cpu")),
+                    autocast=use_autocast(args, policy.model),
+                    batch_size=args.rollout_batch_size,
+                )
+            if start_layer:
+                hidden = assemble(captured, episodes, args.rollout_batch_size)
         rollout_seconds = time.perf_counter() - t0
         summary = episodes.summary()
 
@@ -1136,9 +1213,11 @@ def main(args: Args) -> RunResult:
         t0 = time.perf_counter()
         train_batch = episodes
         if args.algo == "iterative_sft":
-            train_batch = select_top_episodes(episodes, args.group_size, args.keep_fraction)
+            rows = top_episode_rows(episodes, args.group_size, args.keep_fraction)
+            train_batch = episodes.select(rows)
+            hidden = None if hidden is None else hidden[rows]
         try:
-            stats = train_step(policy, optimizer, train_batch, args, step)
+            stats = train_step(policy, optimizer, train_batch, args, step, hidden=hidden)
         except NonFiniteLossError as err:
             where = (
                 f"{last_checkpoint} (step {_checkpoint_step(last_checkpoint)})"

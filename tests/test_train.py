@@ -133,6 +133,8 @@ def test_preset_sets_defaults_and_explicit_flags_win():
 @pytest.mark.parametrize("algo", ["dr_grpo", "reinforce", "ppo", "tbrm", "iterative_sft", "sft"])
 def test_resume_continues_bit_for_bit(tmp_path, algo):
     extra = {"kl_coef": 0.1} if algo in ("dr_grpo", "tbrm") else {}
+    if algo in ("reinforce", "tbrm", "iterative_sft"):
+        extra["lora_layers"] = 1  # the top-layer path that reuses rollout activations
     whole = T.main(tiny_args(tmp_path, "whole", algo=algo, **extra))
     T.main(tiny_args(tmp_path, "split", algo=algo, stop_at_step=2, **extra))
     split_dir = tmp_path / "split"
@@ -176,14 +178,14 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
     real = T._micro_loss
 
     def poisoned(policy, chunk, extras, args, entropy_coef):
-        loss, stats = real(policy, chunk, extras, args, entropy_coef)
-        return (loss * float("nan") if poisoned.step >= 2 else loss), stats
+        loss, logits, stats = real(policy, chunk, extras, args, entropy_coef)
+        return (loss * float("nan") if poisoned.step >= 2 else loss), logits, stats
 
     real_step = T.train_step
 
-    def tracking(policy, optimizer, episodes, args, step):
+    def tracking(policy, optimizer, episodes, args, step, **kwargs):
         poisoned.step = step
-        return real_step(policy, optimizer, episodes, args, step)
+        return real_step(policy, optimizer, episodes, args, step, **kwargs)
 
     poisoned.step = 0
     monkeypatch.setattr(T, "_micro_loss", poisoned)
@@ -200,6 +202,67 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
 
 
 # -- pieces ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("batch_size", [None, 2])
+def test_top_layer_logits_from_rollout_activations_equal_the_full_pass(batch_size):
+    from maze_env.top_layers import assemble, capture_below, top_action_logits
+    from probes.models import tiny_model
+
+    model, tok = tiny_model("llama", n_layers=4)
+    with capture_below(model, 2) as captured:
+        episodes = collect_episodes(
+            model,
+            tok,
+            seeds=[1, 2, 3],
+            config=MazeConfig(n_turns=3, size=12),
+            autocast=False,
+            batch_size=batch_size,
+        )
+    hidden = assemble(captured, episodes, batch_size)
+    assert hidden.shape[:2] == (3, int(episodes.action_positions[:, -1].max()) + 1)
+    full = action_logits(model, episodes)
+    top = top_action_logits(model, hidden, episodes, 2)
+    assert torch.allclose(top, full, atol=1e-5) and torch.allclose(top, episodes.direction_logits, atol=1e-5)
+    # gradients reach the top layers only
+    top.sum().backward()
+    layers = model.model.layers
+    assert layers[2].mlp.up_proj.weight.grad is not None and layers[1].mlp.up_proj.weight.grad is None
+    with pytest.raises(RuntimeError, match="captured"):
+        assemble(captured[:-1], episodes, batch_size)
+
+
+def test_reusing_rollout_activations_gives_the_same_loss_and_gradients(tmp_path):
+    from maze_env.top_layers import assemble, capture_below
+
+    args = tiny_args(tmp_path, lora_layers=1, algo="reinforce", kl_coef=0.1, episodes_per_step=2)
+    policy = T.make_policy(args)
+    start = T.top_layer_start(policy, args)
+    assert start == 1
+    with capture_below(policy.model, start) as captured:
+        episodes = collect_episodes(policy.model, policy.tokenizer, seeds=[4, 4], config=T.maze_config(args))
+    hidden = assemble(captured, episodes)
+    extras = {
+        "advantages": T.compute_advantages(episodes, args),
+        "ref_logits": T._reference_logits(policy, episodes, args, None, None),
+    }
+    assert torch.allclose(
+        extras["ref_logits"], T._reference_logits(policy, episodes, args, hidden, start), atol=1e-5
+    )
+    results = []
+    for h in (None, hidden):
+        policy.model.zero_grad()
+        loss, logits, _ = T._micro_loss(policy, episodes, {**extras, "hidden": h, "start": start}, args, 0.01)
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in policy.model.named_parameters() if p.requires_grad}
+        results.append((loss.detach(), logits, grads))
+    (l0, g0_logits, g0), (l1, g1_logits, g1) = results
+    assert torch.allclose(l0, l1, atol=1e-6) and torch.allclose(g0_logits, g1_logits, atol=1e-5)
+    assert all("layers.1." in n for n in g0)
+    for name in g0:
+        assert torch.allclose(g0[name], g1[name], rtol=1e-3, atol=1e-8), name
+    run = T.main(tiny_args(tmp_path, "reuse", steps=2, lora_layers=1, algo="reinforce"))
+    assert all(r["top_layers_only"] and r["logit_drift"] < 1e-4 for r in run.metrics)
 
 
 def test_train_and_heldout_seeds_are_disjoint_and_grouped():
