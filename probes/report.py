@@ -36,15 +36,23 @@ from torch import nn
 from maze_env import MazeConfig
 from maze_env.scripted import scripted_trajectories
 from probes import layers as _layers
-from probes.emotions import DEFAULT_TOKEN_OFFSET, emotion_scatter, emotion_vectors, valence_axis
+from probes.emotions import (
+    DEFAULT_TOKEN_OFFSET,
+    EmotionStory,
+    emotion_scatter,
+    emotion_vectors,
+    load_emotion_stories,
+    load_neutral_texts,
+    valence_axis,
+)
 from probes.env_probes import run_probes
 from probes.extract import aggregate, reward_activations
 from probes.geometry import analysis_layer, centred_class_cosines, layer_cosines, path_reference_cosines
 from probes.logit_lens import failure_score, logit_lens, overlap
 from probes.maze_states import MazeStates, read_decisions
-from probes.q_readout import q_correlation, q_readout, true_q
+from probes.q_readout import lens_direction_logits, q_correlation, readout_from_logits, true_q
 from probes.selection import best_mean_auroc_layer, select_layer
-from probes.sentiment import labelled_sentiment_axis, prompt_sentiment_axis
+from probes.sentiment import labelled_sentiment_axis, load_sentiment, prompt_sentiment_axis
 from probes.tracking import HELD_OUT_SEED, feedback_tracking, maze_tracking
 
 
@@ -64,12 +72,22 @@ class ReportSettings:
     """Seed of the train/held-out split and of the probes."""
     maze_size: int = 100
     """Maze side length (the paper: 100)."""
+    n_turns: int = 15
+    """Turns per episode (the paper: 15); scripted trajectories have 1..n_turns steps."""
     batch_size: int = 8
     """Texts per forward."""
     lens_k: int = 5
     """Tokens per logit-lens list."""
     token_offset: int = DEFAULT_TOKEN_OFFSET
     """Story-mean offset for emotion and labelled-sentiment texts."""
+    n_emotions: int | None = None
+    """Use the first this many emotions of the shipped stories (None: all)."""
+    stories_per_emotion: int | None = None
+    """Use the first this many stories of each emotion (None: all)."""
+    n_neutral: int | None = None
+    """Use the first this many neutral texts for the denoising PCs (None: all)."""
+    n_sentiment_pairs: int | None = None
+    """Use the first this many labelled sentiment pairs (None: all)."""
     tracking_n: int = 60
     """Held-out Gold-final and Mold-final trajectories for maze tracking."""
     feedback_n: int = 100
@@ -123,6 +141,26 @@ def _finite_tree(tree: Any, path: str = "report") -> None:
         raise ValueError(f"non-finite number at {path}: {tree}")
 
 
+def _subset_stories(
+    stories: list[EmotionStory], n_emotions: int | None, per_emotion: int | None
+) -> list[EmotionStory]:
+    names = list(dict.fromkeys(story.emotion for story in stories))[:n_emotions]
+    counts: dict[str, int] = {}
+    out = []
+    for story in stories:
+        if story.emotion in names and (per_emotion is None or counts.get(story.emotion, 0) < per_emotion):
+            counts[story.emotion] = counts.get(story.emotion, 0) + 1
+            out.append(story)
+    return out
+
+
+def _subset_pairs(rows: list[dict[str, Any]], n_pairs: int | None) -> list[dict[str, Any]]:
+    if n_pairs is None:
+        return rows
+    keep = list(dict.fromkeys(row.get("pair_id", i) for i, row in enumerate(rows)))[:n_pairs]
+    return [row for i, row in enumerate(rows) if row.get("pair_id", i) in set(keep)]
+
+
 def readout_report(
     model: nn.Module, tokenizer: Any, settings: ReportSettings | None = None
 ) -> dict[str, Any]:
@@ -133,7 +171,7 @@ def readout_report(
     """
     s = settings or ReportSettings()
     torch.manual_seed(s.split_seed)
-    config = MazeConfig(size=s.maze_size)
+    config = MazeConfig(size=s.maze_size, n_turns=s.n_turns)
     n_layers = _layers.n_layers(model)
     timings: dict[str, float] = {}
     clock = time.perf_counter()
@@ -222,7 +260,17 @@ def readout_report(
     lap("logit_lens")
 
     # EMOTIONS at argmax 1/2 (AUROC_Mold + AUROC_Gold), valence axis there and at floor(2L/3)
-    ev = emotion_vectors(model, tokenizer, "all", token_offset=s.token_offset, batch_size=s.batch_size)
+    stories = _subset_stories(load_emotion_stories(), s.n_emotions, s.stories_per_emotion)
+    neutral = load_neutral_texts()[: s.n_neutral]
+    ev = emotion_vectors(
+        model,
+        tokenizer,
+        "all",
+        stories=stories,
+        neutral_texts=neutral,
+        token_offset=s.token_offset,
+        batch_size=s.batch_size,
+    )
     scatter = emotion_scatter(ev, v_mold, v_gold, emotion_layer)
     geometry_layer = analysis_layer(n_layers)
     axes = {layer: valence_axis(ev, layer) for layer in sorted({emotion_layer, geometry_layer})}
@@ -263,7 +311,12 @@ def readout_report(
         (
             "labelled",
             labelled_sentiment_axis(
-                model, tokenizer, "all", token_offset=s.token_offset, batch_size=s.batch_size
+                model,
+                tokenizer,
+                "all",
+                rows=_subset_pairs(load_sentiment(), s.n_sentiment_pairs),
+                token_offset=s.token_offset,
+                batch_size=s.batch_size,
             ),
         ),
     ):
@@ -280,12 +333,14 @@ def readout_report(
     # TRACKING
     gold = scripted_trajectories("Gold", s.tracking_n, config=config, base_seed=HELD_OUT_SEED)
     mold = scripted_trajectories("Mold", s.tracking_n, config=config, base_seed=HELD_OUT_SEED)
-    maze_gold = maze_tracking(model, tokenizer, v_gold, gold=gold, mold=mold, batch_size=s.batch_size)
-    maze_mold = maze_tracking(model, tokenizer, v_mold, gold=gold, mold=mold, batch_size=s.batch_size)
+    maze = maze_tracking(
+        model, tokenizer, {"Gold": v_gold, "Mold": v_mold}, gold=gold, mold=mold, batch_size=s.batch_size
+    )
+    maze_gold, maze_mold = maze["Gold"], maze["Mold"]
     feedback = feedback_tracking(
         model,
         tokenizer,
-        v_gold.select([layer_gold]),
+        {"Gold": v_gold.select([layer_gold]), "Mold": v_mold.select([layer_mold])},
         n=s.feedback_n,
         seed=s.split_seed,
         batch_size=s.batch_size,
@@ -295,7 +350,8 @@ def readout_report(
         "maze_d_mold_vector_at_layer_star": _round(maze_mold.d[layer_mold]),
         "maze_d_gold_vector_max_abs": _round(max(abs(d) for d in maze_gold.d.values())),
         "maze_d_gold_vector_by_layer": _curve(maze_gold.d),
-        "feedback_d_gold_vector_at_layer_star": _round(feedback.d[layer_gold]),
+        "feedback_d_gold_vector_at_layer_star": _round(feedback["Gold"].d[layer_gold]),
+        "feedback_d_mold_vector_at_layer_star": _round(feedback["Mold"].d[layer_mold]),
     }
     lap("tracking")
 
@@ -305,10 +361,11 @@ def readout_report(
     ) + scripted_trajectories("Mold", s.q_episodes, config=config, base_seed=HELD_OUT_SEED + 7919)
     states = MazeStates.from_trajectories(walks, config=config)
     q = true_q(states, horizon=s.q_horizon)
-    readout = q_readout(model, tokenizer, states, beta=s.beta, batch_size=s.batch_size)
+    read = read_decisions(model, tokenizer, states, [lens_layer], batch_size=max(1, s.batch_size // 2))
+    readout = readout_from_logits(read.direction_logits, read.token_ids, beta=s.beta)
     correlation = q_correlation(readout, q)
-    lens_readout = q_readout(model, tokenizer, states, beta=s.beta, layer=lens_layer, batch_size=s.batch_size)
-    lens_correlation = q_correlation(lens_readout, q)
+    lens_logits = lens_direction_logits(model, read.activations[lens_layer], read.token_ids)
+    lens_correlation = q_correlation(readout_from_logits(lens_logits, read.token_ids, beta=s.beta), q)
     policy = readout.log_policy.exp()
     report["q_readout"] = {
         "n_states": correlation.n_states,

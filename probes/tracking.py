@@ -27,7 +27,7 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -127,38 +127,48 @@ def held_out_trajectories(
 def maze_tracking(
     model: nn.Module,
     tokenizer: Any,
-    vector: ConceptVector,
+    vector: ConceptVector | Mapping[str, ConceptVector],
     *,
     gold: Sequence[Trajectory] | None = None,
     mold: Sequence[Trajectory] | None = None,
     n: int = 60,
     config: MazeConfig | None = None,
     batch_size: int = 8,
-) -> Tracking:
+) -> Tracking | dict[str, Tracking]:
     """Cohen's d (Gold-final minus Mold-final) of projections onto ``vector`` at its layers.
 
     Trajectories default to ``held_out_trajectories(n)``; they are read at the final direction token,
-    like the extraction (``close_final=False``, position ``"last"``).
+    like the extraction (``close_final=False``, position ``"last"``). Pass ``{name: vector}`` to score
+    several vectors on one pass over the trajectories (returns ``{name: Tracking}``).
     """
-    vector.check_model(model)
+    vectors = dict(vector) if isinstance(vector, Mapping) else {"": vector}
+    if not vectors:
+        raise TrackingError("no vectors to track")
+    for v in vectors.values():
+        v.check_model(model)
     if gold is None or mold is None:
         fresh = held_out_trajectories(n, config=config)
         gold, mold = gold or fresh["Gold"], mold or fresh["Mold"]
     if len(gold) < 2 or len(mold) < 2:
         raise TrackingError(f"need >= 2 trajectories per class, got {len(gold)} Gold and {len(mold)} Mold")
+    layers = sorted({layer for v in vectors.values() for layer in v.layers})
     read = {
         name: capture(
             model,
             tokenizer,
             [t.messages for t in trajs],
-            layers=vector.layers,
+            layers=layers,
             position="last",
             batch_size=batch_size,
             close_final=False,
         )
         for name, trajs in (("Gold", gold), ("Mold", mold))
     }
-    return tracking_from_activations(vector, read["Gold"], read["Mold"], labels=("Gold-final", "Mold-final"))
+    out = {
+        name: tracking_from_activations(v, read["Gold"], read["Mold"], labels=("Gold-final", "Mold-final"))
+        for name, v in vectors.items()
+    }
+    return out if isinstance(vector, Mapping) else out[""]
 
 
 def feedback_conversations(
@@ -232,20 +242,27 @@ def template_length(tokenizer: Any, messages: list[dict[str, str]]) -> int:
 def feedback_tracking(
     model: nn.Module,
     tokenizer: Any,
-    vector: ConceptVector,
+    vector: ConceptVector | Mapping[str, ConceptVector],
     *,
     conversations: dict[str, list[list[dict[str, str]]]] | None = None,
     n: int | None = 100,
     seed: int = 0,
     batch_size: int = 8,
-) -> Tracking:
+) -> Tracking | dict[str, Tracking]:
     """Cohen's d (correct minus incorrect) of the mean projection over the final assistant template.
+
+    Like :func:`maze_tracking`, ``{name: vector}`` scores several vectors on one pass.
 
     Example:
         >>> res = feedback_tracking(model, tok, v_gold.select([20]), n=100)  # doctest: +SKIP
         >>> res.d[20]  # doctest: +SKIP
     """
-    vector.check_model(model)
+    vectors = dict(vector) if isinstance(vector, Mapping) else {"": vector}
+    if not vectors:
+        raise TrackingError("no vectors to track")
+    for v in vectors.values():
+        v.check_model(model)
+    layers = sorted({layer for v in vectors.values() for layer in v.layers})
     conversations = conversations or feedback_conversations(n=n, seed=seed)
     activations = {}
     for label in ("correct", "incorrect"):
@@ -263,12 +280,16 @@ def feedback_tracking(
             model,
             tokenizer,
             texts,
-            layers=vector.layers,
+            layers=layers,
             position=slice(-k, None),
             reduce="mean",
             batch_size=batch_size,
             add_special_tokens=False,
         )
-    return tracking_from_activations(
-        vector, activations["correct"], activations["incorrect"], labels=("correct", "incorrect")
-    )
+    out = {
+        name: tracking_from_activations(
+            v, activations["correct"], activations["incorrect"], labels=("correct", "incorrect")
+        )
+        for name, v in vectors.items()
+    }
+    return out if isinstance(vector, Mapping) else out[""]

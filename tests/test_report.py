@@ -21,9 +21,7 @@ SECTIONS = [
     "env_probes",
 ]
 
-TINY = dataclasses.replace(
-    ReportSettings.smoke(), n_per_class=10, tracking_n=4, feedback_n=6, q_episodes=2, probe_episodes=6
-)
+TINY = ReportSettings.smoke()
 
 
 def _without_timings(report):

@@ -88,6 +88,19 @@ def test_maze_tracking_equals_manual_projection(llama):
     assert result.labels == ("Gold-final", "Mold-final")
 
 
+def test_several_vectors_in_one_pass_equal_single_calls(llama):
+    model, tok = llama
+    gold = scripted_trajectories("gold", 2, config=CONFIG, base_seed=9100)
+    mold = scripted_trajectories("mold", 2, config=CONFIG, base_seed=9100)
+    a, b = _vector(model, 1), _vector(model, 2).select([1])
+    both = maze_tracking(model, tok, {"a": a, "b": b}, gold=gold, mold=mold)
+    assert both["a"].d == maze_tracking(model, tok, a, gold=gold, mold=mold).d
+    assert both["b"].d == maze_tracking(model, tok, b, gold=gold, mold=mold).d
+    conversations = feedback_conversations(n=3, seed=0)
+    pair = feedback_tracking(model, tok, {"a": a, "b": b}, conversations=conversations)
+    assert pair["b"].d == pytest.approx(feedback_tracking(model, tok, b, conversations=conversations).d)
+
+
 def test_feedback_conversations_are_truthful_and_seeded():
     conversations = feedback_conversations(n=20, seed=1)
     assert len(conversations["correct"]) == len(conversations["incorrect"]) == 20
