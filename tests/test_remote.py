@@ -322,3 +322,65 @@ def test_local_simulation_dry_run_matches_local(remote_setup):
     for layer in (0, 1):
         torch.testing.assert_close(acts[layer], local[layer], rtol=0, atol=1e-6)
     assert server.posts == []  # nothing left the process
+
+
+def _accepts(function: Any, name: str) -> bool:
+    import inspect
+
+    return name in inspect.signature(function).parameters
+
+
+def test_record_capture_and_extract_take_remote_models(remote_setup):
+    """probes.record.capture / probes.extract with a RemoteModel (active once record.capture has remote=)."""
+    if not _accepts(record.capture, "remote"):
+        pytest.skip(
+            "probes.record.capture has no remote= yet (patch: /tmp/wa/patches/issue7_probes_record_extract.patch)"
+        )
+    from probes.extract import train_concept_vectors
+
+    model, tok, client_lm, server = remote_setup
+    rm = RemoteModel(client_lm)
+    texts = ["I went north.", "Gold!", "A wall", "Mold, ouch"]
+    acts = record.capture(rm, tok, texts, layers=[0, 1], batch_size=3)
+    local = record.capture(model, tok, texts, layers=[0, 1], batch_size=3)
+    for layer in (0, 1):
+        torch.testing.assert_close(acts[layer], local[layer], rtol=0, atol=1e-6)
+    acts = record.capture(client_lm, tok, texts, layers=[1], position="all", remote=True)
+    local = record.capture(model, tok, texts, layers=[1], position="all")
+    torch.testing.assert_close(acts[1], local[1], rtol=0, atol=1e-6)
+    chats = {
+        "Gold": [[{"role": "user", "content": "go"}, {"role": "assistant", "content": "N"}]] * 2,
+        "Mold": [[{"role": "user", "content": "go"}, {"role": "assistant", "content": "S"}]] * 2,
+    }
+    remote_vecs = train_concept_vectors(rm, tok, chats, layers=[0, 1])
+    local_vecs = train_concept_vectors(model, tok, chats, layers=[0, 1])
+    for name in chats:
+        for layer in (0, 1):
+            torch.testing.assert_close(
+                remote_vecs[name].directions[layer], local_vecs[name].directions[layer], rtol=0, atol=1e-6
+            )
+    assert remote_vecs["Gold"].model_family == local_vecs["Gold"].model_family
+    with pytest.raises(RemoteConfigError, match="nnsight model"):
+        record.capture(model, tok, texts, layers=[0], remote=True)
+
+
+def test_steering_remote_flag_with_the_default_operator(remote_setup):
+    """steering.nnsight_apply with remote=True and no operator (active once the steering patch lands)."""
+    from steering.apply import apply
+    from steering.nnsight_apply import forward_nnsight
+
+    if not _accepts(forward_nnsight, "remote"):
+        pytest.skip(
+            "forward_nnsight has no remote= yet (patch: /tmp/wa/patches/issue7_steering_nnsight_operators.patch)"
+        )
+    model, tok, client_lm, server = remote_setup
+    batch = tok(["Are you happy?"], return_tensors="pt")
+    direction = torch.randn(64, generator=torch.Generator().manual_seed(3))
+    logits = forward_nnsight(
+        client_lm, {1: direction}, batch["input_ids"], batch["attention_mask"], layers=[1], alpha=3.0,
+        positions="all", remote=True,
+    )  # fmt: skip
+    with torch.no_grad(), apply(model, {1: direction}, layers=[1], alpha=3.0, positions="all"):
+        expected = model(**batch).logits
+    torch.testing.assert_close(logits, expected, rtol=0, atol=1e-5)
+    assert len(server.posts) == 1
