@@ -71,6 +71,7 @@ from torch import nn
 from maze_env import losses as L
 from maze_env.config import MazeConfig
 from maze_env.dynamics import ACTIONS
+from maze_env.expert_data import expert_episodes
 from maze_env.rollout import EpisodeBatch, action_logits, collect_episodes
 from maze_env.top_layers import assemble, capture_below, supports_top_layers, top_action_logits
 from welfare_axis.artifacts import atomic_write, write_json
@@ -1176,21 +1177,18 @@ def main(args: Args) -> RunResult:
     for step in bar:
         t_step = time.perf_counter()
 
-        # ROLLOUT
+        # ROLLOUT (SFT: the expert plays instead; every episode gets its own maze)
         t0 = time.perf_counter()
+        hidden = None
         if args.algo == "sft":
-            from maze_env.expert_data import expert_episodes
-
-            seeds = train_seeds(args.seed, step, args.episodes_per_step, 1)
             episodes = expert_episodes(
                 policy.tokenizer,
-                seeds=seeds,
+                seeds=train_seeds(args.seed, step, args.episodes_per_step, 1),
                 config=config,
                 horizon=args.expert_horizon,
                 expert_seed=args.seed + step,
             )
-        hidden = None
-        if args.algo != "sft":
+        else:
             seeds = train_seeds(args.seed, step, n_groups, args.group_size)
             capture = capture_below(policy.model, start_layer) if start_layer else contextlib.nullcontext([])
             with capture as captured:
@@ -1273,9 +1271,10 @@ def main(args: Args) -> RunResult:
     bar.close()
 
     steps_done = max(start, end)
-    after = None
-    if steps_done >= args.steps:
+    after = EvalResult(**evals["after"]) if "after" in evals and start >= args.steps else None
+    if steps_done >= args.steps and after is None:
         _save_final(run_dir, policy, args)
+        evals["train_seconds"] = float(sum(r["step_seconds"] for r in history))
         if eval_seeds:
             t0 = time.perf_counter()
             with _eval_mode(policy):
@@ -1283,8 +1282,8 @@ def main(args: Args) -> RunResult:
             evals["after"] = after.to_dict()
             evals["after_seconds"] = time.perf_counter() - t0
             evals["comparison"] = compare_evals(before, after) if before is not None else None
-            write_json(eval_path, evals)
             print(f"after training:  {after.line()}", file=sys.stderr)
+        write_json(eval_path, evals)
     return RunResult(run_dir=run_dir, steps_done=steps_done, metrics=history, before=before, after=after)
 
 
