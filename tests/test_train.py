@@ -274,10 +274,11 @@ def test_train_and_heldout_seeds_are_disjoint_and_grouped():
     assert T.train_seeds(0, 5, 3, 4) == seeds and T.train_seeds(0, 6, 3, 4) != seeds
 
 
-def test_expert_episodes_match_the_rollout_token_layout_and_the_env():
+@pytest.mark.parametrize("family", ["llama", "gemma3"])
+def test_expert_episodes_match_the_rollout_token_layout_and_the_env(family):
     from probes.models import tiny_model
 
-    model, tok = tiny_model("llama")
+    model, tok = tiny_model(family)
     config = MazeConfig(n_turns=4, size=20)
     demos = expert_episodes(tok, seeds=[3, 4], config=config)
     for i in range(2):
