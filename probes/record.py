@@ -151,32 +151,50 @@ def _model_device(model: nn.Module) -> torch.device:
         return torch.device("cpu")
 
 
-def _encode_batch(
+def _prepare_items(
     tokenizer: Any,
-    items: Sequence[str | Sequence[Message]],
+    items: list[Any],
     *,
     close_final: bool,
     add_special_tokens: bool | None,
+    need_assistant: bool,
+) -> tuple[list[Any], bool | None, list[int]]:
+    """Render chats once (unless assistant spans are needed); return items, special-token flag, lengths."""
+    chats = [_is_chat(item) for item in items]
+    if any(chats) and not all(chats):
+        raise CaptureError("mixing plain strings and chat messages in one capture call is not supported")
+    is_chat = all(chats)
+    if need_assistant and not is_chat:
+        raise CaptureError("position='assistant' needs chats (lists of {'role', 'content'} messages)")
+    if is_chat and not need_assistant:
+        # Chat-template output carries its own special tokens.
+        items = [_positions.render_messages(tokenizer, item, close_final=close_final) for item in items]
+        add_special_tokens = False
+    if is_chat and need_assistant:
+        lengths = [
+            len(_positions.render_messages(tokenizer, item, close_final=close_final)) for item in items
+        ]
+    else:
+        lengths = [len(item) for item in items]  # characters: a good enough proxy for sorting
+    return items, add_special_tokens, lengths
+
+
+def _encode_batch(
+    tokenizer: Any,
+    items: Sequence[Any],
+    *,
+    close_final: bool,
+    add_special_tokens: bool | None,
+    need_assistant: bool,
 ) -> tuple[dict[str, Tensor], Tensor | None]:
-    if all(_is_chat(item) for item in items):
+    if need_assistant:
         encoded, assistant, _ = _positions.encode_chats(
             tokenizer, items, close_final=close_final, padding_side="right"
         )
         return encoded, assistant
-    if any(_is_chat(item) for item in items):
-        raise CaptureError("mixing plain strings and chat messages in one capture call is not supported")
     return _positions.encode_texts(
         tokenizer, items, add_special_tokens=add_special_tokens, padding_side="right"
     ), None
-
-
-def _token_lengths(tokenizer: Any, items: Sequence[str | Sequence[Message]], close_final: bool) -> list[int]:
-    texts = [
-        _positions.render_messages(tokenizer, item, close_final=close_final) if _is_chat(item) else item
-        for item in items
-    ]
-    # Length in characters is a good enough proxy for sorting; it avoids tokenizing twice.
-    return [len(text) for text in texts]
 
 
 def _reduce_rows(selected: Tensor, row_counts: Tensor, reduce: Reduce) -> Tensor:
@@ -384,9 +402,16 @@ def capture(
     wrapped = _nnsight_model(hf_model, tokenizer) if backend == "nnsight" else None
     device = _model_device(bridge if bridge is not None else hf_model)
 
+    need_assistant = isinstance(position, str) and position == "assistant"
+    items, add_special_tokens, lengths = _prepare_items(
+        tokenizer,
+        items,
+        close_final=close_final,
+        add_special_tokens=add_special_tokens,
+        need_assistant=need_assistant,
+    )
     order = list(range(len(items)))
     if sort_by_length and len(items) > batch_size:
-        lengths = _token_lengths(tokenizer, items, close_final)
         order = sorted(order, key=lambda i: lengths[i])
     single = _single_row_rule(position)
     per_layer: dict[int, list[Tensor]] = {layer: [] for layer in chosen}
@@ -404,9 +429,8 @@ def capture(
                 [items[i] for i in batch_ids],
                 close_final=close_final,
                 add_special_tokens=add_special_tokens,
+                need_assistant=need_assistant,
             )
-            if isinstance(position, str) and position == "assistant" and assistant is None:
-                raise CaptureError("position='assistant' needs chats (lists of {'role', 'content'} messages)")
             encoded = {key: value.to(device) for key, value in encoded.items()}
             if assistant is not None:
                 assistant = assistant.to(device)
