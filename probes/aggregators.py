@@ -21,8 +21,8 @@ Example:
     >>> import torch
     >>> acts = {"Mold": torch.tensor([[2.0, 0.0], [4.0, 0.0]]), "Gold": torch.tensor([[0.0, 1.0]]),
     ...         "Path": torch.tensor([[0.0, -1.0], [0.0, 3.0]])}
-    >>> mean_diff()(acts, "Mold")  # mean of Mold minus mean of the 3 Gold/Path rows
-    tensor([3., -1.])
+    >>> mean_diff()(acts, "Mold").tolist()  # mean of Mold minus mean of the 3 Gold/Path rows
+    [3.0, -1.0]
 """
 
 from __future__ import annotations

@@ -92,7 +92,7 @@ def record(
     Example:
         >>> with record(model, layers=[0, -1], positions="last") as acts:  # doctest: +SKIP
         ...     model(**batch)
-        >>> acts[0].shape  # (batch, d_model)
+        >>> acts[0].shape  # (batch, d_model)  # doctest: +SKIP
     """
     site = _layers.check_site(site)
     chosen = _layers.check_layers(model, layers)
