@@ -162,9 +162,16 @@ def _subset_pairs(rows: list[dict[str, Any]], n_pairs: int | None) -> list[dict[
 
 
 def readout_report(
-    model: nn.Module, tokenizer: Any, settings: ReportSettings | None = None
+    model: nn.Module,
+    tokenizer: Any,
+    settings: ReportSettings | None = None,
+    *,
+    vectors_dir: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Extract the reward vectors of ``model`` and run every readout on them (see the module docstring).
+
+    With ``vectors_dir``, the extracted vectors are also saved there as ``Mold``, ``Gold`` and ``Path``
+    (``ConceptVector.save``: safetensors + JSON), so steering can use exactly the vectors read out here.
 
     Raises:
         ValueError: a readout produced a non-finite number (the report lists where).
@@ -196,6 +203,9 @@ def readout_report(
     train, held = acts.split(s.held_out, seed=s.split_seed)
     vectors = aggregate(train, "mean_diff")
     v_mold, v_gold = vectors["Mold"], vectors["Gold"]
+    if vectors_dir is not None:
+        for concept, vector in vectors.items():
+            vector.save(Path(vectors_dir) / concept)
     sel_mold, sel_gold = select_layer(v_mold, held), select_layer(v_gold, held)
     layer_mold, layer_gold = sel_mold.layer, sel_gold.layer
     emotion_layer = best_mean_auroc_layer(sel_mold, sel_gold)
