@@ -13,18 +13,19 @@ baselines alike, runs in float32 there; on bf16-capable CPUs/GPUs everything run
     runs over it without cache reuse (batched over the episodes, left padding, same sampling settings).
     The naive loop replays the rollout's own conversations, so both process the same episodes; the
     throughput of both is the rollout's real tokens divided by its wall time.
-(b) Training step. ``time_trainer_step`` times one optimisation step of ``maze_env.train.train_step``
+(b) Training step. ``TrainerStep`` (the slot for the trainer) times one optimisation step of ``maze_env.train.train_step``
     (Dr. GRPO with the CPU preset's LoRA: r=16, alpha=32, every linear layer of the top 8 decoder layers;
     AdamW, micro-batch ``--micro-batch``) on ``--train-episodes`` rollout episodes. TRL's
-    ``GRPOTrainer`` runs in a subprocess on the same model with the same LoRA adapter (built by
+    ``GRPOTrainer`` runs in this process on the same model with the same LoRA adapter (built by
     ``maze_env.train.make_policy``), the same batch (``--train-episodes`` sequences per optimizer step,
     the same micro-batch), loss (``dr_grpo``, beta=0: no reference pass, as in the preset), precision,
     no gradient checkpointing (TRL's default is on; ours never checkpoints), and sequence lengths: its
     prompt is one of our episodes' conversations up to the final assistant header and it generates
     ``--turns`` tokens (forced with ``min_new_tokens``), so its loss covers as many positions as ours.
-    TRL's step time excludes its generation and reward scoring (``GRPOTrainer._prepare_inputs``, timed
-    with TRL's own profiling hooks), so both sides time forward + loss + backward + optimizer step
-    only. Throughput is the real tokens of the step's sequences divided by that time. (On CPU, TRL's
+    TRL's steps and ours alternate (T0 O0 T1 O1 ...; the first of each is a warm-up), so both meet the
+    same background load on a shared machine. TRL's step time excludes its generation and reward
+    scoring (``GRPOTrainer._prepare_inputs``, timed with TRL's own profiling hooks), so both sides time
+    forward + loss + backward + optimizer step only. Throughput is the real tokens of the step's sequences divided by that time. (On CPU, TRL's
     fused LM head scores every position of every sequence over the full vocabulary; ours applies the
     head only at the decision positions.)
 MFU: the training step's model FLOPs per second divided by the matmul peak of the precision it runs in
@@ -40,8 +41,9 @@ MFU: the training step's model FLOPs per second divided by the matmul peak of th
     With k = L this is the usual 4·N·tokens of LoRA (forward + input gradients); a full fine-tune would
     add 2·N·tokens of weight gradients (6·N·tokens). Useful FLOPs only: causal attention counts half
     the T² products, whatever the kernel computes.
-Peak RSS: ``ru_maxrss`` of this process (rollouts + naive baseline + training steps); TRL's worker
-    process is reported separately.
+Peak RSS: ``ru_maxrss`` of this process after rollouts, the naive baseline and a training step, read
+    before TRL is set up (the whole process's peak, TRL included, is printed too). Process CPU time per
+    token is printed next to wall-clock throughput: it is much less sensitive to other jobs.
 
 Ends with the BENCH lines of shared/BENCH.md:
     BENCH rollout_vs_naive <ratio> >=3
@@ -65,11 +67,8 @@ if not __package__:  # run as a file: drop bench/ from sys.path so it cannot sha
     sys.path.insert(0, str(_here.parent))
 
 import argparse
-import json
-import os
 import resource
 import statistics
-import subprocess
 import tempfile
 import time
 from typing import Any
@@ -174,31 +173,32 @@ def trainer_args(train_episodes: int, micro_batch: int, n_layers: int, *, bf16: 
     )
 
 
-def time_trainer_step(
-    model, tokenizer, episodes: EpisodeBatch, *, micro_batch: int, reps: int, bf16: bool
-) -> dict[str, Any]:
-    """Time one optimisation step of the project's trainer (``maze_env.train.train_step``).
+class TrainerStep:
+    """The benchmark's slot for the project's trainer: one optimisation step of ``maze_env.train``.
 
-    This is the benchmark's slot for the trainer: it builds the policy and optimizer the way
-    ``maze_env.train.main`` does (``make_policy``, ``make_optimizer``) and times ``train_step`` on a
-    fixed batch: forward + loss + backward + optimizer step. One warm-up step is not timed.
+    Builds the policy and optimizer the way ``maze_env.train.main`` does (``make_policy``,
+    ``make_optimizer``) and runs ``train_step`` on a fixed batch: forward + loss + backward + optimizer
+    step. Calling it returns ``(wall seconds, process CPU seconds)``.
     """
-    from maze_env.train import make_optimizer, make_policy, train_step
 
-    args = trainer_args(len(episodes), micro_batch, model.config.num_hidden_layers, bf16=bf16)
-    policy = make_policy(args, model, tokenizer)
-    optimizer = make_optimizer(policy, args)
-    times = []
-    for rep in range(reps + 1):
-        t = time.perf_counter()
-        stats = train_step(policy, optimizer, episodes, args, step=0)
-        elapsed = time.perf_counter() - t
-        log(
-            f"  our train step {rep}: {elapsed:.2f} s (loss {stats['loss']:.4g}){' [warm-up]' if rep == 0 else ''}"
-        )
-        if rep:
-            times.append(elapsed)
-    return {"seconds": statistics.median(times), "policy": policy, "args": args}
+    def __init__(self, model, tokenizer, episodes: EpisodeBatch, *, micro_batch: int, bf16: bool) -> None:
+        from maze_env.train import make_optimizer, make_policy
+
+        self.args = trainer_args(len(episodes), micro_batch, model.config.num_hidden_layers, bf16=bf16)
+        self.policy = make_policy(self.args, model, tokenizer)
+        self.optimizer = make_optimizer(self.policy, self.args)
+        self.episodes = episodes
+        self.calls = 0
+
+    def __call__(self) -> tuple[float, float]:
+        from maze_env.train import train_step
+
+        wall, cpu = time.perf_counter(), time.process_time()
+        stats = train_step(self.policy, self.optimizer, self.episodes, self.args, step=0)
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        log(f"  our train step {self.calls}: {wall:.2f} s wall, {cpu:.2f} s CPU (loss {stats['loss']:.4g})")
+        self.calls += 1
+        return wall, cpu
 
 
 def training_flops(model, policy, episodes: EpisodeBatch) -> dict[str, float]:
@@ -242,166 +242,130 @@ def training_flops(model, policy, episodes: EpisodeBatch) -> dict[str, float]:
 
 
 # ----------------------------------------------------------------------------------------------------
-# TRL GRPOTrainer (subprocess worker)
+# TRL GRPOTrainer, interleaved with our steps
 # ----------------------------------------------------------------------------------------------------
 
 
-def trl_worker(spec_path: str) -> None:
-    """Run TRL's GRPOTrainer per the JSON spec and print one JSON line of timings."""
-    import contextlib
-    import io
+def run_trl_interleaved(ours: TrainerStep, tokenizer, *, reps: int, bf16: bool) -> dict[str, Any]:
+    """TRL's GRPOTrainer on ``ours``' model and adapter, with one of our steps after each TRL step.
 
-    spec = json.loads(Path(spec_path).read_text())
-    torch.set_num_threads(spec["threads"])
+    Interleaving exposes both to the same background load on a shared machine. TRL's step window runs
+    from ``on_step_begin`` to ``on_step_end``; its ``_prepare_inputs`` (generation + rewards) is
+    subtracted using TRL's own profiling hooks. Our step runs in a later ``on_step_end`` callback, outside
+    TRL's window. TRL's first step and the step of ours after it are warm-ups.
+    """
     from datasets import Dataset
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
     from trl.extras import profiling
 
-    from maze_env.train import make_policy
+    from maze_env import render_chat
 
-    durations: list[tuple[float, str, float]] = []
-    original = profiling.ProfilingContext._log_metrics
+    episodes, args = ours.episodes, ours.args
+    prepared: list[tuple[float, float, float]] = []  # (end time, wall, CPU) of each _prepare_inputs
+    context = profiling.ProfilingContext
+    original_enter, original_log = context.__enter__, context._log_metrics
+
+    def enter(self):
+        self._cpu_start = time.process_time()
+        return original_enter(self)
 
     def record(self, duration: float) -> None:
-        durations.append((time.perf_counter(), self.name, duration))
-        original(self, duration)
+        if self.name.endswith("._prepare_inputs"):
+            prepared.append((time.perf_counter(), duration, time.process_time() - self._cpu_start))
+        original_log(self, duration)
 
-    profiling.ProfilingContext._log_metrics = record
-
-    steps: list[tuple[float, float]] = []
+    trl_steps: list[dict[str, float]] = []
+    our_steps: list[tuple[float, float]] = []
     logs: list[dict[str, Any]] = []
 
     class StepTimer(TrainerCallback):
         def on_step_begin(self, args, state, control, **kwargs):
-            self.start = time.perf_counter()
+            self.wall, self.cpu = time.perf_counter(), time.process_time()
 
         def on_step_end(self, args, state, control, **kwargs):
-            steps.append((self.start, time.perf_counter()))
+            end, cpu = time.perf_counter(), time.process_time()
+            inside = [(w, c) for t, w, c in prepared if self.wall <= t <= end]
+            step = {
+                "wall": end - self.wall,
+                "cpu": cpu - self.cpu,
+                "prepare_wall": sum(w for w, _ in inside),
+                "prepare_cpu": sum(c for _, c in inside),
+            }
+            trl_steps.append(step)
+            log(
+                f"  TRL step {len(trl_steps) - 1}: {step['wall']:.2f} s wall ({step['prepare_wall']:.2f} s "
+                f"generation excluded), {step['cpu']:.2f} s CPU ({step['prepare_cpu']:.2f} excluded)"
+            )
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if logs:
-                logs_seen.append(dict(logs))
+                seen.append(dict(logs))
 
-    logs_seen = logs
-    model, tokenizer = load(spec["model"])
-    args = trainer_args(
-        spec["train_episodes"],
-        spec["micro_batch"],
-        n_layers=model.config.num_hidden_layers,
-        bf16=spec["bf16"],
-    )
-    policy = make_policy(args, model, tokenizer)
+    seen = logs
+
+    class Interleave(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            our_steps.append(ours())
 
     def reward(completions, **kwargs):  # trivial but varying, so advantages are not all zero
         return [float(len(c) % 3) for c in completions]
 
-    n = spec["train_episodes"]
-    prompts = spec["prompts"]
-    data = Dataset.from_dict({"prompt": prompts * (spec["reps"] + 2)})
-    config = GRPOConfig(
-        output_dir=spec["out"],
-        max_steps=spec["reps"] + 1,
-        per_device_train_batch_size=spec["micro_batch"],
-        gradient_accumulation_steps=n // spec["micro_batch"],
-        num_generations=spec["num_generations"],
-        max_completion_length=spec["completion_tokens"],
-        generation_kwargs={"min_new_tokens": spec["completion_tokens"]},
-        temperature=spec["temperature"],
-        top_k=0,
-        learning_rate=args.lr,
-        lr_scheduler_type="constant",
-        warmup_steps=0,
-        max_grad_norm=args.max_grad_norm,
-        beta=0.0,
-        loss_type="dr_grpo",
-        scale_rewards="none",
-        epsilon=args.clip_eps,
-        bf16=spec["bf16"],
-        gradient_checkpointing=False,  # TRL's GRPO default is True; our trainer does not checkpoint
-        use_cpu=True,
-        report_to=[],
-        logging_steps=1,
-        save_strategy="no",
-        disable_dropout=True,
-        shuffle_dataset=False,
-        dataloader_num_workers=0,
-        seed=0,
-    )
-    tokenizer.padding_side = "left"
-    trainer = GRPOTrainer(
-        model=policy.model,
-        reward_funcs=[reward],
-        args=config,
-        train_dataset=data,
-        processing_class=tokenizer,
-        callbacks=[StepTimer()],
-    )
-    with contextlib.redirect_stdout(io.StringIO()):
-        trainer.train()
-    results = []
-    for start, end in steps:
-        excluded = sum(
-            d for t, name, d in durations if name.endswith("._prepare_inputs") and start <= t <= end
-        )
-        results.append({"step_seconds": end - start, "prepare_inputs_seconds": excluded})
-    completion_lengths = [e["completions/mean_length"] for e in logs if "completions/mean_length" in e]
-    print(
-        "TRL_RESULT "
-        + json.dumps(
-            {
-                "steps": results,
-                "completion_mean_length": completion_lengths,
-                "peak_rss_gb": peak_rss_gb(),
-            }
-        ),
-        flush=True,
-    )
-
-
-def run_trl(
-    episodes: EpisodeBatch, tokenizer, *, model: str, micro_batch: int, reps: int, threads: int, bf16: bool
-) -> dict[str, Any]:
-    """Run :func:`trl_worker` in a fresh process; return its timings and token counts."""
-    from maze_env import render_chat
-
-    prompts = [render_chat(tokenizer, m[:-1]) for m in episodes.messages]
-    prompt_tokens = [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
     num_generations = 2
-    unique = prompts[: max(1, len(prompts) // num_generations)]
+    n = len(episodes)
+    prompt = render_chat(tokenizer, episodes.messages[0][:-1])  # up to the final assistant header
     with tempfile.TemporaryDirectory() as tmp:
-        spec = {
-            "model": model,
-            "bf16": bf16,
-            "prompts": unique,
-            "train_episodes": len(episodes),
-            "micro_batch": micro_batch,
-            "num_generations": num_generations,
-            "completion_tokens": episodes.n_turns,
-            "temperature": episodes.temperature,
-            "reps": reps,
-            "threads": threads,
-            "out": str(Path(tmp) / "trl"),
-        }
-        spec_path = Path(tmp) / "spec.json"
-        spec_path.write_text(json.dumps(spec))
-        proc = subprocess.run(
-            [sys.executable, "-m", "bench.trainer", "--trl-worker", str(spec_path)],
-            capture_output=True,
-            text=True,
-            cwd=str(Path(__file__).resolve().parent.parent),
-            env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
+        config = GRPOConfig(
+            output_dir=str(Path(tmp) / "trl"),
+            max_steps=reps + 1,
+            per_device_train_batch_size=args.micro_batch_size,
+            gradient_accumulation_steps=n // args.micro_batch_size,
+            num_generations=num_generations,
+            max_completion_length=episodes.n_turns,
+            generation_kwargs={"min_new_tokens": episodes.n_turns},
+            temperature=episodes.temperature,
+            top_k=0,
+            learning_rate=args.lr,
+            lr_scheduler_type="constant",
+            warmup_steps=0,
+            max_grad_norm=args.max_grad_norm,
+            beta=0.0,
+            loss_type="dr_grpo",
+            scale_rewards="none",
+            epsilon=args.clip_eps,
+            bf16=bf16,
+            gradient_checkpointing=False,  # TRL's GRPO default is True; our trainer does not checkpoint
+            use_cpu=True,
+            report_to=[],
+            logging_steps=1,
+            save_strategy="no",
+            disable_tqdm=True,
+            disable_dropout=True,
+            shuffle_dataset=False,
+            dataloader_num_workers=0,
+            seed=0,
         )
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("TRL_RESULT ")]
-    if proc.returncode != 0 or not lines:
-        raise RuntimeError(
-            f"TRL worker failed (rc={proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+        data = Dataset.from_dict({"prompt": [prompt] * (n // num_generations) * (reps + 2)})
+        trainer = GRPOTrainer(
+            model=ours.policy.model,
+            reward_funcs=[reward],
+            args=config,
+            train_dataset=data,
+            processing_class=tokenizer,
+            callbacks=[StepTimer(), Interleave()],
         )
-    result = json.loads(lines[-1].removeprefix("TRL_RESULT "))
-    unique_tokens = [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in unique]
-    result["prompt_tokens_per_sequence"] = statistics.mean(unique_tokens)
-    result["our_prompt_tokens_per_sequence"] = statistics.mean(prompt_tokens)
-    return result
+        context.__enter__, context._log_metrics = enter, record
+        try:
+            trainer.train()
+        finally:
+            context.__enter__, context._log_metrics = original_enter, original_log
+    completion = [e["completions/mean_length"] for e in logs if "completions/mean_length" in e]
+    return {
+        "trl_steps": trl_steps,
+        "our_steps": our_steps,
+        "completion_mean_length": completion,
+        "prompt_tokens": len(tokenizer(prompt, add_special_tokens=False)["input_ids"]),
+    }
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -422,11 +386,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--model", default=MODEL, help="model to load (tiny-llama: a quick smoke run)")
     parser.add_argument("--skip-trl", action="store_true", help="do not run the TRL baseline")
-    parser.add_argument("--trl-worker", metavar="SPEC", help=argparse.SUPPRESS)
     cli = parser.parse_args()
-    if cli.trl_worker:
-        trl_worker(cli.trl_worker)
-        return
     if cli.train_episodes % cli.micro_batch or cli.train_episodes > cli.episodes:
         parser.error("--train-episodes must be a multiple of --micro-batch and at most --episodes")
     torch.set_num_threads(cli.threads)
@@ -451,15 +411,17 @@ def main() -> None:
     collect_episodes(model, tokenizer, seeds=seeds[:2], config=MazeConfig(n_turns=2))  # warm-up
     ours, naive = [], []
     episodes = None
-    for rep in range(cli.reps):
-        t = time.perf_counter()
-        episodes = collect_episodes(model, tokenizer, seeds=seeds, config=config, autocast=use_bf16)
-        ours.append(time.perf_counter() - t)
-        log(f"  rollout {rep}: {ours[-1]:.2f} s for {episodes.n_tokens} tokens")
+    for rep in range(max(cli.reps, cli.naive_reps)):  # interleaved: both see the same background load
+        if rep < cli.reps:
+            t = time.perf_counter()
+            episodes = collect_episodes(model, tokenizer, seeds=seeds, config=config, autocast=use_bf16)
+            ours.append(time.perf_counter() - t)
+            log(f"  rollout {rep}: {ours[-1]:.2f} s for {episodes.n_tokens} tokens")
+        if rep < cli.naive_reps:
+            assert episodes is not None
+            naive.append(naive_rollout_seconds(model, tokenizer, episodes, autocast=use_bf16))
+            log(f"  naive per-turn generate {rep}: {naive[-1]:.2f} s")
     assert episodes is not None
-    for rep in range(cli.naive_reps):
-        naive.append(naive_rollout_seconds(model, tokenizer, episodes, autocast=use_bf16))
-        log(f"  naive per-turn generate {rep}: {naive[-1]:.2f} s")
     tokens = episodes.n_tokens
     ours_tps = tokens / statistics.median(ours)
     naive_tps = tokens / statistics.median(naive)
@@ -468,43 +430,38 @@ def main() -> None:
         f"ours {ours_tps:.0f} tok/s, naive {naive_tps:.0f} tok/s; summary {episodes.summary()['action_freq']}"
     )
 
-    # (b) training step
+    # (b) training step (and TRL, interleaved)
     train_batch = episodes.select(list(range(cli.train_episodes)))
-    step = time_trainer_step(
-        model, tokenizer, train_batch, micro_batch=cli.micro_batch, reps=cli.reps, bf16=use_bf16
-    )
-    counted = training_flops(model, step["policy"], train_batch)
-    train_tps = counted["tokens"] / step["seconds"]
-    achieved = counted["flops"] / step["seconds"] / 1e9
-    log(
-        f"(b) train step: {cli.train_episodes} episodes, {counted['tokens']:.0f} tokens, {step['seconds']:.2f} s, "
-        f"{train_tps:.0f} tok/s; {counted['flops'] / 1e12:.3f} TFLOP -> {achieved:.1f} GFLOP/s "
-        f"(backward through {counted['grad_layers']}/{counted['n_layers']} layers)"
-    )
-    rss = peak_rss_gb()
-    del step
-    trl_tps = float("nan")
-    if not cli.skip_trl:
-        trl = run_trl(
-            train_batch,
-            tokenizer,
-            model=cli.model,
-            micro_batch=cli.micro_batch,
-            reps=cli.reps,
-            threads=cli.threads,
-            bf16=use_bf16,
-        )
-        timed = trl["steps"][1:] or trl["steps"]
-        compute = statistics.median(s["step_seconds"] - s["prepare_inputs_seconds"] for s in timed)
+    ours_step = TrainerStep(model, tokenizer, train_batch, micro_batch=cli.micro_batch, bf16=use_bf16)
+    ours_step()  # warm-up
+    rss = peak_rss_gb()  # our trainer's high-water mark, before TRL allocates anything in this process
+    counted = training_flops(model, ours_step.policy, train_batch)
+    trl_tps = trl_cpu_tps = float("nan")
+    if cli.skip_trl:
+        timed_ours = [ours_step() for _ in range(cli.reps)]
+    else:
+        trl = run_trl_interleaved(ours_step, tokenizer, reps=cli.reps, bf16=use_bf16)
+        timed_ours = trl["our_steps"][1:]
+        timed_trl = trl["trl_steps"][1:]
         completion = statistics.mean(trl["completion_mean_length"][1:] or trl["completion_mean_length"])
-        trl_tokens = cli.train_episodes * (trl["prompt_tokens_per_sequence"] + completion)
-        trl_tps = trl_tokens / compute
+        trl_tokens = cli.train_episodes * (trl["prompt_tokens"] + completion)
+        trl_wall = statistics.median(s["wall"] - s["prepare_wall"] for s in timed_trl)
+        trl_cpu = statistics.median(s["cpu"] - s["prepare_cpu"] for s in timed_trl)
+        trl_tps, trl_cpu_tps = trl_tokens / trl_wall, trl_tokens / trl_cpu
         log(
-            f"(b) TRL GRPOTrainer: steps {[round(s['step_seconds'], 2) for s in trl['steps']]} s, generation "
-            f"{[round(s['prepare_inputs_seconds'], 2) for s in trl['steps']]} s excluded; {trl_tokens:.0f} tokens "
-            f"(prompt {trl['prompt_tokens_per_sequence']:.0f} + completion {completion:.1f} per sequence) in "
-            f"{compute:.2f} s -> {trl_tps:.0f} tok/s; TRL worker peak RSS {trl['peak_rss_gb']:.2f} GB"
+            f"(b) TRL GRPOTrainer: {trl_tokens:.0f} tokens per step (prompt {trl['prompt_tokens']} + completion "
+            f"{completion:.1f} per sequence) in {trl_wall:.2f} s wall -> {trl_tps:.0f} tok/s "
+            f"({trl_cpu_tps:.1f} tok per CPU-s)"
         )
+    our_wall = statistics.median(w for w, _ in timed_ours)
+    our_cpu = statistics.median(c for _, c in timed_ours)
+    train_tps, train_cpu_tps = counted["tokens"] / our_wall, counted["tokens"] / our_cpu
+    achieved = counted["flops"] / our_wall / 1e9
+    log(
+        f"(b) our train step: {cli.train_episodes} episodes, {counted['tokens']:.0f} tokens in {our_wall:.2f} s "
+        f"wall -> {train_tps:.0f} tok/s ({train_cpu_tps:.1f} tok per CPU-s); {counted['flops'] / 1e12:.3f} TFLOP "
+        f"-> {achieved:.1f} GFLOP/s (backward through {counted['grad_layers']}/{counted['n_layers']} layers)"
+    )
     peak_after = matmul_peak_gflops(torch.float32)
     if use_bf16:
         peak_after = max(peak_after, matmul_peak_gflops(torch.bfloat16))
@@ -514,6 +471,11 @@ def main() -> None:
     log(f"bench wall time {time.perf_counter() - bench_start:.0f} s")
     print(f"rollout tokens/s ours {ours_tps:.1f} naive {naive_tps:.1f}")
     print(f"train tokens/s ours {train_tps:.1f} trl {trl_tps:.1f}")
+    print(
+        f"train tokens per CPU-second ours {train_cpu_tps:.1f} trl {trl_cpu_tps:.1f} "
+        f"(ratio {train_cpu_tps / trl_cpu_tps:.2f}; less sensitive to other jobs on the cores)"
+    )
+    print(f"peak RSS: ours {rss:.2f} GB; whole process incl. TRL {peak_rss_gb():.2f} GB")
     print(
         f"train GFLOP/s {achieved:.1f}; matmul peak fp32 {peak_fp32:.1f}, bf16 {peak_bf16:.1f}; MFU uses "
         f"{peak:.1f} ({'bf16' if use_bf16 else 'fp32'}: the step runs in that dtype; max of before/after)"
