@@ -15,6 +15,9 @@ Position rules (which tokens are steered):
   tokens) are steered too.
 
 Padding tokens (``attention_mask == 0``) are never steered, so batched runs equal unbatched ones.
+Generated tokens are recognised on cached decoding steps (absolute position past the prompt) and, for
+``generate(use_cache=False)``, when a call re-feeds the previous prompt plus new tokens; so cached and
+uncached greedy decoding give the same tokens.
 
 The hooks are registered with ``prepend=True``: the steered output is what every later observer sees
 (``output_hidden_states``, ``probes.record``) and what flows into the next block. Nested ``apply`` contexts

@@ -6,8 +6,11 @@ Recipe (the paper's "Prompt" sentiment vector, §A.4.6, on a small model):
    sentiment" / "... negative sentiment" (generation prompt included, so the last token is the end of the
    assistant header), at every layer; we steer one middle layer.
 2. A random control ``u`` (seeded Gaussian) rescaled to ``‖v‖`` at that layer (β‖u‖ = α‖v‖ with β = α).
-3. Optionally rescale both so that ``‖v‖ = scale · median‖h‖`` (median residual norm at that layer over the
-   self-report prompts' tokens), which fixes what α means across models: α = 4 pushes by 4·scale·‖h‖.
+3. By default v is the raw difference, as in the paper, and α ∈ {−4, −2, 0, 2, 4} multiplies it. On
+   SmolLM2-135M-Instruct at layer 15 (of 30) ‖v‖ ≈ 5.7 ≈ 0.033 × the median residual norm (≈ 174; the
+   mean, ≈ 800, is dominated by a few massive-activation tokens), so α = 4 pushes by ≈ 13 % of a typical
+   ‖h‖: strong enough to move sentiment, weak enough to stay coherent. ``--scale s`` instead rescales v to
+   ``s · median‖h‖`` (what α means is then comparable across models).
 4. Sweep α over the self-report prompts (n prompts × k samples, paper's "assistant" rule), score with VADER.
 
 Pass criteria: v's mean sentiment rises monotonically with α and its slope's bootstrap CI excludes zero;
@@ -50,8 +53,8 @@ class PositiveControlConfig:
     layer: int | None = None
     """Layer to steer (default: the middle block, ``n_layers // 2``)."""
     alphas: tuple[float, ...] = (-4.0, -2.0, 0.0, 2.0, 4.0)
-    scale: float | None = 0.1
-    """Rescale v so that ‖v‖ = scale · median‖h‖ at the layer (None: keep the raw difference)."""
+    scale: float | None = None
+    """Rescale v so that ‖v‖ = scale · median‖h‖ at the layer (None: keep the raw difference, as the paper)."""
     n_prompts: int = 40
     """Self-report prompts (of 40)."""
     n_samples: int = 2

@@ -204,3 +204,34 @@ def test_sweep_refuses_a_foreign_results_file(small_llama, tmp_path) -> None:
     with pytest.raises(SweepFileError, match="not valid JSON"):
         load_records(out)
     assert json.loads(out.read_text().splitlines()[0])["eval"] == "confidence"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Positive control on the real bundled SmolLM2-135M-Instruct (tiny version of steering.positive_control)
+
+
+@pytest.mark.slow
+def test_positive_control_sentiment_vector_moves_vader_sentiment(tmp_path) -> None:
+    from probes.models import load_model
+    from steering.positive_control import PositiveControlConfig, run_positive_control
+
+    model, tok = load_model("smollm2-135m-instruct", device="cpu")
+    config = PositiveControlConfig(
+        alphas=(-4.0, 0.0, 4.0),
+        n_prompts=10,
+        n_samples=1,
+        max_new_tokens=24,
+        n_boot=200,
+        batch_size=10,
+        out_dir=tmp_path,
+    )
+    result = run_positive_control(model, tok, config)
+    means = {(c.vector, c.alpha): c.mean for c in result.cells}
+    assert means[("v", 4.0)] > means[("v", 0.0)] > means[("v", -4.0)]
+    slopes = {s.vector: s for s in result.slopes}
+    assert slopes["v"].slope > 0 and slopes["v"].excludes_zero
+    assert abs(slopes["u"].slope) < slopes["v"].slope
+    assert result.vector_norm == pytest.approx(
+        float(torch.linalg.vector_norm(torch.zeros(1))) + result.raw_norm
+    )
+    assert (tmp_path / "sweep.jsonl").exists() and (tmp_path / "summary.json").exists()
