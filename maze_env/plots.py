@@ -74,7 +74,7 @@ def maze_figure(
 
 def training_curves(
     rows: Sequence[Mapping[str, Any]],
-    metrics: Sequence[str] = ("return_mean", "gold_per_episode", "mold_per_episode"),
+    metrics: Sequence[str] = ("mean_return", "gold_per_episode", "mold_per_episode"),
 ) -> go.Figure:
     """Training metrics by step from the trainer's JSONL rows (one line per metric present)."""
     if not rows:

@@ -29,8 +29,8 @@ def test_maze_figure_draws_the_trajectory_over_the_tiles():
 
 
 def test_training_curves():
-    rows = [{"step": i, "return_mean": float(i), "mold_per_episode": 1.0} for i in range(3)]
+    rows = [{"step": i, "mean_return": float(i), "mold_per_episode": 1.0} for i in range(3)]
     fig = training_curves(rows)
-    assert [t.name for t in fig.data] == ["return_mean", "mold_per_episode"]
+    assert [t.name for t in fig.data] == ["mean_return", "mold_per_episode"]
     with pytest.raises(ValueError, match="none of"):
         training_curves([{"step": 0}])

@@ -35,15 +35,17 @@ PAPER = {
     "cos_avg_control": "+0.089 (primary)",
     "centred_mold_gold_trained": "−0.465 to −0.893 (primary −0.813)",
     "centred_mold_gold_control": "−0.002 to +0.191",
-    "emotion_slope_trained": "≈ −1 (tight line)",
-    "emotion_slope_control": "unstructured cloud",
-    "tracking_d_trained": "> 1.6 (Qwen3-4B-Base)",
-    "tracking_d_control": "< 0.12",
+    "slope_trained": "≈ −1 (tight line)",
+    "slope_control": "unstructured cloud",
+    "maze_d_gold_vector_trained": "> 1.6 (Qwen3-4B-Base)",
+    "maze_d_gold_vector_control": "< 0.12",
+    "v_mold_top_raw_trained": "failure / impossibility tokens (不存在, cannot, 是不可能, 不行)",
+    "path_reference_last_layer_trained": "−0.60 (primary)",
+    "path_reference_last_layer_control": "positive at all layers",
     "steer_sentiment_slope_v_gold": "+0.71 per unit α (judge, −5..5)",
     "steer_sentiment_slope_v_mold": "−0.23 per unit α",
     "steer_p_true_slope_v_gold": "+0.15 per unit α",
     "steer_p_true_slope_v_mold": "−0.12 to −0.13 per unit α",
-    "logit_lens_v_mold_top": "failure / impossibility tokens (不存在, cannot, 是不可能, 不行)",
 }
 
 
@@ -68,7 +70,7 @@ class StudyConfig:
     n_per_class: int = 150
     """Scripted trajectories per class (Mold, Gold, Path) for the vectors (paper: 5,000)."""
     readout_scale: str = "full"
-    """Readout sizes: full (probes.report defaults) or smoke (a few texts each)."""
+    """Readout sizes: full (probes.report defaults), fast (a few texts each, full maze) or smoke (tiny mazes)."""
     steer_model: str = "base"
     """Which model is steered: base (maze-naive, the paper's main setting) or trained."""
     steer_evals: tuple[str, ...] = ("sentiment", "confidence", "refusal", "backtracking")
@@ -126,7 +128,7 @@ FAST_TRAIN = {"steps": 3, "episodes_per_step": 8, "group_size": 4, "eval_episode
 
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {},
-    "fast": {"fast": True, "n_per_class": 24, "readout_scale": "smoke", "steer_evals": ("sentiment", "confidence"),
+    "fast": {"fast": True, "n_per_class": 24, "readout_scale": "fast", "steer_evals": ("sentiment", "confidence"),
              "alphas": (-4.0, 0.0, 4.0), "n_prompts": 4, "n_samples": 1, "max_new_tokens": 24,
              "forgetting_qa": 20, "forgetting_texts": 12},
     # The paper's robustness table, one preset each.
@@ -205,7 +207,13 @@ def stage_forgetting(cfg: StudyConfig, runner: StageRunner, work: Path) -> dict[
 def _readout_settings(cfg: StudyConfig, out: Path):
     from probes.report import ReportSettings
 
-    base = ReportSettings.smoke() if cfg.readout_scale == "smoke" else ReportSettings()
+    if cfg.readout_scale not in ("full", "fast", "smoke"):
+        raise ValueError(f"readout_scale must be full, fast or smoke; got {cfg.readout_scale!r}")
+    base = ReportSettings() if cfg.readout_scale == "full" else ReportSettings.smoke()
+    if cfg.readout_scale != "full":
+        base = dataclasses.replace(base, stories_per_emotion=4)
+    if cfg.readout_scale == "fast":  # smoke sizes on the paper's 100x100 maze
+        base = dataclasses.replace(base, maze_size=ReportSettings().maze_size)
     return dataclasses.replace(base, n_per_class=cfg.n_per_class, split_seed=cfg.seed, out=out)
 
 
@@ -338,7 +346,13 @@ def build_report(runner: StageRunner, cfg: StudyConfig, summary: dict[str, Any])
 
     def rows(section: Mapping[str, Any]) -> list[dict[str, Any]]:
         return [{"measure": k, "trained": v.get("trained"), "control": v.get("control"),
-                 "paper": PAPER.get(f"{k}_trained", "")} for k, v in section.items() if isinstance(v, dict)]  # fmt: skip
+                 "paper trained": PAPER.get(f"{k}_trained", ""), "paper control": PAPER.get(f"{k}_control", "")}
+                for k, v in section.items() if isinstance(v, dict)]  # fmt: skip
+
+    def eval_row(when: str, e: Mapping[str, Any]) -> dict[str, Any]:
+        freq = e.get("action_freq") or {}
+        return {"when": when, **{k: v for k, v in e.items() if k != "action_freq"},
+                "actions N/E/S/W": " / ".join(f"{freq.get(a, 0):.2f}" for a in "NESW")}  # fmt: skip
 
     t = summary["training"]
     sections = [

@@ -1,0 +1,97 @@
+"""The whole study on a tiny model: every stage runs, the report is filled, a rerun is fully cached."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from welfare_axis.cli import main as cli
+from welfare_axis.compare import compare_runs
+from welfare_axis.study import PRESETS, StudyConfig, run_study
+
+TINY = {
+    "model": "tiny-llama",
+    "train_overrides": {"n_turns": 3, "maze_size": 12, "progress": False, "lora_layers": None},
+    "n_per_class": 8,
+    "steer_evals": ("sentiment",),
+    "n_prompts": 2,
+    "max_new_tokens": 6,
+    "forgetting_qa": 4,
+    "forgetting_texts": 4,
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_study(tmp_path_factory):
+    out = tmp_path_factory.mktemp("study")
+    cfg = StudyConfig.from_overrides(StudyConfig.preset("fast"), TINY)
+    return cfg, out, run_study(cfg, out)
+
+
+def test_study_fills_every_section(tiny_study):
+    cfg, out, summary = tiny_study
+    assert summary["fast"] is True and summary["training"]["steps"] == 3
+    for key in (
+        "geometry",
+        "logit_lens",
+        "emotions",
+        "tracking",
+        "q_readout",
+        "env_probes",
+        "forgetting",
+        "steering",
+    ):
+        assert summary[key], key
+    assert set(summary["geometry"]["cos_min"]) == {"trained", "control"}
+    assert -1.0 <= summary["geometry"]["cos_min"]["trained"] <= 1.0
+    assert (
+        summary["steering"]["v_Gold_sentiment"]["n"] > 0 and summary["steering"]["u_Gold_sentiment"]["n"] > 0
+    )
+    html = (out / "report.html").read_text()
+    for title in ("Training", "Geometry", "Logit lens", "Emotion alignment", "Tracking", "Logits as Q-values",
+                  "Environment probes", "Forgetting", "Steering", "FAST MODE"):  # fmt: skip
+        assert title in html, title
+    assert "<script src" not in html  # self-contained
+    assert json.loads((out / "summary.json").read_text())["geometry"] == summary["geometry"]
+
+
+def test_rerun_is_cached_and_a_changed_setting_reruns_only_downstream(tiny_study, capsys):
+    cfg, out, summary = tiny_study
+    def normal(x):
+        return json.loads(json.dumps(x, default=str))
+
+    assert normal(run_study(cfg, out)) == normal(summary)
+    assert capsys.readouterr().out.count("cached") == 4
+    changed = StudyConfig.from_overrides(cfg, {"alphas": (-2.0, 0.0, 2.0)})
+    run_study(changed, out)
+    log = capsys.readouterr().out
+    assert log.count("cached") == 3 and "stage steering done (cached)" not in log
+
+
+def test_compare_tabulates_runs(tiny_study, tmp_path):
+    _, out, _ = tiny_study
+    table, html = compare_runs([out, out], out=tmp_path / "compare.html")
+    assert table.count(out.name) == 2 and html.exists()
+    with pytest.raises(FileNotFoundError, match="has no summary.json"):
+        compare_runs([tmp_path])
+
+
+def test_bad_settings_get_clear_errors(tmp_path, capsys):
+    with pytest.raises(KeyError, match="unknown study setting"):
+        StudyConfig.from_overrides(StudyConfig(), {"colour": "red"})
+    with pytest.raises(ValueError, match="unknown study preset"):
+        StudyConfig.preset("nope")
+    assert cli(["run", "--out", str(tmp_path / "x"), "--set", "colour=red"]) == 2
+    assert "unknown study setting(s) ['colour']" in capsys.readouterr().err
+    assert set(PRESETS) >= {
+        "fast",
+        "tile-swap",
+        "tile-shuffle",
+        "gemma",
+        "sft",
+        "reinforce",
+        "tbrm",
+        "iterative-sft",
+        "full-ft",
+    }
