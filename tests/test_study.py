@@ -58,6 +58,7 @@ def test_study_fills_every_section(tiny_study):
 
 def test_rerun_is_cached_and_a_changed_setting_reruns_only_downstream(tiny_study, capsys):
     cfg, out, summary = tiny_study
+
     def normal(x):
         return json.loads(json.dumps(x, default=str))
 
