@@ -120,7 +120,7 @@ def trainer_args(out: Path, **overrides):
 
     settings = dict(
         model="tiny-llama", steps=2, episodes_per_step=4, group_size=2, rollout_shards=2, n_turns=3,
-        maze_size=12, micro_batch_size=2, lr=1e-3, lora_r=4, lora_alpha=8, autocast=False,
+        maze_size=12, micro_batch_size=2, lr=1e-3, lora_r=4, lora_alpha=8, lora_layers=1, autocast=False,
         checkpoint_every=1, progress=False, threads=1, entropy_coef=0.01, out=str(out),
     )  # fmt: skip
     settings.update(overrides)
@@ -258,6 +258,9 @@ def test_trainer_two_processes_equal_one_and_resume_on_one(two_process_run, tmp_
         weights, metrics = _trainer_run(two_process_run / name)
         assert [m["step"] for m in metrics] == [0, 1]
         for got, want in zip(metrics, m_single, strict=True):
+            assert got.get(
+                "top_layers_only", True
+            )  # lora_layers=1: the update reuses the shards' activations
             assert got["mean_return"] == want["mean_return"] and got["action_freq"] == want["action_freq"]
             assert got["rollout_tokens"] == want["rollout_tokens"]
             for key in ("loss", "pg_loss", "entropy", "entropy_eq", "ratio"):
