@@ -5,6 +5,10 @@ same numbers as the hook version: the same operator, layers, alpha and position 
 (:func:`steering.apply.prompt_position_mask`), prompt tokens masked on the prompt pass and every generated
 token steered on decoding steps.
 
+- :func:`apply_nnsight`: steer inside your own ``lm.trace(...)``.
+- :func:`forward_nnsight`: one steered forward pass, returns logits.
+- :func:`generate_nnsight`: steered ``generate`` (open ``tracer.iter[:]`` loop), returns token ids.
+
 Example:
     >>> from nnsight.modeling.transformers import TransformersModel  # doctest: +SKIP
     >>> lm = TransformersModel(model, tokenizer=tok)  # doctest: +SKIP
@@ -110,6 +114,31 @@ def _prepare(
     return by_layer, alphas, operator or add(), mask, envoys, attention_mask
 
 
+def apply_nnsight(
+    lm: Any,
+    directions: Any,
+    input_ids: Int[Tensor, "batch pos"],
+    attention_mask: Int[Tensor, "batch pos"] | None = None,
+    *,
+    layers: int | Sequence[int] | str | None = None,
+    alpha: float | Mapping[int, float] = 1.0,
+    positions: Positions = "assistant",
+    operator: Operator | None = None,
+    tokenizer: Any = None,
+) -> None:
+    """Call inside your own ``lm.trace(...)`` (same inputs) to steer that forward pass.
+
+    Example:
+        >>> with lm.trace({"input_ids": ids, "attention_mask": attn}):  # doctest: +SKIP
+        ...     apply_nnsight(lm, v, ids, attn, layers=[6], alpha=4.0, tokenizer=tok)
+        ...     logits = lm.output.logits.save()
+    """
+    by_layer, alphas, op, mask, envoys, _ = _prepare(
+        lm, directions, input_ids, attention_mask, layers, alpha, positions, operator, tokenizer
+    )
+    steer_step_nnsight(envoys, by_layer, alphas, op, None if bool(mask.all()) else mask, 0)
+
+
 def forward_nnsight(
     lm: Any,
     directions: Any,
@@ -123,11 +152,13 @@ def forward_nnsight(
     tokenizer: Any = None,
 ) -> Float[Tensor, "batch pos vocab"]:
     """Logits of one steered forward pass run through nnsight (left padding gets mask-derived position ids)."""
-    by_layer, alphas, op, mask, envoys, attention_mask = _prepare(
-        lm, directions, input_ids, attention_mask, layers, alpha, positions, operator, tokenizer
-    )
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
     with lm.trace({"input_ids": input_ids, "attention_mask": attention_mask}):
-        steer_step_nnsight(envoys, by_layer, alphas, op, None if bool(mask.all()) else mask, 0)
+        apply_nnsight(
+            lm, directions, input_ids, attention_mask, layers=layers, alpha=alpha, positions=positions,
+            operator=operator, tokenizer=tokenizer,
+        )  # fmt: skip
         logits = lm.output.logits.save()
     return logits
 
