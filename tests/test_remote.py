@@ -11,12 +11,14 @@ headers, block payload) and compare the returned numbers with local runs.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
 import json
 import linecache
 import threading
 import types
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -86,10 +88,10 @@ class FakeNDIF:
 
     # -- the server ---------------------------------------------------------------------------------
 
-    def load(self, blob: bytes, compress: bool) -> Any:
-        """Deserialize a request as the server does, with our (non-server) modules hidden."""
+    @contextlib.contextmanager
+    def server_environment(self) -> Iterator[None]:
+        """What NDIF has: none of our packages importable (only code shipped by value runs)."""
         from nnsight.intervention.backends.local import LocalSimulationBackend
-        from nnsight.schema.request import RequestModel
 
         # deserialize() registers the block's source in linecache under the client's file name; a real
         # server is another process, so keep this process's entries (inspect.getsource reads them).
@@ -97,31 +99,42 @@ class FakeNDIF:
         hider = LocalSimulationBackend(self.server_lm)
         hidden = hider._hide_local_modules()
         try:
-            return RequestModel.deserialize(
-                blob, self.server_lm._remoteable_persistent_objects(), compress=compress
-            )
+            yield
         finally:
             hider._restore(hidden)
             linecache.cache.clear()
             linecache.cache.update(saved_lines)
+
+    def load(self, blob: bytes, compress: bool) -> Any:
+        """Deserialize a request as the server does."""
+        from nnsight.schema.request import RequestModel
+
+        with self.server_environment():
+            return RequestModel.deserialize(
+                blob, self.server_lm._remoteable_persistent_objects(), compress=compress
+            )
 
     def run(self, envelope: dict, blob: bytes) -> dict[str, Any]:
         out: dict[str, Any] = {}
         errors: list[BaseException] = []
 
         def serve() -> None:  # a fresh thread: nnsight's trace depth and saved set are thread-local
+            from nnsight.schema.request import RequestModel
             from nnsight.tracing.tracer import _saves, dec, inc
 
             try:
                 self.server_lm._remoteable_set_env(envelope["env"])
-                tracer = self.load(blob, envelope["compress"])
-                inc()
-                try:
-                    tracer.execute(tracer.info.code)
-                    saved = _saves()
-                    out.update({k: v for k, v in tracer.info.frame.f_locals.items() if id(v) in saved})
-                finally:
-                    dec()
+                with self.server_environment():  # deserialize *and* execute without our packages
+                    tracer = RequestModel.deserialize(
+                        blob, self.server_lm._remoteable_persistent_objects(), compress=envelope["compress"]
+                    )
+                    inc()
+                    try:
+                        tracer.execute(tracer.info.code)
+                        saved = _saves()
+                        out.update({k: v for k, v in tracer.info.frame.f_locals.items() if id(v) in saved})
+                    finally:
+                        dec()
             except BaseException as error:  # re-raised in the test's thread
                 errors.append(error)
 
@@ -251,6 +264,21 @@ def test_remote_capture_multi_token_rule_matches_local(remote_setup):
     torch.testing.assert_close(acts[1], local[1], rtol=0, atol=1e-6)
 
 
+def _steering_patched() -> bool:
+    import inspect
+
+    from steering.nnsight_apply import forward_nnsight
+
+    return "remote" in inspect.signature(forward_nnsight).parameters
+
+
+@pytest.mark.xfail(
+    condition=not _steering_patched(),
+    raises=ModuleNotFoundError,
+    strict=True,
+    reason="forward_nnsight prepares the steering inside the trace (apply_nnsight), so the server imports "
+    "probes, which NDIF does not have; the steering patch prepares it on the client again",
+)
 def test_remote_steering_ships_the_additions_and_matches_local_apply(remote_setup):
     from steering.apply import apply
     from steering.nnsight_apply import forward_nnsight
@@ -272,9 +300,14 @@ def test_remote_steering_ships_the_additions_and_matches_local_apply(remote_setu
     )
 
     _, shipped = _payload(server)
-    assert set(shipped["by_layer"]) == {1} and torch.equal(shipped["by_layer"][1], direction)
-    assert shipped["alphas"] == {1: 3.0}
-    assert shipped["envoys"][1].path == "model.model.layers.1"
+    # the block ships the direction for layer 1 and alpha 3.0 (prepared, or raw for server-side preparation)
+    shipped_directions = shipped.get("by_layer", shipped.get("directions"))
+    assert set(shipped_directions) == {1} and torch.equal(shipped_directions[1], direction)
+    assert shipped.get("alphas", {1: shipped.get("alpha")}) == {1: 3.0}
+    if "envoys" in shipped:
+        assert shipped["envoys"][1].path == "model.model.layers.1"
+    else:
+        assert shipped["layers"] == [1]
     with torch.no_grad(), apply(model, {1: direction}, layers=[1], alpha=3.0, positions="all"):
         expected = model(**batch).logits
     mask = batch["attention_mask"].bool()
