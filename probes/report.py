@@ -81,7 +81,7 @@ class ReportSettings:
     token_offset: int = DEFAULT_TOKEN_OFFSET
     """Story-mean offset for emotion and labelled-sentiment texts."""
     n_emotions: int | None = None
-    """Use the first this many emotions of the shipped stories (None: all)."""
+    """Use this many emotions, evenly spaced through the shipped file (None: all)."""
     stories_per_emotion: int | None = None
     """Use the first this many stories of each emotion (None: all)."""
     n_neutral: int | None = None
@@ -109,15 +109,20 @@ class ReportSettings:
 
     @classmethod
     def smoke(cls) -> ReportSettings:
-        """A small version (the slow test): a few trajectories and texts per readout."""
+        """A small version (the slow test): a few short trajectories and texts per readout."""
         return cls(
-            n_per_class=20,
+            n_per_class=8,
             maze_size=30,
-            tracking_n=6,
-            feedback_n=12,
-            q_episodes=3,
-            probe_episodes=8,
-            probe_turns=4,
+            n_turns=2,
+            n_emotions=4,
+            stories_per_emotion=2,
+            n_neutral=6,
+            n_sentiment_pairs=3,
+            tracking_n=3,
+            feedback_n=4,
+            q_episodes=2,
+            probe_episodes=6,
+            probe_turns=2,
             probe_layer_stride=10,
         )
 
@@ -144,7 +149,9 @@ def _finite_tree(tree: Any, path: str = "report") -> None:
 def _subset_stories(
     stories: list[EmotionStory], n_emotions: int | None, per_emotion: int | None
 ) -> list[EmotionStory]:
-    names = list(dict.fromkeys(story.emotion for story in stories))[:n_emotions]
+    names = list(dict.fromkeys(story.emotion for story in stories))
+    if n_emotions is not None and n_emotions < len(names):  # evenly spaced: spans the file's valence range
+        names = [names[int(i)] for i in np.linspace(0, len(names) - 1, n_emotions).round()]
     counts: dict[str, int] = {}
     out = []
     for story in stories:
@@ -401,13 +408,17 @@ def readout_report(
     table = run_probes(decisions.activations, walks_states, seed=s.split_seed)
     probes: dict[str, Any] = {"layers": probe_layers, "n_states": len(walks_states)}
     for task in table.tasks:
+        finite = [r for r in table.results if r.task == task and math.isfinite(r.score)]
+        if not finite:  # tiny runs: a class missing from every training split leaves the score undefined
+            probes[task] = None
+            continue
         best = table.best(task)
         probes[task] = {
             "best_layer": best.layer,
             "metric": best.metric,
             "score": _round(best.score),
-            "control": _round(best.control_score),
-            "selectivity": _round(best.selectivity),
+            "control": _round(best.control_score) if math.isfinite(best.control_score) else None,
+            "selectivity": _round(best.selectivity) if math.isfinite(best.selectivity) else None,
             "baseline": _round(best.baseline),
         }
     report["env_probes"] = probes
