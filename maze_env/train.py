@@ -68,6 +68,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from maze_env import distributed as D
 from maze_env import losses as L
 from maze_env.config import MazeConfig
 from maze_env.dynamics import ACTIONS
@@ -180,6 +181,13 @@ class Args:
     """Sampling temperature (paper: 0.7); the trained policy is softmax(direction logits / temperature)."""
     rollout_batch_size: int | None = None
     """Episodes per rollout forward pass (None: all at once)."""
+    rollout_shards: int = 1
+    """The step's episodes are collected in this many group-aligned blocks, each with its own sampling
+    generator. Under torchrun every rank collects ``rollout_shards / WORLD_SIZE`` of them, so the world
+    size must divide it; the run (and a resume) is the same on any such world size."""
+    parallel: Literal["ddp", "fsdp"] = "ddp"
+    """Multi-process training (torchrun / accelerate launch): ddp (replicated weights, all-reduced
+    gradients) or fsdp (FSDP2: sharded weights, gradients and optimizer state). Unused in one process."""
     micro_batch_size: int = 4
     """Episodes per training forward/backward (gradient accumulation)."""
     update_epochs: int | None = None
@@ -298,6 +306,15 @@ def validate(args: Args) -> Args:
             f"group_size={args.group_size} does not divide episodes_per_step={args.episodes_per_step}; "
             f"use a multiple, e.g. episodes_per_step={args.group_size * math.ceil(args.episodes_per_step / args.group_size)}"
         )
+    _check_positive_int("rollout_shards", args.rollout_shards)
+    shard_unit = args.rollout_shards * (1 if args.algo == "sft" else args.group_size)
+    if args.episodes_per_step % shard_unit:
+        raise ValueError(
+            f"episodes_per_step={args.episodes_per_step} must be a multiple of rollout_shards × group_size = "
+            f"{shard_unit} (each shard holds whole groups)"
+        )
+    if args.parallel not in ("ddp", "fsdp"):
+        raise ValueError(f"parallel must be 'ddp' or 'fsdp'; got {args.parallel!r}")
     if args.episodes_per_step % args.minibatches:
         raise ValueError(
             f"minibatches={args.minibatches} must divide episodes_per_step={args.episodes_per_step}"
@@ -366,9 +383,12 @@ def heldout_seeds(n: int, base: int = HELDOUT_BASE_SEED) -> list[int]:
     return [base + i for i in range(n)]
 
 
-def _sampling_generator(seed: int, step: int, device: torch.device) -> torch.Generator:
-    """A fresh generator per step (a pure function of seed and step, so resume needs no state for it)."""
-    state = np.random.SeedSequence([int(seed), int(step), 0x5A4D]).generate_state(2, np.uint32)
+def _sampling_generator(
+    seed: int, step: int, device: torch.device, shard: int | None = None
+) -> torch.Generator:
+    """A fresh generator per step and rollout shard (a pure function, so resume needs no state for it)."""
+    key = [int(seed), int(step), 0x5A4D] + ([] if shard is None else [int(shard)])
+    state = np.random.SeedSequence(key).generate_state(2, np.uint32)
     gen = torch.Generator(device="cpu")
     gen.manual_seed(int(state[0]) << 32 | int(state[1]))
     return gen
@@ -387,6 +407,25 @@ class Policy:
     tokenizer: Any
     reference: nn.Module | None = None
     is_lora: bool = True
+    parallel: D.ParallelModel | None = None
+    """Set by :func:`main` under torch.distributed: differentiable calls go through it (DDP/FSDP)."""
+
+    @property
+    def ctx(self) -> D.DistContext:
+        return self.parallel.ctx if self.parallel is not None else D.DistContext()
+
+    def call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """``fn(model, *args)``: through DDP/FSDP when parallel (gradients all-reduced), else directly."""
+        if self.parallel is not None:
+            return self.parallel(fn, *args, **kwargs)
+        return fn(self.model, *args, **kwargs)
+
+    def call_no_grad(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """``fn(model, *args)`` without gradients (FSDP: full parameters gathered for the call)."""
+        if self.parallel is not None:
+            return self.parallel.rollout(fn, *args, **kwargs)
+        with torch.no_grad():
+            return fn(self.model, *args, **kwargs)
 
     @contextlib.contextmanager
     def reference_model(self) -> Iterator[nn.Module]:
@@ -523,8 +562,8 @@ class NonFiniteLossError(RuntimeError):
     """The loss or the gradient became NaN/inf; the step was not applied."""
 
 
-def compute_advantages(episodes: EpisodeBatch, args: Args) -> torch.Tensor:
-    """``(batch, turn)`` advantages of the policy-gradient algorithms."""
+def compute_advantages(episodes: EpisodeBatch, args: Args, ctx: D.DistContext | None = None) -> torch.Tensor:
+    """``(batch, turn)`` advantages of the policy-gradient algorithms (ppo whitens over the global batch)."""
     returns = episodes.returns.double()
     n_turns = episodes.n_turns
     if args.algo == "dr_grpo":
@@ -537,8 +576,10 @@ def compute_advantages(episodes: EpisodeBatch, args: Args) -> torch.Tensor:
         adv = L.reinforce_advantages(episodes.rewards.double(), args.group_size, gamma=args.gamma)
     elif args.algo == "ppo":
         mask = torch.ones_like(episodes.rewards, dtype=torch.float64)
-        adv = L.whiten(
-            L.reinforce_advantages(episodes.rewards.double(), args.group_size, gamma=args.gamma), mask
+        adv = D.whiten_global(
+            L.reinforce_advantages(episodes.rewards.double(), args.group_size, gamma=args.gamma),
+            mask,
+            ctx or D.DistContext(),
         )
     else:
         raise ValueError(f"algo {args.algo!r} has no advantages")
@@ -573,7 +614,11 @@ def _reference_logits(
             rows = list(range(first, min(first + args.micro_batch_size, len(episodes))))
             chunk = episodes.select(rows)
             with _autocast(args, ref):
-                logits = _policy_logits(ref, chunk, None if hidden is None else hidden[rows], start)
+                part = None if hidden is None else hidden[rows]
+                if ref is policy.model:  # the adapter switched off: the same (possibly sharded) weights
+                    logits = policy.call_no_grad(_policy_logits, chunk, part, start)
+                else:
+                    logits = _policy_logits(ref, chunk, part, start)
             parts.append(logits.float().cpu())
     return torch.cat(parts)
 
@@ -600,7 +645,8 @@ def _micro_loss(
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
     """Loss of one micro-batch (mean over its episodes), its direction logits and its statistics."""
     with _autocast(args, policy.model):
-        logits = _policy_logits(policy.model, chunk, extras.get("hidden"), extras.get("start"))  # (b, T, 4)
+        # (b, T, 4); through DDP/FSDP when distributed, so backward all-reduces the gradients
+        logits = policy.call(_policy_logits, chunk, extras.get("hidden"), extras.get("start"))
     logits = logits.float()
     mask = torch.ones(logits.shape[:2])
     actions = chunk.actions.to(logits.device)
@@ -672,6 +718,7 @@ def train_step(
         NonFiniteLossError: the loss or the gradient norm is NaN/inf (nothing is applied).
         RuntimeError: the reused activations do not reproduce the rollout's logits.
     """
+    ctx = policy.ctx
     multiplier = L.cosine_multiplier(step, args.anneal_steps or args.steps, args.anneal_fraction)
     lr = args.lr * multiplier
     entropy_coef = args.entropy_coef * multiplier
@@ -685,7 +732,7 @@ def train_step(
     # ADVANTAGES
     extras_all: dict[str, torch.Tensor] = {}
     if args.algo in POLICY_GRADIENT:
-        extras_all["advantages"] = compute_advantages(episodes, args)
+        extras_all["advantages"] = compute_advantages(episodes, args, ctx)
     if _needs_reference(args) and args.algo not in ("sft", "iterative_sft"):
         extras_all["ref_logits"] = _reference_logits(policy, episodes, args, hidden, start_layer)
     if hidden is not None:
@@ -715,7 +762,7 @@ def train_step(
                 loss, logits, stats = _micro_loss(policy, chunk, extras, args, entropy_coef)
                 if epoch == 0 and mb == 0 and on_policy:  # weights still equal the rollout's
                     drift = max(drift, float((logits.cpu() - chunk.direction_logits).abs().max()))
-                if not torch.isfinite(loss):
+                if D.global_count(float(not bool(torch.isfinite(loss.detach()))), ctx) > 0:  # on any rank
                     raise NonFiniteLossError(f"loss is {float(loss.detach())} at step {step}")
                 (loss * (len(idx) / len(rows))).backward()
                 total += float(loss.detach()) * len(idx) / len(rows)
@@ -730,6 +777,7 @@ def train_step(
             grad_norm = torch.nn.utils.clip_grad_norm_(
                 params, args.max_grad_norm if args.max_grad_norm > 0 else float("inf")
             )
+            grad_norm = D.to_full(grad_norm)  # FSDP: a DTensor
             if not torch.isfinite(grad_norm):
                 raise NonFiniteLossError(f"gradient norm is {float(grad_norm)} at step {step}")
             optimizer.step()
@@ -737,17 +785,18 @@ def train_step(
             grad_norms.append(float(grad_norm))
     optimizer.zero_grad(set_to_none=True)
     out = {k: sums[k] / counts[k] for k in sums}
+    out["loss"] = float(np.mean(losses))
+    out = D.mean_metrics(out, ctx, weight=n)  # global means over ranks (unchanged in one process)
     out.update(
-        loss=float(np.mean(losses)),
-        grad_norm=float(np.mean(grad_norms)),
+        grad_norm=float(np.mean(grad_norms)),  # of the all-reduced gradient: the same on every rank
         lr=lr,
         entropy_coef=entropy_coef,
-        update_tokens=episodes.n_tokens * epochs,
+        update_tokens=int(D.global_count(episodes.n_tokens * epochs, ctx)),
         autocast=use_autocast(args, policy.model),
         top_layers_only=hidden is not None,
     )
     if on_policy:
-        out["logit_drift"] = drift
+        out["logit_drift"] = max(D.gather_objects(drift, ctx) or [drift]) if ctx.distributed else drift
     return out
 
 
@@ -903,27 +952,33 @@ def save_checkpoint(
     ``optimizer.json`` (AdamW state flattened to tensors + param groups), ``rng.safetensors`` +
     ``rng.json`` (torch, numpy, python RNG states) and ``state.json`` (completed steps, config).
     """
+    ctx = policy.ctx
     ckpt_root = run_dir / "checkpoints"
-    ckpt_root.mkdir(parents=True, exist_ok=True)
     final = ckpt_root / f"step_{step:06d}"
+    # Full tensors on every rank (FSDP gathers its shards: a collective); rank 0 writes them.
+    weights = {
+        name: D.to_full(p.detach()).to("cpu").contiguous()
+        for name, p in policy.trainable_parameters().items()
+    }
+    opt_state = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, Any] = {}
+    for index, entry in opt_state["state"].items():
+        for key, value in entry.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"state.{index}.{key}"] = D.to_full(value.detach()).to("cpu").contiguous()
+            else:
+                scalars[f"state.{index}.{key}"] = value
+    if not ctx.is_main:
+        D.barrier(ctx)
+        return final
+    ckpt_root.mkdir(parents=True, exist_ok=True)
     tmp = ckpt_root / f".step_{step:06d}.tmp-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
     try:
-        weights = {
-            name: p.detach().to("cpu").contiguous() for name, p in policy.trainable_parameters().items()
-        }
         save_file(weights, str(tmp / "trainable.safetensors"))
-        opt_state = optimizer.state_dict()
-        tensors: dict[str, torch.Tensor] = {}
-        scalars: dict[str, Any] = {}
-        for index, entry in opt_state["state"].items():
-            for key, value in entry.items():
-                if isinstance(value, torch.Tensor):
-                    tensors[f"state.{index}.{key}"] = value.detach().to("cpu").contiguous()
-                else:
-                    scalars[f"state.{index}.{key}"] = value
         groups = [
             {k: (list(v) if isinstance(v, tuple) else v) for k, v in group.items()}
             for group in opt_state["param_groups"]
@@ -956,6 +1011,7 @@ def save_checkpoint(
     for old in existing[: max(0, len(existing) - args.keep_checkpoints)]:
         if old != final:
             shutil.rmtree(old, ignore_errors=True)
+    D.barrier(ctx)
     return final
 
 
@@ -985,15 +1041,18 @@ def load_checkpoint(path: Path, policy: Policy, optimizer: torch.optim.Optimizer
         )
     with torch.no_grad():
         for name, p in params.items():
-            p.copy_(weights[name].to(p.device, p.dtype))
+            p.copy_(D.like_param(weights[name], p))  # FSDP: this rank's shard
     if optimizer is not None:
         tensors = load_file(str(path / "optimizer.safetensors"))
         meta = json.loads((path / "optimizer.json").read_text())
         opt_state: dict[int, dict[str, Any]] = {}
-        device = next(iter(params.values())).device
+        ordered = list(params.values())  # make_optimizer's order: the state's indices
         for key, value in tensors.items():
             _, index, name = key.split(".", 2)
-            opt_state.setdefault(int(index), {})[name] = value if name == "step" else value.to(device)
+            param = ordered[int(index)]
+            opt_state.setdefault(int(index), {})[name] = (
+                value if name == "step" or value.shape != param.shape else D.like_param(value, param)
+            )
         for key, value in meta["scalars"].items():
             _, index, name = key.split(".", 2)
             opt_state.setdefault(int(index), {})[name] = value
@@ -1017,12 +1076,19 @@ def load_checkpoint(path: Path, policy: Policy, optimizer: torch.optim.Optimizer
 def _save_final(run_dir: Path, policy: Policy, args: Args) -> Path:
     """``final/``: the LoRA adapter (peft format) or the full model, plus the tokenizer; written atomically."""
     final = run_dir / "final"
+    ctx = policy.ctx
+    full_state = None
+    if policy.parallel is not None and policy.parallel.strategy == "fsdp":
+        full_state, _ = D.full_state_dicts(policy.parallel)  # a collective: every rank
+    if not ctx.is_main:
+        D.barrier(ctx)
+        return final
     tmp = run_dir / f".final.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # transformers' is_gradient_checkpointing rename
-            policy.model.save_pretrained(str(tmp), safe_serialization=True)
+            policy.model.save_pretrained(str(tmp), safe_serialization=True, state_dict=full_state)
         policy.tokenizer.save_pretrained(str(tmp))
         (tmp / "welfare_axis_run.json").write_text(json.dumps(dataclasses.asdict(args), indent=1))
         shutil.rmtree(final, ignore_errors=True)
@@ -1030,6 +1096,7 @@ def _save_final(run_dir: Path, policy: Policy, args: Args) -> Path:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    D.barrier(ctx)
     return final
 
 
@@ -1059,7 +1126,8 @@ def load_trained(run_dir: str | os.PathLike[str], *, checkpoint: str | None = No
 # Run directory
 # ====================================================================================================
 
-_RESUME_FREE = ("resume", "stop_at_step", "threads", "progress", "device")
+SUMMARY_KEYS = ("mean_return", "stderr_return", "gold_per_episode", "mold_per_episode", "action_freq")
+_RESUME_FREE = ("resume", "stop_at_step", "threads", "progress", "device", "parallel")
 
 
 def _check_same_config(saved: dict[str, Any], args: Args, run_dir: Path) -> None:
@@ -1103,10 +1171,19 @@ class RunResult:
 
 
 def main(args: Args) -> RunResult:
-    """Train as configured by ``args``; see the module docstring."""
+    """Train as configured by ``args``; see the module docstring.
+
+    Under ``torchrun`` / ``accelerate launch`` every rank runs this: each collects its rollout shards,
+    gradients are all-reduced (``args.parallel``), rank 0 writes metrics, checkpoints and evaluations.
+    """
+    validate(args)
+    with D.session(device=args.device) as ctx:
+        return _main(args, ctx)
+
+
+def _main(args: Args, ctx: D.DistContext) -> RunResult:
     from tqdm.auto import tqdm
 
-    validate(args)
     run_dir = Path(args.out)
     config_path = run_dir / "config.json"
     if args.resume:
@@ -1119,6 +1196,7 @@ def main(args: Args) -> RunResult:
         raise FileExistsError(
             f"{run_dir} already holds a run; pass --resume to continue it or choose another --out"
         )
+    D.barrier(ctx)  # every rank has checked the run directory before rank 0 writes into it
 
     # SEEDING
     torch.set_num_threads(args.threads)
@@ -1128,27 +1206,30 @@ def main(args: Args) -> RunResult:
     config = maze_config(args)
 
     # MODEL
-    policy = make_policy(args)
+    policy = make_policy(dataclasses.replace(args, device=str(ctx.device)) if ctx.distributed else args)
+    if ctx.distributed:
+        policy.parallel = D.parallelize(policy.model, ctx, args.parallel)  # before the optimizer (FSDP)
     optimizer = make_optimizer(policy, args)
     start = 0
     if args.resume:
         checkpoint = latest_checkpoint(run_dir)
         if checkpoint is not None:
             start = load_checkpoint(checkpoint, policy, optimizer)
-    else:
+    elif ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json(config_path, dataclasses.asdict(args))
     metrics_path = run_dir / "metrics.jsonl"
     kept = _read_metrics(metrics_path, start)
-    atomic_write(metrics_path, lambda p: p.write_text("".join(line + "\n" for line in kept)))
+    if ctx.is_main:
+        atomic_write(metrics_path, lambda p: p.write_text("".join(line + "\n" for line in kept)))
     history = [json.loads(line) for line in kept]
     eval_path = run_dir / "eval.json"
     evals: dict[str, Any] = json.loads(eval_path.read_text()) if eval_path.is_file() else {}
     eval_seeds = heldout_seeds(args.eval_episodes) if args.eval_episodes else []
 
-    def run_eval() -> EvalResult:
-        return evaluate(
-            policy.model,
+    def run_eval() -> EvalResult:  # every rank evaluates (FSDP needs them all); rank 0 records
+        return policy.call_no_grad(
+            evaluate,
             policy.tokenizer,
             eval_seeds,
             config=config,
@@ -1166,46 +1247,80 @@ def main(args: Args) -> RunResult:
             before = run_eval()
         evals["before"] = before.to_dict()
         evals["before_seconds"] = time.perf_counter() - t0
-        write_json(eval_path, evals)
-        print(f"before training: {before.line()}", file=sys.stderr)
+        if ctx.is_main:
+            write_json(eval_path, evals)
+            print(f"before training: {before.line()}", file=sys.stderr)
 
     end = args.steps if args.stop_at_step is None else min(args.steps, args.stop_at_step)
     start_layer = top_layer_start(policy, args)
     n_groups = args.episodes_per_step // args.group_size
-    bar = tqdm(range(start, end), initial=start, total=args.steps, disable=not args.progress, desc=args.algo)
+    bar = tqdm(
+        range(start, end),
+        initial=start,
+        total=args.steps,
+        disable=not (args.progress and ctx.is_main),
+        desc=args.algo,
+    )
     last_checkpoint = latest_checkpoint(run_dir)
     for step in bar:
         t_step = time.perf_counter()
 
         # ROLLOUT (SFT: the expert plays instead; every episode gets its own maze)
         t0 = time.perf_counter()
-        hidden = None
+        # One call per rollout shard; this rank collects D.rank_shard_ids (all of them in one process).
+        sharded = args.rollout_shards > 1
+        parts, hiddens = [], []
         if args.algo == "sft":
-            episodes = expert_episodes(
-                policy.tokenizer,
-                seeds=train_seeds(args.seed, step, args.episodes_per_step, 1),
-                config=config,
-                horizon=args.expert_horizon,
-                expert_seed=args.seed + step,
+            blocks = D.shard_seeds(
+                train_seeds(args.seed, step, args.episodes_per_step, 1), args.rollout_shards
             )
+            for shard in D.rank_shard_ids(args.rollout_shards, ctx):
+                expert_seed = args.seed + step
+                if sharded:
+                    expert_seed = int(np.random.SeedSequence([args.seed, step, shard]).generate_state(1)[0])
+                parts.append(
+                    expert_episodes(
+                        policy.tokenizer,
+                        seeds=blocks[shard],
+                        config=config,
+                        horizon=args.expert_horizon,
+                        expert_seed=expert_seed,
+                    )
+                )
         else:
             seeds = train_seeds(args.seed, step, n_groups, args.group_size)
-            capture = capture_below(policy.model, start_layer) if start_layer else contextlib.nullcontext([])
-            with capture as captured:
-                episodes = collect_episodes(
-                    policy.model,
-                    policy.tokenizer,
-                    seeds=seeds,
-                    config=config,
-                    temperature=args.temperature,
-                    generator=_sampling_generator(args.seed, step, torch.device("cpu")),
-                    autocast=use_autocast(args, policy.model),
-                    batch_size=args.rollout_batch_size,
+            blocks = D.shard_seeds(seeds, args.rollout_shards, args.group_size)
+            for shard in D.rank_shard_ids(args.rollout_shards, ctx):
+                capture = (
+                    capture_below(policy.model, start_layer) if start_layer else contextlib.nullcontext([])
                 )
-            if start_layer:
-                hidden = assemble(captured, episodes, args.rollout_batch_size)
+                with capture as captured:
+                    parts.append(
+                        policy.call_no_grad(
+                            collect_episodes,
+                            policy.tokenizer,
+                            seeds=blocks[shard],
+                            config=config,
+                            temperature=args.temperature,
+                            generator=_sampling_generator(
+                                args.seed, step, torch.device("cpu"), shard if sharded else None
+                            ),
+                            autocast=use_autocast(args, policy.model),
+                            batch_size=args.rollout_batch_size,
+                        )
+                    )
+                if start_layer:
+                    hiddens.append(assemble(captured, parts[-1], args.rollout_batch_size))
+        episodes = parts[0] if len(parts) == 1 else EpisodeBatch.cat(parts)
+        hidden = None
+        if hiddens:  # right-padded (B, P, d) per shard: pad to the widest, then stack the rows
+            width = max(h.shape[1] for h in hiddens)
+            hidden = torch.cat([torch.nn.functional.pad(h, (0, 0, 0, width - h.shape[1])) for h in hiddens])
         rollout_seconds = time.perf_counter() - t0
-        summary = episodes.summary()
+        everyone = D.gather_objects(episodes, ctx)  # rank 0 summarises the global batch
+        summary = None
+        if everyone is not None:
+            summary = (everyone[0] if len(everyone) == 1 else EpisodeBatch.cat(everyone)).summary()
 
         # ADVANTAGES + UPDATE (advantages are computed inside train_step, per algorithm)
         t0 = time.perf_counter()
@@ -1230,25 +1345,23 @@ def main(args: Args) -> RunResult:
 
         # LOG
         step_seconds = time.perf_counter() - t_step
-        record: dict[str, Any] = {
-            "step": step,
-            "episodes": len(episodes),
-            "mean_return": summary["mean_return"],
-            "stderr_return": summary["stderr_return"],
-            "gold_per_episode": summary["gold_per_episode"],
-            "mold_per_episode": summary["mold_per_episode"],
-            "action_freq": summary["action_freq"],
+        record: dict[str, Any] = {"step": step, "episodes": args.episodes_per_step}
+        if summary is not None:  # rank 0: statistics of the global batch
+            record.update({key: summary[key] for key in SUMMARY_KEYS})
+        rollout_tokens = D.global_count(episodes.n_tokens, ctx)
+        record.update(
             **stats,
-            "rollout_tokens": episodes.n_tokens,
-            "rollout_seconds": rollout_seconds,
-            "update_seconds": update_seconds,
-            "step_seconds": step_seconds,
-            "tokens_per_s": (episodes.n_tokens + stats["update_tokens"]) / step_seconds,
-        }
+            rollout_tokens=int(rollout_tokens),
+            rollout_seconds=rollout_seconds,
+            update_seconds=update_seconds,
+            step_seconds=step_seconds,
+            tokens_per_s=(rollout_tokens + stats["update_tokens"]) / step_seconds,
+        )
         if args.algo == "sft":
             record["data"] = "expert"  # the returns above are the expert's, not the policy's
         if args.algo == "iterative_sft":
-            record["kept_mean_return"] = float(train_batch.returns.mean())
+            kept = D.mean_metrics({"r": float(train_batch.returns.mean())}, ctx, weight=len(train_batch))
+            record["kept_mean_return"] = kept["r"]
         done = step + 1
         if args.eval_every and done % args.eval_every == 0 and eval_seeds and done < args.steps:
             with _eval_mode(policy):
@@ -1258,14 +1371,15 @@ def main(args: Args) -> RunResult:
                 mid.gold_per_episode,
                 mid.mold_per_episode,
             )
-        with open(metrics_path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
-        history.append(record)
-        bar.set_postfix(
-            ret=f"{summary['mean_return']:+.1f}",
-            ent=f"{stats.get('entropy', 0):.2f}",
-            loss=f"{stats['loss']:.3g}",
-        )
+        if ctx.is_main:
+            with open(metrics_path, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(record) + "\n")
+            history.append(record)
+            bar.set_postfix(
+                ret=f"{summary['mean_return']:+.1f}",
+                ent=f"{stats.get('entropy', 0):.2f}",
+                loss=f"{stats['loss']:.3g}",
+            )
         if done % args.checkpoint_every == 0 or done == end:
             last_checkpoint = save_checkpoint(run_dir, done, policy, optimizer, args)
     bar.close()
@@ -1282,8 +1396,10 @@ def main(args: Args) -> RunResult:
             evals["after"] = after.to_dict()
             evals["after_seconds"] = time.perf_counter() - t0
             evals["comparison"] = compare_evals(before, after) if before is not None else None
-            print(f"after training:  {after.line()}", file=sys.stderr)
-        write_json(eval_path, evals)
+            if ctx.is_main:
+                print(f"after training:  {after.line()}", file=sys.stderr)
+        if ctx.is_main:
+            write_json(eval_path, evals)
     return RunResult(run_dir=run_dir, steps_done=steps_done, metrics=history, before=before, after=after)
 
 
