@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import inspect
 import math
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -420,7 +421,14 @@ def parallelize(
         from torch.nn.parallel import DistributedDataParallel
 
         device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-        wrapped = DistributedDataParallel(runner, device_ids=device_ids, broadcast_buffers=False)
+        # Buffers (rotary tables) are the same on every rank: no per-forward sync. torch >= 2.13 names the
+        # switch forward_sync_buffers (broadcast_buffers is deprecated there).
+        sync_kwarg = (
+            "forward_sync_buffers"
+            if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters
+            else "broadcast_buffers"
+        )
+        wrapped = DistributedDataParallel(runner, device_ids=device_ids, **{sync_kwarg: False})
         return ParallelModel(model, wrapped, ctx, "ddp")
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
