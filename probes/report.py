@@ -431,6 +431,95 @@ def readout_report(
     return report
 
 
+def markdown_tables(report: dict[str, Any]) -> str:
+    """The headline numbers of a report as Markdown tables (for ``docs/``).
+
+    Example:
+        >>> print(markdown_tables(report))  # doctest: +SKIP
+    """
+    g, x, lens = report["geometry"], report["extraction"], report["logit_lens"]
+    e, t, q = report["emotions"], report["tracking"], report["q_readout"]
+    lines = [
+        "| readout | value |",
+        "|---|---|",
+        f"| layer* (Mold, Gold), held-out AUROC there | {x['layer_star']['Mold']}, {x['layer_star']['Gold']}; "
+        f"{x['auroc_at_layer_star']['Mold']:.3f}, {x['auroc_at_layer_star']['Gold']:.3f} |",
+        f"| norm at layer* (Mold, Gold) | {x['norm_at_layer_star']['Mold']:.2f}, {x['norm_at_layer_star']['Gold']:.2f} |",
+        f"| cos(u_Mold, u_Gold): avg, min (argmin layer) | {g['cos_mold_gold']['avg']:+.3f}, "
+        f"{g['cos_mold_gold']['min']:+.3f} (L{g['cos_mold_gold']['argmin']}) |",
+        f"| Path-reference cosine: avg, min (argmin), last layer | {g['path_reference']['avg']:+.3f}, "
+        f"{g['path_reference']['min']:+.3f} (L{g['path_reference']['argmin']}), {g['path_reference']['last_layer']:+.3f} |",
+        f"| centred class means at L{g['centred']['layer']}: Mold·Gold, Mold·Path, Gold·Path | "
+        f"{g['centred']['Mold·Gold']:+.3f}, {g['centred']['Mold·Path']:+.3f}, {g['centred']['Gold·Path']:+.3f} |",
+    ]
+    for name in ("Mold", "Gold"):
+        for mode in ("raw", "norm"):
+            entry = lens[f"{name}_{mode}"]
+            lines.append(
+                f"| logit lens L{lens['layer']} u_{name} ({mode}): top-5 / bottom-5 | "
+                f"{' '.join(repr(tok) for tok in entry['top'])} / {' '.join(repr(tok) for tok in entry['bottom'])} |"
+            )
+            lines.append(
+                f"| failure-token AUROC / standardized difference, u_{name} ({mode}) | "
+                f"{entry['failure_auroc']:.3f} / {entry['failure_standardized']:+.3f} |"
+            )
+    overlap_counts = lens["overlap_mold_top_gold_bottom"]
+    lines += [
+        f"| overlap u_Mold top-5 vs u_Gold bottom-5 (raw, norm) | {overlap_counts['raw']}/5, {overlap_counts['norm']}/5 |",
+        f"| emotion scatter at L{e['scatter']['layer']} ({e['n_emotions']} emotions): OLS slope, r | "
+        f"{e['scatter']['slope']:+.3f}, {e['scatter']['r']:+.3f} |",
+        f"| largest cos(e, u_Gold) | {', '.join(f'{n} {c:+.3f}' for n, c in e['scatter']['top_gold'][:3])} |",
+        f"| largest cos(e, u_Mold) | {', '.join(f'{n} {c:+.3f}' for n, c in e['scatter']['top_mold'][:3])} |",
+    ]
+    for layer, axis in e["valence_axis"].items():
+        lines.append(
+            f"| emotion PC1 at L{layer}: r with valence, var. explained; PC2 r with arousal; "
+            f"cos(PC1, u_Gold), cos(PC1, u_Mold) | {axis['r_valence']:+.3f}, {axis['explained_pc1']:.3f}; "
+            f"{axis['r_arousal_pc2']:+.3f}; {axis['cos_pc1_gold']:+.3f}, {axis['cos_pc1_mold']:+.3f} |"
+        )
+    for name, axis in report["sentiment"].items():
+        lines.append(
+            f"| {name} sentiment axis: cos with u_Mold, u_Gold at L{e['scatter']['layer']}; max abs over layers | "
+            f"{axis['cos_mold_at_emotion_layer']:+.3f}, {axis['cos_gold_at_emotion_layer']:+.3f}; "
+            f"{axis['max_abs_cos_mold']:.3f}, {axis['max_abs_cos_gold']:.3f} |"
+        )
+    lines += [
+        f"| maze tracking d (Gold-final − Mold-final): u_Gold at L{x['layer_star']['Gold']}, u_Mold at "
+        f"L{x['layer_star']['Mold']}, max abs d of u_Gold | {t['maze_d_gold_vector_at_layer_star']:+.3f}, "
+        f"{t['maze_d_mold_vector_at_layer_star']:+.3f}, {t['maze_d_gold_vector_max_abs']:.3f} |",
+        f"| feedback tracking d (correct − incorrect): u_Gold, u_Mold at layer* | "
+        f"{t['feedback_d_gold_vector_at_layer_star']:+.3f}, {t['feedback_d_mold_vector_at_layer_star']:+.3f} |",
+        f"| logit-as-Q Spearman ({q['n_states']} states, h={q['horizon']}): pooled centred, mean per state, "
+        f"lens L{lens['layer']} pooled | {q['spearman_pooled_centred']:+.3f}, {q['spearman_mean_per_state']:+.3f}, "
+        f"{q['lens_layer_spearman_pooled_centred']:+.3f} |",
+        f"| policy over N/E/S/W: entropy (nats), mean shares | {q['policy_entropy_nats']:.3f}, "
+        f"{' '.join(f'{v:.2f}' for v in q['action_share'])} |",
+    ]
+    probes = report["env_probes"]
+    lines += [
+        "",
+        f"Environment probes ({probes['n_states']} random-walk states, layers {probes['layers']}):",
+        "",
+        "| task | best layer | metric | score | control | selectivity | baseline |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for task, row in probes.items():
+        if task in ("layers", "n_states"):
+            continue
+        if row is None:
+            lines.append(f"| {task} | — | — | undefined | — | — | — |")
+            continue
+
+        def fmt(v: float | None) -> str:
+            return "—" if v is None else f"{v:.3f}"
+
+        lines.append(
+            f"| {task} | {row['best_layer']} | {row['metric']} | {fmt(row['score'])} | {fmt(row['control'])} | "
+            f"{fmt(row['selectivity'])} | {fmt(row['baseline'])} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def write_json(report: dict[str, Any], path: str | os.PathLike[str]) -> Path:
     """Write ``report`` as JSON atomically (temp file + ``os.replace``)."""
     path = Path(path)

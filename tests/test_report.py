@@ -8,7 +8,7 @@ import json
 import pytest
 
 from probes.models import tiny_model
-from probes.report import ReportSettings, readout_report
+from probes.report import ReportSettings, markdown_tables, readout_report
 
 SECTIONS = [
     "extraction",
@@ -35,6 +35,9 @@ def test_report_on_a_tiny_model_has_every_section_and_writes_json(tmp_path):
     assert report["geometry"]["centred"]["layer"] == 2  # floor(2 * 3 / 3) clipped to L - 1
     assert len(report["geometry"]["cos_mold_gold"]["by_layer"]) == 3
     assert json.loads((tmp_path / "r.json").read_text(encoding="utf-8"))["n_layers"] == 3
+    table = markdown_tables(report)
+    assert f"{report['geometry']['cos_mold_gold']['min']:+.3f}" in table
+    assert "| neighbour_N |" in table
 
 
 @pytest.mark.slow
