@@ -236,6 +236,8 @@ class Args:
     """Keep this many most recent checkpoints (older ones are deleted)."""
     eval_episodes: int = 0
     """Held-out mazes evaluated before and after training (0: no evaluation)."""
+    eval_before: bool = True
+    """Also evaluate the untrained model (the same for every run with this model, maze and eval settings)."""
     eval_greedy: bool = False
     """Evaluate with argmax moves instead of sampling at ``temperature``."""
     eval_every: int = 0
@@ -1241,7 +1243,7 @@ def _main(args: Args, ctx: D.DistContext) -> RunResult:
         )
 
     before = EvalResult(**evals["before"]) if "before" in evals else None
-    if eval_seeds and before is None:
+    if eval_seeds and before is None and args.eval_before:
         t0 = time.perf_counter()
         with _eval_mode(policy):
             before = run_eval()
