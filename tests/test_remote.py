@@ -275,7 +275,7 @@ def _steering_patched() -> bool:
 @pytest.mark.xfail(
     condition=not _steering_patched(),
     raises=ModuleNotFoundError,
-    strict=True,
+    strict=False,  # it already passes where the fake server can import our packages
     reason="forward_nnsight prepares the steering inside the trace (apply_nnsight), so the server imports "
     "probes, which NDIF does not have; the steering patch prepares it on the client again",
 )
