@@ -51,7 +51,7 @@ Ends with the BENCH lines of shared/BENCH.md:
     BENCH train_mfu <fraction> >=0.5
     BENCH train_peak_rss_gb <GB> <=6
 
-Run (heavy, ~4-5 minutes on 2 cores; take the lock):
+Run (heavy, ~5 minutes on 2 quiet cores; take the lock):
     flock /tmp/wa/heavy.lock .venv/bin/python -m bench.trainer
 Quick smoke run of the code paths: python -m bench.trainer --model tiny-llama --turns 3 --reps 1
 """
@@ -379,7 +379,7 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=15, help="turns per episode (paper: 15)")
     parser.add_argument("--train-episodes", type=int, default=2, help="episodes per training step (b)")
     parser.add_argument("--micro-batch", type=int, default=2, help="episodes per forward/backward")
-    parser.add_argument("--reps", type=int, default=2, help="timed repetitions (medians) of ours and TRL")
+    parser.add_argument("--reps", type=int, default=3, help="timed repetitions (medians) of ours and TRL")
     parser.add_argument(
         "--naive-reps", type=int, default=1, help="repetitions of the naive loop (the slow one)"
     )
