@@ -46,8 +46,17 @@ class Maze:
 
 def mold_count_bounds(n_interior: int, frac_min: float, frac_max: float) -> tuple[int, int]:
     """Smallest and largest interior Mold counts whose fraction lies in [frac_min, frac_max)."""
-    lo = math.ceil(frac_min * n_interior - 1e-9)
-    hi = math.ceil(frac_max * n_interior - 1e-9) - 1
+    # Start from the float estimate, then settle the edges with the exact test k / n (no epsilon).
+    lo = max(0, math.ceil(frac_min * n_interior))
+    while lo > 0 and (lo - 1) / n_interior >= frac_min:
+        lo -= 1
+    while lo / n_interior < frac_min:
+        lo += 1
+    hi = max(-1, math.ceil(frac_max * n_interior) - 1)
+    while (hi + 1) / n_interior < frac_max:
+        hi += 1
+    while hi >= 0 and hi / n_interior >= frac_max:
+        hi -= 1
     return lo, hi
 
 

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import importlib.abc
 import io
 import json
 import linecache
+import sys
 import threading
 import types
 from collections.abc import Iterator
@@ -41,6 +43,23 @@ from probes.remote import (
 
 KEY = "test-key-7f3a"
 REPO = "welfare-axis-tests/tiny-llama"
+
+
+OUR_PACKAGES = frozenset({"probes", "steering", "maze_env", "welfare_axis"})
+
+
+class _BlockPackages(importlib.abc.MetaPathFinder):
+    """Makes ``import probes`` (and the rest of the toolkit) fail, as on an NDIF server."""
+
+    def __init__(self, roots: frozenset[str]) -> None:
+        self.roots = roots
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> None:
+        if name.split(".")[0] in self.roots:
+            raise ModuleNotFoundError(
+                f"No module named {name!r} (not installed on the NDIF server)", name=name
+            )
+        return None
 
 
 class FakeNDIF:
@@ -98,9 +117,13 @@ class FakeNDIF:
         saved_lines = dict(linecache.cache)
         hider = LocalSimulationBackend(self.server_lm)
         hidden = hider._hide_local_modules()
+        # An editable install re-imports our packages through its own meta-path finder: refuse them first.
+        blocker = _BlockPackages(OUR_PACKAGES)
+        sys.meta_path.insert(0, blocker)
         try:
             yield
         finally:
+            sys.meta_path.remove(blocker)
             hider._restore(hidden)
             linecache.cache.clear()
             linecache.cache.update(saved_lines)
