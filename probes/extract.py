@@ -231,6 +231,7 @@ def extract_class_activations(
         by_class[name] = {layer: rows[start : start + count] for layer, rows in acts.items()}
         start += count
     base = model.original_model if hasattr(model, "original_model") else model
+    base = getattr(base, "_module", base)  # nnsight / probes.remote models: the (meta) HF module
     return ClassActivations(
         by_class,
         model_name=_layers.model_name(base),

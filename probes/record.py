@@ -243,13 +243,6 @@ def _run_hooks_gathered(
     return dict(acts)
 
 
-def _nnsight_model(model: nn.Module, tokenizer: Any) -> Any:
-    from nnsight.modeling.transformers import TransformersModel
-
-    # nnsight switches the tokenizer it is given to left padding: give it a copy.
-    return TransformersModel(_layers.unwrap(model), tokenizer=copy.deepcopy(tokenizer))
-
-
 def _nnsight_envoy(wrapped: Any, model: nn.Module, layer: int, site: str) -> Any:
     base = _layers.unwrap(model)
     target = _layers.site_module(base, layer, site)
@@ -287,7 +280,10 @@ def _run_nnsight(
             hidden = envoys[layer].output
             if isinstance(hidden, tuple):
                 hidden = hidden[0]
-            out[layer] = hidden[rows, index] if index is not None else hidden[selection]
+            if index is not None:  # index tensors follow the activations (a remote model's GPU)
+                out[layer] = hidden[rows.to(hidden.device), index.to(hidden.device)]
+            else:
+                out[layer] = hidden[selection.to(hidden.device)]
     return dict(out)
 
 
@@ -350,6 +346,7 @@ def capture(
     dtype: torch.dtype = torch.float32,
     sort_by_length: bool = True,
     progress: bool = False,
+    remote: bool | str = False,
 ) -> dict[int, Float[Tensor, "n d_model"]]:
     """Activations of ``texts`` at ``layers``, one row per text, on the CPU.
 
@@ -372,6 +369,9 @@ def capture(
         dtype: dtype of the returned tensors.
         sort_by_length: batch texts of similar length together (results are returned in input order).
         progress: show a tqdm bar.
+        remote: ``True`` runs the nnsight backend on NDIF, ``"local"`` is nnsight's offline simulation
+            of that (see ``probes.remote``). An nnsight model or ``probes.remote.RemoteModel`` as
+            ``model`` always uses the nnsight backend.
 
     Returns:
         ``{layer: (n, d_model)}`` (``(n_tokens, d_model)`` with ``reduce="none"``).
@@ -391,16 +391,25 @@ def capture(
     if not isinstance(batch_size, int) or batch_size < 1:
         raise CaptureError(f"batch_size must be a positive int, got {batch_size!r}")
     site = _layers.check_site(site)
+    from probes.remote import is_nnsight_model, nnsight_target
+
+    if is_nnsight_model(model) or remote:
+        if backend == "transformer_lens":
+            raise CaptureError("nnsight and remote models need backend='nnsight' (or the default 'hooks')")
+        backend = "nnsight"
 
     bridge = None
+    wrapped = None
     if backend == "transformer_lens":
         bridge = model if _is_bridge(model) else boot_bridge(model, tokenizer)
         hf_model = bridge.original_model if _is_bridge(model) else model
+    elif backend == "nnsight":
+        wrapped, hf_model, device = nnsight_target(model, tokenizer, remote=remote)
     else:
         hf_model = model
     chosen = _layers.check_layers(hf_model, layers)
-    wrapped = _nnsight_model(hf_model, tokenizer) if backend == "nnsight" else None
-    device = _model_device(bridge if bridge is not None else hf_model)
+    if wrapped is None:
+        device = _model_device(bridge if bridge is not None else hf_model)
 
     need_assistant = isinstance(position, str) and position == "assistant"
     items, add_special_tokens, lengths = _prepare_items(

@@ -27,7 +27,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
-from probes.layers import unwrap
+from probes.layers import layer_template, unwrap
 from steering.apply import Positions, check_positions, prompt_position_mask, resolve_alpha, resolve_directions
 from steering.operators import Operator, add
 
@@ -39,6 +39,15 @@ def wrap_nnsight(model: nn.Module, tokenizer: Any) -> Any:
     return TransformersModel(model, tokenizer=tokenizer)
 
 
+def _maybe_remote(lm: Any, remote: bool | str) -> Any:
+    """``lm`` itself, or a ``probes.remote.RemoteModel`` running it remotely when ``remote`` is set."""
+    if not remote:
+        return lm
+    from probes.remote import RemoteModel
+
+    return RemoteModel(lm, remote=remote)
+
+
 def _hf_model(lm: Any) -> nn.Module:
     inner = getattr(lm, "_module", None)
     if not isinstance(inner, nn.Module):
@@ -48,8 +57,6 @@ def _hf_model(lm: Any) -> nn.Module:
 
 def _block_envoys(lm: Any, model: nn.Module, layers: Sequence[int]) -> dict[int, Any]:
     """The nnsight envoys of the steered decoder blocks, found by the same names probes.layers uses."""
-    from probes.layers import layer_template
-
     template = layer_template(model)
     envoys: dict[int, Any] = {}
     for layer in layers:
@@ -150,15 +157,21 @@ def forward_nnsight(
     positions: Positions = "assistant",
     operator: Operator | None = None,
     tokenizer: Any = None,
+    remote: bool | str = False,
 ) -> Float[Tensor, "batch pos vocab"]:
-    """Logits of one steered forward pass run through nnsight (left padding gets mask-derived position ids)."""
-    if attention_mask is None:
-        attention_mask = torch.ones_like(input_ids)
+    """Logits of one steered forward pass run through nnsight (left padding gets mask-derived position ids).
+
+    ``remote=True`` runs it on NDIF (``"local"``: nnsight's offline simulation); ``lm`` may also be a
+    ``probes.remote.RemoteModel``. Directions, masks and envoys are prepared here, so only
+    ``steer_step_nnsight`` runs inside the trace (on the server when remote).
+    """
+    lm = _maybe_remote(lm, remote)
+    by_layer, alphas, op, mask, envoys, attention_mask = _prepare(
+        lm, directions, input_ids, attention_mask, layers, alpha, positions, operator, tokenizer
+    )
+    prompt_mask = None if bool(mask.all()) else mask
     with lm.trace({"input_ids": input_ids, "attention_mask": attention_mask}):
-        apply_nnsight(
-            lm, directions, input_ids, attention_mask, layers=layers, alpha=alpha, positions=positions,
-            operator=operator, tokenizer=tokenizer,
-        )  # fmt: skip
+        steer_step_nnsight(envoys, by_layer, alphas, op, prompt_mask, 0)
         logits = lm.output.logits.save()
     return logits
 
@@ -174,12 +187,15 @@ def generate_nnsight(
     positions: Positions = "assistant",
     operator: Operator | None = None,
     tokenizer: Any = None,
+    remote: bool | str = False,
     **generate_kwargs: Any,
 ) -> Int[Tensor, "batch total"]:
     """Steered ``generate`` through nnsight: prompt tokens by the position rule, every new token steered.
 
-    Returns the prompt plus generated token ids, as HF ``generate`` does.
+    Returns the prompt plus generated token ids, as HF ``generate`` does. ``remote`` as in
+    :func:`forward_nnsight`.
     """
+    lm = _maybe_remote(lm, remote)
     by_layer, alphas, op, mask, envoys, attention_mask = _prepare(
         lm, directions, input_ids, attention_mask, layers, alpha, positions, operator, tokenizer
     )

@@ -44,33 +44,36 @@ def _unit(direction: Tensor) -> Tensor:
 def add() -> Operator:
     """Additive steering: ``h + alpha * v`` (the paper's intervention; ``alpha=0`` is the identity)."""
 
-    def _add(hidden: Tensor, direction: Tensor, alpha: float) -> Tensor:
+    # Each closure is *defined* under its public name: nnsight 0.8 ships functions to NDIF by source and
+    # finds them again by ``__name__``, so a closure renamed after definition cannot be loaded remotely.
+
+    def add(hidden: Tensor, direction: Tensor, alpha: float) -> Tensor:
         return hidden + alpha * direction
 
-    _add.__qualname__ = _add.__name__ = "add"
-    return _add
+    add.__qualname__ = "add"
+    return add
 
 
 def ablate() -> Operator:
     """Directional ablation: project ``h`` onto the complement of ``v``: ``h - (h·û) û``. ``alpha`` is ignored."""
 
-    def _ablate(hidden: Tensor, direction: Tensor, alpha: float) -> Tensor:
+    def ablate(hidden: Tensor, direction: Tensor, alpha: float) -> Tensor:
         unit = _unit(direction)
         return hidden - (hidden @ unit).unsqueeze(-1) * unit
 
-    _ablate.__qualname__ = _ablate.__name__ = "ablate"
-    return _ablate
+    ablate.__qualname__ = "ablate"
+    return ablate
 
 
 def ablate_then_add() -> Operator:
     """Ablate ``v`` then add ``alpha * v``: the component along ``v`` is set to exactly ``alpha * ‖v‖``."""
 
-    def _ablate_then_add(hidden: Tensor, direction: Tensor, alpha: float) -> Tensor:
+    def ablate_then_add(hidden: Tensor, direction: Tensor, alpha: float) -> Tensor:
         unit = _unit(direction)
         return hidden - (hidden @ unit).unsqueeze(-1) * unit + alpha * direction
 
-    _ablate_then_add.__qualname__ = _ablate_then_add.__name__ = "ablate_then_add"
-    return _ablate_then_add
+    ablate_then_add.__qualname__ = "ablate_then_add"
+    return ablate_then_add
 
 
 OPERATORS: dict[str, Callable[[], Operator]] = {

@@ -287,21 +287,6 @@ def test_remote_capture_multi_token_rule_matches_local(remote_setup):
     torch.testing.assert_close(acts[1], local[1], rtol=0, atol=1e-6)
 
 
-def _steering_patched() -> bool:
-    import inspect
-
-    from steering.nnsight_apply import forward_nnsight
-
-    return "remote" in inspect.signature(forward_nnsight).parameters
-
-
-@pytest.mark.xfail(
-    condition=not _steering_patched(),
-    raises=ModuleNotFoundError,
-    strict=False,  # it already passes where the fake server can import our packages
-    reason="forward_nnsight prepares the steering inside the trace (apply_nnsight), so the server imports "
-    "probes, which NDIF does not have; the steering patch prepares it on the client again",
-)
 def test_remote_steering_ships_the_additions_and_matches_local_apply(remote_setup):
     from steering.apply import apply
     from steering.nnsight_apply import forward_nnsight
@@ -380,18 +365,8 @@ def test_local_simulation_dry_run_matches_local(remote_setup):
     assert server.posts == []  # nothing left the process
 
 
-def _accepts(function: Any, name: str) -> bool:
-    import inspect
-
-    return name in inspect.signature(function).parameters
-
-
 def test_record_capture_and_extract_take_remote_models(remote_setup):
-    """probes.record.capture / probes.extract with a RemoteModel (active once record.capture has remote=)."""
-    if not _accepts(record.capture, "remote"):
-        pytest.skip(
-            "probes.record.capture has no remote= yet (patch: /tmp/wa/patches/issue7_probes_record_extract.patch)"
-        )
+    """probes.record.capture / probes.extract with a RemoteModel."""
     from probes.extract import train_concept_vectors
 
     model, tok, client_lm, server = remote_setup
@@ -421,14 +396,10 @@ def test_record_capture_and_extract_take_remote_models(remote_setup):
 
 
 def test_steering_remote_flag_with_the_default_operator(remote_setup):
-    """steering.nnsight_apply with remote=True and no operator (active once the steering patch lands)."""
+    """steering.nnsight_apply with remote=True and no operator."""
     from steering.apply import apply
     from steering.nnsight_apply import forward_nnsight
 
-    if not _accepts(forward_nnsight, "remote"):
-        pytest.skip(
-            "forward_nnsight has no remote= yet (patch: /tmp/wa/patches/issue7_steering_nnsight_operators.patch)"
-        )
     model, tok, client_lm, server = remote_setup
     batch = tok(["Are you happy?"], return_tensors="pt")
     direction = torch.randn(64, generator=torch.Generator().manual_seed(3))
