@@ -1,12 +1,9 @@
 #!/usr/bin/env bash
-# The main job on the bundled default model (set-up included, idempotent).
-# Until the study pipeline (`welfare-axis run`) lands, this shows the maze and lets the expert play it.
+# The main job on the bundled default model (set-up included, idempotent): the whole study,
+# train -> forgetting -> readouts -> steering -> runs/default/report.html and summary.json.
+# Arguments go to `welfare-axis run` (e.g. --fast, --preset gemma).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
-if welfare-axis run --help >/dev/null 2>&1; then
-  exec welfare-axis run "$@"
-fi
-welfare-axis maze show --seed 0
-welfare-axis maze play --seed 0 --expert
+exec welfare-axis run "$@"
