@@ -22,10 +22,13 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from welfare_axis.artifacts import read_json, write_json, write_text
 from welfare_axis.stages import StageRunner
+
+if TYPE_CHECKING:
+    from welfare_axis.report import Section
 
 # The paper's headline numbers (shared/research/paper_welfare_axis.md §C), shown beside ours.
 PAPER = {
@@ -46,6 +49,8 @@ PAPER = {
     "steer_sentiment_slope_v_mold": "−0.23 per unit α",
     "steer_p_true_slope_v_gold": "+0.15 per unit α",
     "steer_p_true_slope_v_mold": "−0.12 to −0.13 per unit α",
+    "rotation": "alignment with the sentiment, emotion-PC1 and VAA axes grows roughly monotonically with rollout "
+    "reward over steps 5→95 (App. G; layers ~18–28)",
 }
 
 
@@ -91,6 +96,12 @@ class StudyConfig:
     """Seed of training, sampling and steering."""
     fast: bool = False
     """Smaller settings everywhere (minutes, not tens of minutes); the report says so."""
+    checkpoint_series: bool = False
+    """Control (paper App. G): v_Mold and v_Gold at every kept training checkpoint, their rotation away from
+    u and onto the base model's emotion valence axis (probes.checkpoint_series). Needs the checkpoints kept:
+    preset checkpoint-series sets train_overrides keep_checkpoints/checkpoint_every."""
+    series_n_per_class: int | None = None
+    """Trajectories per class at each checkpoint of the series (None: n_per_class)."""
 
     @classmethod
     def preset(cls, name: str) -> StudyConfig:
@@ -125,6 +136,10 @@ class StudyConfig:
 
 
 FAST_TRAIN = {"steps": 3, "episodes_per_step": 8, "group_size": 4, "eval_episodes": 16, "checkpoint_every": 1}
+SERIES_EMOTIONS = {"n_emotions": None, "stories_per_emotion": None, "n_neutral": None}
+"""Emotion subset of the checkpoint series' fixed valence axis (None: every shipped story and neutral text)."""
+FAST_SERIES_EMOTIONS = {"n_emotions": 12, "stories_per_emotion": 4, "n_neutral": 24}
+"""The same in fast mode (12 emotions spanning the valence range, 4 stories each)."""
 
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {},
@@ -141,6 +156,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "tbrm": {"algo": "tbrm"},
     "full-ft": {"finetune": "full"},
     "steer-trained": {"steer_model": "trained"},
+    # App. G: the vectors at every checkpoint (every 2nd step kept; fast mode: steps 2 and 3).
+    "checkpoint-series": {"checkpoint_series": True,
+                          "train_overrides": {"checkpoint_every": 2, "keep_checkpoints": 1000}},
 }  # fmt: skip
 
 
@@ -258,6 +276,58 @@ def stage_steering(cfg: StudyConfig, runner: StageRunner, work: Path) -> dict[st
     return out
 
 
+def series_settings(cfg: StudyConfig) -> dict[str, Any]:
+    """Keyword arguments of ``probes.checkpoint_series.checkpoint_series`` for this study (its stage hash)."""
+    sizes = FAST_SERIES_EMOTIONS if cfg.fast else SERIES_EMOTIONS
+    n = cfg.series_n_per_class if cfg.series_n_per_class is not None else cfg.n_per_class
+    return {"n_per_class": n, **sizes}
+
+
+def stage_checkpoint_series(cfg: StudyConfig, runner: StageRunner, work: Path) -> dict[str, Any]:
+    """The reward vectors at the base model and every kept checkpoint of the training run (App. G)."""
+    from probes.checkpoint_series import checkpoint_series
+
+    train = runner.outputs["train"]
+    series = checkpoint_series(train.dir / train.result["run"], **series_settings(cfg))
+    series.save(work / "checkpoint_series.json")
+    return {"file": "checkpoint_series.json", "headline": series.headline()}
+
+
+def checkpoint_series_section(runner: StageRunner) -> Section:
+    """The report section of the checkpoint-series stage: per-checkpoint table and the cosine curves."""
+    from probes.checkpoint_series import CheckpointSeries, checkpoint_series_figure
+    from welfare_axis.report import Section, Table
+
+    stage = runner.outputs["checkpoint_series"]
+    series = CheckpointSeries.load(stage.dir / stage.result["file"])
+    v = series.valence
+    text = (
+        f"v_Mold and v_Gold extracted at the untrained model (step 0) and {len(series) - 1} checkpoint(s) of the "
+        f"training run, at layer {series.layer} of {series.n_layers}, from the same seeded trajectories "
+        f"({series.settings['n_per_class']} per class). The valence axis is emotion PC1 of the untrained "
+        f"model ({v['n_emotions']} emotions, r with the valence ratings {_fmt_num(v['r_valence'])}), held "
+        "fixed for every checkpoint. The paper: " + PAPER["rotation"] + "."
+    )
+    if len(series) < 4:
+        text += (
+            "\n\nOnly a few checkpoints were kept: set train_overrides checkpoint_every / keep_checkpoints "
+            "(preset checkpoint-series) for a longer series."
+        )
+    rows = [
+        {k: (round(x, 4) if isinstance(x, float) else x) for k, x in row.items()} for row in series.rows()
+    ]
+    return Section(
+        "Rotation during training (checkpoint series)",
+        text=text,
+        tables=[Table("per checkpoint", rows)],
+        figures=[checkpoint_series_figure(series)],
+    )
+
+
+def _fmt_num(x: float | None) -> str:
+    return "undefined" if x is None else f"{x:+.3f}"
+
+
 # ======================================================================================================
 # Summary and report
 # ======================================================================================================
@@ -317,6 +387,8 @@ def summarize(runner: StageRunner, cfg: StudyConfig) -> dict[str, Any]:
     }
     if "forgetting" in out:
         summary["forgetting"] = out["forgetting"].result
+    if "checkpoint_series" in out:
+        summary["checkpoint_series"] = out["checkpoint_series"].result["headline"]
     if "steering" in out:
         slopes = out["steering"].result["slopes"]
         summary["steering"] = {
@@ -419,6 +491,8 @@ def build_report(runner: StageRunner, cfg: StudyConfig, summary: dict[str, Any])
                 figures=figures,
             )
         )
+    if "checkpoint_series" in out:
+        sections.append(checkpoint_series_section(runner))
     notes = (
         ["FAST MODE: small settings for a quick look; numbers are noisy and not comparable to the paper."]
         if cfg.fast
@@ -444,11 +518,16 @@ def run_study(cfg: StudyConfig, out: str | Path) -> dict[str, Any]:
         ("readouts", lambda d: stage_readouts(cfg, runner, d), ["train"], False),
         ("steering", lambda d: stage_steering(cfg, runner, d), ["train", "readouts"], False),
     ]
+    if cfg.checkpoint_series:  # a control: off by default (the other stages and their keys are unchanged)
+        stages.append(
+            ("checkpoint_series", lambda d: stage_checkpoint_series(cfg, runner, d), ["train"], False)
+        )
     settings = {
         "train": {k: v for k, v in dataclasses.asdict(cfg).items() if k in ("model", "algo", "tiles", "finetune", "train_preset", "train_steps", "train_overrides", "seed", "fast")},
         "forgetting": {"qa": cfg.forgetting_qa, "texts": cfg.forgetting_texts, "seed": cfg.seed},
         "readouts": {"n_per_class": cfg.n_per_class, "scale": cfg.readout_scale, "seed": cfg.seed},
         "steering": {k: getattr(cfg, k) for k in ("steer_model", "steer_evals", "alphas", "n_prompts", "n_samples", "max_new_tokens", "seed")},
+        "checkpoint_series": series_settings(cfg),
     }  # fmt: skip
     for name, fn, depends, resumable in stages:
         start = time.perf_counter()
