@@ -46,7 +46,8 @@ from probes import layers as L
 from probes import positions as P
 from probes.extract import reward_trajectories, reward_vectors
 from probes.models import load_model
-from probes.record import _nnsight_model, capture, record
+from probes.record import capture, record
+from probes.remote import nnsight_target
 
 
 def timed(fn: Callable[[], object]) -> tuple[float, float]:
@@ -82,7 +83,7 @@ def main() -> None:
     n_tokens = int(encoded["attention_mask"].sum())
     print(f"batch: {len(texts)} texts, {tuple(encoded['input_ids'].shape)} padded, {n_tokens} real tokens")
 
-    wrapped = _nnsight_model(model, tok)
+    wrapped, _, _ = nnsight_target(model, tok)
     rows = torch.arange(len(texts), device=device)
     last = P.last_token_index(encoded["attention_mask"])
     block_paths = [L.layer_template(model).format(num=layer) for layer in range(n_layers)]
