@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -131,3 +132,24 @@ def test_errors(tiny):
     finally:
         with torch.no_grad():
             embed.copy_(saved)
+
+
+@pytest.mark.slow
+def test_reward_vectors_on_real_smollm2_are_finite_and_reproducible():
+    from probes.models import load_model
+    from probes.selection import select_layer
+
+    model, tok = load_model("smollm2-135m-instruct", device="cpu")
+    config = maze_env.MazeConfig(n_turns=3)
+    acts = reward_activations(model, tok, n_per_class=12, config=config, batch_size=12)
+    train, held_out = acts.split(0.25, seed=0)
+    vectors = aggregate(train)
+    again = aggregate(
+        reward_activations(model, tok, n_per_class=12, config=config, batch_size=12).split(0.25)[0]
+    )
+    assert vectors["Mold"].layers == list(range(30)) and vectors["Mold"].d_model == 576
+    for name in ("Mold", "Gold", "Path"):
+        assert all(torch.isfinite(t).all() for t in vectors[name].directions.values())
+        torch.testing.assert_close(again[name][15], vectors[name][15], rtol=1e-6, atol=1e-6)
+    selection = select_layer(vectors["Mold"], held_out)
+    assert 0 <= selection.layer < 30 and np.isfinite(selection.auroc).all()
