@@ -135,7 +135,15 @@ class StudyConfig:
         return preset_args(self.train_preset, **overrides)
 
 
-FAST_TRAIN = {"steps": 3, "episodes_per_step": 8, "group_size": 4, "eval_episodes": 16, "checkpoint_every": 1}
+FAST_TRAIN = {
+    "steps": 3,
+    "episodes_per_step": 4,
+    "group_size": 4,
+    "n_turns": 5,
+    "eval_episodes": 8,
+    "checkpoint_every": 1,
+}
+"""Fast mode trains 3 steps of 4 five-turn episodes and evaluates 8 five-turn episodes (about a minute)."""
 SERIES_EMOTIONS = {"n_emotions": None, "stories_per_emotion": None, "n_neutral": None}
 """Emotion subset of the checkpoint series' fixed valence axis (None: every shipped story and neutral text)."""
 FAST_SERIES_EMOTIONS = {"n_emotions": 12, "stories_per_emotion": 4, "n_neutral": 24}
