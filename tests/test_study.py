@@ -53,6 +53,12 @@ def test_study_fills_every_section(tiny_study):
                   "Environment probes", "Forgetting", "Steering", "FAST MODE"):  # fmt: skip
         assert title in html, title
     assert "<script src" not in html  # self-contained
+    pngs = sorted((out / "figures").glob("*.png")) if (out / "figures").is_dir() else []
+    if pngs:  # a Chromium for kaleido is present: one PNG per report figure
+        assert len(pngs) == html.count('class="plotly-graph-div"')
+        assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+    else:  # no browser: the report says why and how to get the PNGs
+        assert "PNG export skipped" in html and "Chromium" in html
     assert json.loads((out / "summary.json").read_text())["geometry"] == summary["geometry"]
 
 

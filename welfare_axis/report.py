@@ -13,10 +13,13 @@ from __future__ import annotations
 import html as _html
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
+
+from welfare_axis.artifacts import atomic_write
 
 _STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
@@ -79,3 +82,36 @@ def render_report(title: str, sections: Sequence[Section], *, notes: Sequence[st
         parts += [f.to_html(full_html=False, include_plotlyjs=False) for f in section.figures]
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in text.lower()).strip("_") or "figure"
+
+
+def export_figures(
+    sections: Sequence[Section], directory: str | Path, *, scale: float = 1.5
+) -> tuple[list[Path], str | None]:
+    """Write every figure of ``sections`` as a PNG (kaleido) into ``directory``, atomically per file.
+
+    Static export needs a Chromium for kaleido (``BROWSER_PATH`` or one on ``PATH``). Without one the
+    export is skipped: returns ``([], reason)`` and the HTML report is unaffected.
+
+    Example:
+        >>> paths, skipped = export_figures(sections, "runs/default/figures")  # doctest: +SKIP
+    """
+    directory = Path(directory)
+    written: list[Path] = []
+    for s_index, section in enumerate(sections):
+        for f_index, figure in enumerate(section.figures):
+            title = figure.layout.title.text or section.title
+            path = directory / f"{s_index:02d}_{f_index}_{_slug(title)[:60]}.png"
+            try:
+                png = figure.to_image(format="png", scale=scale)
+            except Exception as err:  # kaleido raises several types when no browser can be started
+                return written, (
+                    f"PNG export skipped ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
+                    "install Chromium (e.g. apt-get install chromium) or set BROWSER_PATH"
+                )
+            atomic_write(path, lambda p, data=png: p.write_bytes(data))
+            written.append(path)
+    return written, None

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from welfare_axis.artifacts import read_json, write_json, write_text
+from welfare_axis.report import export_figures, render_report
 from welfare_axis.stages import StageRunner
 
 if TYPE_CHECKING:
@@ -409,12 +410,22 @@ def summarize(runner: StageRunner, cfg: StudyConfig) -> dict[str, Any]:
 
 def build_report(runner: StageRunner, cfg: StudyConfig, summary: dict[str, Any]) -> str:
     """The HTML report (every section filled from the stage outputs)."""
+    from welfare_axis.report import render_report
+
+    title, sections, notes = report_sections(runner, cfg, summary)
+    return render_report(title, sections, notes=notes)
+
+
+def report_sections(
+    runner: StageRunner, cfg: StudyConfig, summary: dict[str, Any]
+) -> tuple[str, list, list[str]]:
+    """The report's title, sections (tables and plotly figures) and notes, from the stage outputs."""
     from maze_env.plots import training_curves
     from probes.plots import layer_cosine_curves
     from steering.plots import dose_response_figure
     from steering.stats import summarize_cells
     from steering.sweep import load_records
-    from welfare_axis.report import Section, Table, render_report
+    from welfare_axis.report import Section, Table
 
     out = runner.outputs
     rd = out["readouts"]
@@ -506,9 +517,7 @@ def build_report(runner: StageRunner, cfg: StudyConfig, summary: dict[str, Any])
         if cfg.fast
         else []
     )
-    return render_report(
-        f"welfare-axis study: {cfg.model}, {cfg.algo}, tiles {cfg.tiles}", sections, notes=notes
-    )
+    return f"welfare-axis study: {cfg.model}, {cfg.algo}, tiles {cfg.tiles}", sections, notes
 
 
 # ======================================================================================================
@@ -545,5 +554,14 @@ def run_study(cfg: StudyConfig, out: str | Path) -> dict[str, Any]:
         print(f"[welfare-axis] stage {name} done ({how})", flush=True)
     summary = summarize(runner, cfg)
     write_json(Path(out) / "summary.json", summary)
-    write_text(Path(out) / "report.html", build_report(runner, cfg, summary))
+    title, sections, notes = report_sections(runner, cfg, summary)
+    pngs, skipped = export_figures(sections, Path(out) / "figures")
+    if skipped:
+        print(f"[welfare-axis] {skipped}", flush=True)
+        notes = [*notes, skipped]
+    write_text(Path(out) / "report.html", render_report(title, sections, notes=notes))
+    print(
+        f"[welfare-axis] report: {Path(out) / 'report.html'} ({len(pngs)} PNG figures in figures/)",
+        flush=True,
+    )
     return summary

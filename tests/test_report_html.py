@@ -1,0 +1,38 @@
+"""welfare_axis.report: the self-contained HTML and the PNG export of its figures."""
+
+from __future__ import annotations
+
+import plotly.graph_objects as go
+
+from welfare_axis.report import Section, Table, export_figures, render_report
+
+
+def _sections() -> list[Section]:
+    fig = go.Figure(go.Scatter(x=[0, 1, 2], y=[0.1, -0.5, -0.9]), layout={"title": {"text": "cos by layer"}})
+    return [Section("Geometry", text="a", tables=[Table("t", [{"layer": 0, "cos": -0.5}])], figures=[fig])]
+
+
+def test_render_report_is_self_contained_and_has_every_part():
+    html = render_report("study", _sections(), notes=["FAST MODE"])
+    assert "<script src" not in html and "plotly-graph-div" in html
+    assert "Geometry" in html and "FAST MODE" in html and "-0.5" in html
+
+
+def test_export_figures_writes_one_png_per_figure_or_says_why_not(tmp_path):
+    written, skipped = export_figures(_sections(), tmp_path / "figures")
+    if skipped is None:
+        assert [p.name for p in written] == ["00_0_cos_by_layer.png"]
+        assert written[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    else:  # no Chromium on this machine: nothing half-written, and the reason names the fix
+        assert written == [] and "Chromium" in skipped
+        assert not list((tmp_path / "figures").glob("*")) if (tmp_path / "figures").exists() else True
+
+
+def test_export_without_a_browser_skips_cleanly(tmp_path, monkeypatch):
+    def no_browser(self, *args, **kwargs):
+        raise RuntimeError("Kaleido requires Google Chrome to be installed.\nmore")
+
+    monkeypatch.setattr(go.Figure, "to_image", no_browser)
+    written, skipped = export_figures(_sections(), tmp_path / "figures")
+    assert written == [] and not (tmp_path / "figures").exists()
+    assert "RuntimeError: Kaleido requires Google Chrome" in skipped and "BROWSER_PATH" in skipped
