@@ -102,3 +102,15 @@ def test_bad_settings_get_clear_errors(tmp_path, capsys):
         "iterative-sft",
         "full-ft",
     }
+
+
+def test_train_cache_key_is_the_resolved_training_config(monkeypatch):
+    from welfare_axis import study
+
+    fast = StudyConfig.preset("fast")
+    key = study.train_stage_settings(fast)
+    assert key["n_turns"] == study.FAST_TRAIN["n_turns"] and "out" not in key and "threads" not in key
+    # a change to the fast settings (or a preset) must retrain, not reuse a stale run
+    monkeypatch.setitem(study.FAST_TRAIN, "n_turns", 7)
+    assert study.train_stage_settings(fast) != key
+    assert study.train_stage_settings(fast)["n_turns"] == 7

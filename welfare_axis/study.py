@@ -184,6 +184,18 @@ def _eval_summary(e: Mapping[str, Any] | None) -> dict[str, Any] | None:
     return {k: e[k] for k in keys if k in e}
 
 
+_RUN_ONLY_ARGS = ("out", "progress", "resume", "stop_at_step", "threads", "device")
+"""Train Args that do not change what is trained (left out of the stage's cache key)."""
+
+
+def train_stage_settings(cfg: StudyConfig) -> dict[str, Any]:
+    """The train stage's cache key: the fully resolved ``maze_env.train.Args`` (preset, fast mode and
+    overrides applied), so a change to a preset or to the fast settings retrains instead of reusing a
+    stale run."""
+    args = dataclasses.asdict(cfg.train_args(Path("run")))
+    return {k: v for k, v in args.items() if k not in _RUN_ONLY_ARGS}
+
+
 def stage_train(cfg: StudyConfig, work: Path) -> dict[str, Any]:
     from maze_env.train import main
 
@@ -540,7 +552,7 @@ def run_study(cfg: StudyConfig, out: str | Path) -> dict[str, Any]:
             ("checkpoint_series", lambda d: stage_checkpoint_series(cfg, runner, d), ["train"], False)
         )
     settings = {
-        "train": {k: v for k, v in dataclasses.asdict(cfg).items() if k in ("model", "algo", "tiles", "finetune", "train_preset", "train_steps", "train_overrides", "seed", "fast")},
+        "train": train_stage_settings(cfg),
         "forgetting": {"qa": cfg.forgetting_qa, "texts": cfg.forgetting_texts, "seed": cfg.seed},
         "readouts": {"n_per_class": cfg.n_per_class, "scale": cfg.readout_scale, "seed": cfg.seed},
         "steering": {k: getattr(cfg, k) for k in ("steer_model", "steer_evals", "alphas", "n_prompts", "n_samples", "max_new_tokens", "seed")},
