@@ -529,7 +529,37 @@ def report_sections(
         if cfg.fast
         else []
     )
+    frozen = frozen_layers_note(train.result.get("train_args", {}), trn)
+    if frozen:
+        notes.append(frozen)
     return f"welfare-axis study: {cfg.model}, {cfg.algo}, tiles {cfg.tiles}", sections, notes
+
+
+def frozen_layers_note(train_args: Mapping[str, Any], readout: Mapping[str, Any]) -> str | None:
+    """A warning when LoRA adapted only the top layers and a selected layer lies below them.
+
+    Below the lowest adapted layer the trained model computes exactly what the untrained one does, so
+    v equals u there: readouts and steering at those layers cannot differ between trained and control.
+
+    Example:
+        >>> frozen_layers_note({"finetune": "lora", "lora_layers": 8}, {"n_layers": 30,
+        ...     "extraction": {"layer_star": {"Mold": 21, "Gold": 19}}}).split(":")[0]
+        'LoRA adapted only layers 22-29'
+    """
+    k = train_args.get("lora_layers")
+    if train_args.get("finetune") != "lora" or not k:
+        return None
+    n_layers = int(readout["n_layers"])
+    lowest = max(0, n_layers - int(k))
+    below = {c: layer for c, layer in readout["extraction"]["layer_star"].items() if layer < lowest}
+    if not below:
+        return None
+    chosen = ", ".join(f"{c} L{layer}" for c, layer in sorted(below.items()))
+    return (
+        f"LoRA adapted only layers {lowest}-{n_layers - 1}: v equals u at every layer below {lowest}, "
+        f"including the selected layers ({chosen}), so readouts and steering there cannot differ between "
+        "trained and control. Train with train_overrides={'lora_layers': None} to adapt every layer."
+    )
 
 
 # ======================================================================================================
