@@ -170,7 +170,7 @@ class Args:
     anneal_steps: int | None = None
     """S of the cosine schedule (None: steps)."""
     anneal_fraction: float = 1.0
-    """f of the cosine schedule β(s) = β₀·½(1+cos(π·min(s/(S−1)·f, 1))); the same multiplier scales the lr."""
+    """f of the cosine schedule β(s) = β₀·½(1+cos(π·min(s/(S−1)·f, 1))); the lr uses it with S+1 (never 0)."""
 
     # --- rollout ---
     episodes_per_step: int = 64
@@ -712,7 +712,8 @@ def train_step(
 ) -> dict[str, float]:
     """One update on ``episodes`` (advantages, epochs, minibatches, micro-batches); returns its statistics.
 
-    The learning rate and the entropy coefficient are annealed with ``L.cosine_multiplier(step, S, f)``.
+    The entropy coefficient is annealed with ``L.cosine_multiplier(step, S, f)`` (the paper's schedule) and
+    the learning rate with ``L.cosine_multiplier(step, S + 1, f)``, which stays above 0 at the last step.
     ``hidden`` (from :mod:`maze_env.top_layers`) holds the rollout's activations entering the first
     adapted layer; with it only the adapted layers are run. For on-policy episodes the first pass's
     logits are compared with the rollout's (``logit_drift``, the max absolute difference).
@@ -722,8 +723,11 @@ def train_step(
         RuntimeError: the reused activations do not reproduce the rollout's logits.
     """
     ctx = policy.ctx
-    multiplier = L.cosine_multiplier(step, args.anneal_steps or args.steps, args.anneal_fraction)
-    lr = args.lr * multiplier
+    total = args.anneal_steps or args.steps
+    multiplier = L.cosine_multiplier(step, total, args.anneal_fraction)
+    # The lr follows the same cosine over one more point, so the final step still learns (the paper's
+    # multiplier is exactly 0 at s = S − 1, which made the last step a no-op).
+    lr = args.lr * L.cosine_multiplier(step, total + 1, args.anneal_fraction)
     entropy_coef = args.entropy_coef * multiplier
     for group in optimizer.param_groups:
         group["lr"] = lr

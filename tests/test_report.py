@@ -54,3 +54,24 @@ def test_readouts_on_smollm2_are_finite_and_seeded():
     assert len(first["logit_lens"]["Mold_raw"]["top"]) == 5
     assert first["emotions"]["n_emotions"] == TINY.n_emotions
     assert -1.0 <= first["geometry"]["cos_mold_gold"]["min"] <= 1.0
+
+
+def test_report_reads_the_maze_with_the_settings_tile_glyphs(monkeypatch):
+    import probes.report as report
+
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def spy(model, tokenizer, *, config, **kwargs):
+        seen.append(config)
+        raise Stop
+
+    monkeypatch.setattr(report, "reward_activations", spy)
+    model, tok = tiny_model("llama", n_layers=2)
+    for tiles in ("office", "swap"):
+        with pytest.raises(Stop):
+            readout_report(model, tok, dataclasses.replace(TINY, tiles=tiles))
+    assert [c.tiles.name for c in seen] == ["office", "swap"]
+    assert seen[1].tiles.mold == seen[0].tiles.gold  # swap: the Mold glyph is office's Gold glyph

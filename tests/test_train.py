@@ -63,7 +63,9 @@ def test_cli_two_step_run_writes_config_metrics_checkpoints_and_eval(tmp_path, c
     for key in ("mean_return", "gold_per_episode", "mold_per_episode", "entropy", "entropy_eq", "loss", "lr"):
         assert all(math.isfinite(r[key]) for r in lines), key
     assert all(r["tokens_per_s"] > 0 and r["step_seconds"] > 0 for r in lines)
-    assert lines[0]["lr"] == pytest.approx(1e-3) and lines[1]["lr"] == pytest.approx(0.0)  # cosine, S=2
+    # lr: cosine over S + 1 = 3 points, so the last step still learns; the entropy coefficient hits 0
+    assert lines[0]["lr"] == pytest.approx(1e-3) and lines[1]["lr"] == pytest.approx(0.5e-3)
+    assert lines[1]["entropy_coef"] == pytest.approx(0.0)
     # checkpoints: safetensors + JSON only, latest pointer, keep_checkpoints=2
     ckpts = sorted(p.name for p in (out / "checkpoints").glob("step_*"))
     assert ckpts == ["step_000001", "step_000002"]

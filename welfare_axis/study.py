@@ -253,7 +253,9 @@ def _readout_settings(cfg: StudyConfig, out: Path):
         base = dataclasses.replace(base, stories_per_emotion=4)
     if cfg.readout_scale == "fast":  # smoke sizes on the paper's 100x100 maze
         base = dataclasses.replace(base, maze_size=ReportSettings().maze_size)
-    return dataclasses.replace(base, n_per_class=cfg.n_per_class, split_seed=cfg.seed, out=out)
+    return dataclasses.replace(
+        base, n_per_class=cfg.n_per_class, split_seed=cfg.seed, tiles=cfg.tiles, out=out
+    )
 
 
 def stage_readouts(cfg: StudyConfig, runner: StageRunner, work: Path) -> dict[str, Any]:
