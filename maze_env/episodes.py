@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +33,7 @@ from safetensors.torch import load_file, save_file
 
 from maze_env.config import MazeConfig
 from maze_env.rollout import EpisodeBatch
+from welfare_axis.artifacts import atomic_write
 
 __all__ = ["EPISODES_FORMAT", "EpisodeLogError", "load_episodes", "read_episode_info", "save_episodes"]
 
@@ -69,21 +68,6 @@ def _paths(path: str | os.PathLike[str]) -> tuple[Path, Path]:
         if base.endswith(suffix):
             base = base[: -len(suffix)]
     return Path(base + ".safetensors"), Path(base + ".json")
-
-
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        write(tmp_path)
-        with open(tmp_path, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp_path, path)
-    except BaseException:
-        tmp_path.unlink(missing_ok=True)
-        raise
 
 
 def save_episodes(
@@ -131,8 +115,8 @@ def save_episodes(
     }
     text = json.dumps(info, ensure_ascii=False, indent=1)
     metadata = {"format": EPISODES_FORMAT, "version": str(_VERSION), "save_id": save_id}
-    _atomic_write(tensor_path, lambda p: save_file(tensors, str(p), metadata=metadata))
-    _atomic_write(json_path, lambda p: p.write_text(text, encoding="utf-8"))
+    atomic_write(tensor_path, lambda p: save_file(tensors, str(p), metadata=metadata))
+    atomic_write(json_path, lambda p: p.write_text(text, encoding="utf-8"))
     return tensor_path
 
 
