@@ -98,6 +98,8 @@ __all__ = [
     "evaluate",
     "heldout_seeds",
     "load_checkpoint",
+    "RunDirError",
+    "load_run_args",
     "load_trained",
     "main",
     "make_optimizer",
@@ -1107,6 +1109,32 @@ def _save_final(run_dir: Path, policy: Policy, args: Args) -> Path:
     return final
 
 
+class RunDirError(FileNotFoundError):
+    """The directory is not a usable ``maze_env.train`` run (no config.json, no checkpoints)."""
+
+
+def load_run_args(run_dir: str | os.PathLike[str]) -> Args:
+    """The run's ``Args`` from its ``config.json`` (clear errors when it is not a run directory)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RunDirError(f"run directory {run_dir} does not exist; pass the --out of a maze_env.train run")
+    config_path = run_dir / "config.json"
+    if not config_path.is_file():
+        raise RunDirError(
+            f"{run_dir} has no config.json, so it is not a maze_env.train run directory; pass the --out of a "
+            f"run (welfare-axis train --out {run_dir} ...), or its parent if this is a checkpoint folder"
+        )
+    saved = json.loads(config_path.read_text())
+    known = {f.name for f in dataclasses.fields(Args)}
+    unknown = sorted(set(saved) - known)
+    if unknown:
+        raise ValueError(
+            f"{config_path} has settings this version of maze_env.train does not know: {unknown}; "
+            "it was written by another version"
+        )
+    return Args(**saved)
+
+
 def load_trained(run_dir: str | os.PathLike[str], *, checkpoint: str | None = None, merge: bool = True):
     """The trained model and tokenizer of a run (its latest checkpoint, or ``checkpoint``'s directory name).
 
@@ -1116,7 +1144,7 @@ def load_trained(run_dir: str | os.PathLike[str], *, checkpoint: str | None = No
         >>> model, tok = load_trained("runs/grpo_cpu")  # doctest: +SKIP
     """
     run_dir = Path(run_dir)
-    args = Args(**json.loads((run_dir / "config.json").read_text()))
+    args = load_run_args(run_dir)
     path = run_dir / "checkpoints" / checkpoint if checkpoint else latest_checkpoint(run_dir)
     if path is None or not path.is_dir():
         raise FileNotFoundError(f"no checkpoint in {run_dir}/checkpoints")

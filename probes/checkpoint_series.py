@@ -55,14 +55,14 @@ from typing import Any
 import numpy as np
 import plotly.graph_objects as go
 import torch
-from jaxtyping import Float
 from torch import Tensor, nn
 
+from maze_env.train import RunDirError, load_run_args
 from probes import layers as _layers
 from probes.emotions import DEFAULT_TOKEN_OFFSET, emotion_vectors, load_emotion_stories, load_neutral_texts
 from probes.emotions import valence_axis as _valence_axis
 from probes.extract import PAPER_SEED, aggregate, reward_activations
-from probes.geometry import analysis_layer
+from probes.geometry import analysis_layer, cosine
 from welfare_axis.artifacts import read_json, write_json
 
 SERIES_FORMAT = 1
@@ -92,10 +92,6 @@ __all__ = [
     "load_checkpoint_model",
     "load_run_args",
 ]
-
-
-class RunDirError(FileNotFoundError):
-    """The directory is not a usable ``maze_env.train`` run (no config.json, no checkpoints)."""
 
 
 # ====================================================================================================
@@ -229,30 +225,6 @@ def _spearman(x: Sequence[float], y: Sequence[float]) -> float | None:
 # ====================================================================================================
 
 
-def load_run_args(run_dir: str | os.PathLike[str]):
-    """The run's ``maze_env.train.Args`` from its ``config.json`` (clear errors when it is not a run)."""
-    from maze_env.train import Args
-
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise RunDirError(f"run directory {run_dir} does not exist; pass the --out of a maze_env.train run")
-    config_path = run_dir / "config.json"
-    if not config_path.is_file():
-        raise RunDirError(
-            f"{run_dir} has no config.json, so it is not a maze_env.train run directory; pass the --out of a "
-            f"run (welfare-axis train --out {run_dir} ...), or its parent if this is a checkpoint folder"
-        )
-    saved = json.loads(config_path.read_text())
-    known = {f.name for f in dataclasses.fields(Args)}
-    unknown = sorted(set(saved) - known)
-    if unknown:
-        raise ValueError(
-            f"{config_path} has settings this version of maze_env.train does not know: {unknown}; "
-            "it was written by another version"
-        )
-    return Args(**saved)
-
-
 def find_checkpoints(run_dir: str | os.PathLike[str]) -> list[tuple[int, Path]]:
     """``[(step, path)]`` of every ``checkpoints/step_NNNNNN`` directory, in step order.
 
@@ -312,14 +284,6 @@ def _mean_returns(run_dir: Path) -> dict[int, float]:
 # ====================================================================================================
 
 
-def _cos(a: Float[Tensor, " d_model"], b: Float[Tensor, " d_model"]) -> float:
-    a, b = a.detach().double().cpu(), b.detach().double().cpu()
-    denominator = float(a.norm() * b.norm())
-    if denominator == 0.0:
-        raise ValueError("a zero vector: cosine undefined (are the classes' activations identical?)")
-    return float(a @ b) / denominator
-
-
 def _reward_pair(
     model: nn.Module, tokenizer: Any, *, n_per_class: int, config: Any, seed: int, batch_size: int
 ) -> tuple[dict[int, Tensor], dict[int, Tensor]]:
@@ -368,7 +332,7 @@ def checkpoint_series(
     from tqdm.auto import tqdm
 
     from maze_env.train import load_base_model, maze_config
-    from probes.report import _subset_stories
+    from probes.report import subset_stories
 
     run_dir = Path(run_dir)
     args = load_run_args(run_dir)
@@ -383,7 +347,7 @@ def checkpoint_series(
     layer = analysis_layer(n_layers) if layer is None else _layers.check_layer(base, layer)
 
     # The fixed reference frame: emotion PC1 of the base model at ``layer``.
-    stories = _subset_stories(load_emotion_stories(), n_emotions, stories_per_emotion)
+    stories = subset_stories(load_emotion_stories(), n_emotions, stories_per_emotion)
     neutral = load_neutral_texts()[:n_neutral]
     ev = emotion_vectors(
         base,
@@ -413,12 +377,12 @@ def checkpoint_series(
             del model
         if base_mold is None:
             base_mold, base_gold = mold, gold
-        curves["cos_mold_gold"].append(_cos(mold[layer], gold[layer]))
-        curves["cos_mold_gold_min"].append(min(_cos(mold[lay], gold[lay]) for lay in sorted(mold)))
-        curves["cos_mold_base"].append(_cos(mold[layer], base_mold[layer]))
-        curves["cos_gold_base"].append(_cos(gold[layer], base_gold[layer]))
-        curves["cos_mold_valence"].append(_cos(mold[layer], pc1))
-        curves["cos_gold_valence"].append(_cos(gold[layer], pc1))
+        curves["cos_mold_gold"].append(cosine(mold[layer], gold[layer]))
+        curves["cos_mold_gold_min"].append(min(cosine(mold[lay], gold[lay]) for lay in sorted(mold)))
+        curves["cos_mold_base"].append(cosine(mold[layer], base_mold[layer]))
+        curves["cos_gold_base"].append(cosine(gold[layer], base_gold[layer]))
+        curves["cos_mold_valence"].append(cosine(mold[layer], pc1))
+        curves["cos_gold_valence"].append(cosine(gold[layer], pc1))
         curves["norm_mold"].append(float(mold[layer].double().norm()))
         curves["norm_gold"].append(float(gold[layer].double().norm()))
 

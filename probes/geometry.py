@@ -121,7 +121,14 @@ def _directions(vector: VectorLike, what: str) -> dict[int, Tensor]:
     raise GeometryError(f"{what} must be a ConceptVector or a non-empty {{layer: tensor}} mapping")
 
 
-def _cosine(a: Tensor, b: Tensor, where: str) -> float:
+def cosine(a: Float[Tensor, " d_model"], b: Float[Tensor, " d_model"], where: str = "cosine") -> float:
+    """cos(a, b) in float64 on the CPU; a zero vector or mismatched widths raise, naming ``where``.
+
+    Example:
+        >>> cosine(torch.tensor([1.0, 0.0]), torch.tensor([-2.0, 0.0]))
+        -1.0
+    """
+    a, b = a.detach().double().cpu().flatten(), b.detach().double().cpu().flatten()
     if a.shape != b.shape:
         raise WidthMismatchError(f"{where}: widths differ ({a.shape[0]} vs {b.shape[0]})")
     denominator = float(a.norm() * b.norm())
@@ -212,7 +219,7 @@ def layer_cosines(
     shared = sorted(set(a) & set(b))
     if not shared:
         raise GeometryError(f"the vectors share no layers ({sorted(a)} vs {sorted(b)})")
-    return LayerCosines({layer: _cosine(a[layer], b[layer], f"layer {layer}") for layer in shared}, label)
+    return LayerCosines({layer: cosine(a[layer], b[layer], f"layer {layer}") for layer in shared}, label)
 
 
 def _three(means: dict[str, dict[int, Tensor]], classes: tuple[str, ...]) -> list[dict[int, Tensor]]:
@@ -239,7 +246,7 @@ def path_reference_cosines(activations: ClassMeansLike) -> LayerCosines:
         raise GeometryError("the three classes share no layers")
     return LayerCosines(
         {
-            layer: _cosine(mold[layer] - path[layer], gold[layer] - path[layer], f"layer {layer}")
+            layer: cosine(mold[layer] - path[layer], gold[layer] - path[layer], f"layer {layer}")
             for layer in shared
         },
         "cos(mu_Mold - mu_Path, mu_Gold - mu_Path)",

@@ -148,9 +148,11 @@ def _finite_tree(tree: Any, path: str = "report") -> None:
         raise ValueError(f"non-finite number at {path}: {tree}")
 
 
-def _subset_stories(
+def subset_stories(
     stories: list[EmotionStory], n_emotions: int | None, per_emotion: int | None
 ) -> list[EmotionStory]:
+    """``n_emotions`` evenly spaced through the file (spanning its valence range), ``per_emotion`` stories each
+    (None: all), in file order; the report and the checkpoint series use the same subset."""
     names = list(dict.fromkeys(story.emotion for story in stories))
     if n_emotions is not None and n_emotions < len(names):  # evenly spaced: spans the file's valence range
         names = [names[int(i)] for i in np.linspace(0, len(names) - 1, n_emotions).round()]
@@ -279,7 +281,7 @@ def readout_report(
     lap("logit_lens")
 
     # EMOTIONS at argmax 1/2 (AUROC_Mold + AUROC_Gold), valence axis there and at floor(2L/3)
-    stories = _subset_stories(load_emotion_stories(), s.n_emotions, s.stories_per_emotion)
+    stories = subset_stories(load_emotion_stories(), s.n_emotions, s.stories_per_emotion)
     neutral = load_neutral_texts()[: s.n_neutral]
     ev = emotion_vectors(
         model,

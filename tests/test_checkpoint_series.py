@@ -13,7 +13,7 @@ from maze_env import train as T
 from probes import checkpoint_series as CS
 from probes.emotions import emotion_vectors, load_emotion_stories, load_neutral_texts, valence_axis
 from probes.extract import reward_vectors
-from probes.report import _subset_stories
+from probes.report import subset_stories
 
 SIZES = dict(n_per_class=4, n_emotions=4, stories_per_emotion=2, n_neutral=6)
 
@@ -59,7 +59,7 @@ def test_series_equals_a_hand_computation_from_load_trained(run):
     maze = T.maze_config(args)
     base, tok = T.load_base_model(args)
     u = reward_vectors(base, tok, n_per_class=4, config=maze)
-    stories = _subset_stories(load_emotion_stories(), 4, 2)
+    stories = subset_stories(load_emotion_stories(), 4, 2)
     ev = emotion_vectors(base, tok, [1], stories=stories, neutral_texts=load_neutral_texts()[:6])
     pc1 = valence_axis(ev, 1).pc1
     trained, _ = T.load_trained(out, checkpoint="step_000002", merge=True)

@@ -422,14 +422,6 @@ def summarize(runner: StageRunner, cfg: StudyConfig) -> dict[str, Any]:
     return summary
 
 
-def build_report(runner: StageRunner, cfg: StudyConfig, summary: dict[str, Any]) -> str:
-    """The HTML report (every section filled from the stage outputs)."""
-    from welfare_axis.report import render_report
-
-    title, sections, notes = report_sections(runner, cfg, summary)
-    return render_report(title, sections, notes=notes)
-
-
 def report_sections(
     runner: StageRunner, cfg: StudyConfig, summary: dict[str, Any]
 ) -> tuple[str, list, list[str]]:
