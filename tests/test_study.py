@@ -125,3 +125,22 @@ def test_frozen_layers_note_only_when_a_selected_layer_is_below_the_adapted_ones
     assert frozen_layers_note({"finetune": "lora", "lora_layers": 9}, readout) is None  # 21..29 adapted
     assert frozen_layers_note({"finetune": "lora", "lora_layers": None}, readout) is None
     assert frozen_layers_note({"finetune": "full", "lora_layers": 8}, readout) is None
+
+
+def test_default_study_sizes_and_their_precedence(tmp_path):
+    from welfare_axis import study
+
+    args = StudyConfig().train_args(tmp_path)
+    assert (args.preset, args.steps, args.eval_episodes, args.lora_layers) == ("cpu", 5, 32, 16)
+    assert args.episodes_per_step == 16 and args.n_turns == 15  # the CPU preset's episodes
+    # train_steps beats the study's sizes; train_overrides beat everything
+    cfg = StudyConfig.from_overrides(StudyConfig(), {"train_steps": 12, "train_overrides": {"lora_layers": 8}})
+    assert (cfg.train_args(tmp_path).steps, cfg.train_args(tmp_path).lora_layers) == (12, 8)
+    assert StudyConfig.preset("fast").train_args(tmp_path).steps == study.FAST_TRAIN["steps"]
+    settings = study._readout_settings(StudyConfig(), tmp_path / "r.json")
+    assert (settings.n_per_class, settings.maze_size, settings.n_turns) == (24, 100, 15)
+    assert all(getattr(settings, k) == v for k, v in study.STUDY_READOUTS.items())
+    full = study._readout_settings(StudyConfig.from_overrides(StudyConfig(), {"readout_scale": "full"}), None)
+    assert full.tracking_n > settings.tracking_n
+    with pytest.raises(ValueError, match="readout_scale must be"):
+        study._readout_settings(StudyConfig.from_overrides(StudyConfig(), {"readout_scale": "huge"}), None)

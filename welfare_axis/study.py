@@ -73,25 +73,26 @@ class StudyConfig:
     """Override the preset's number of optimisation steps."""
     train_overrides: dict[str, Any] = field(default_factory=dict)
     """Any other maze_env.train.Args fields."""
-    n_per_class: int = 150
+    n_per_class: int = 24
     """Scripted trajectories per class (Mold, Gold, Path) for the vectors (paper: 5,000)."""
-    readout_scale: str = "full"
-    """Readout sizes: full (probes.report defaults), fast (a few texts each, full maze) or smoke (tiny mazes)."""
+    readout_scale: str = "study"
+    """Readout sizes: study (:data:`STUDY_READOUTS`, sized for the 30-minute run), full (probes.report
+    defaults), fast (a few texts each, full maze) or smoke (tiny mazes)."""
     steer_model: str = "base"
     """Which model is steered: base (maze-naive, the paper's main setting) or trained."""
     steer_evals: tuple[str, ...] = ("sentiment", "confidence", "refusal", "backtracking")
     """Steering evaluations to run."""
     alphas: tuple[float, ...] = (-4.0, -2.0, 0.0, 2.0, 4.0)
     """Steering multipliers (paper grid); the control u is norm-matched to v at every α."""
-    n_prompts: int = 10
+    n_prompts: int = 5
     """Prompts per steering cell."""
-    n_samples: int = 2
+    n_samples: int = 1
     """Samples per prompt per steering cell."""
-    max_new_tokens: int = 48
+    max_new_tokens: int = 32
     """Tokens generated per steered response."""
-    forgetting_qa: int = 100
+    forgetting_qa: int = 50
     """QA items for the before/after capability check."""
-    forgetting_texts: int = 60
+    forgetting_texts: int = 30
     """General-text passages for the before/after perplexity."""
     seed: int = 0
     """Seed of training, sampling and steering."""
@@ -124,18 +125,28 @@ class StudyConfig:
         return cls(**merged)
 
     def train_args(self, out: Path):
+        """The run's ``maze_env.train.Args``: the preset, then the study's sizes (:data:`STUDY_TRAIN` or
+        :data:`FAST_TRAIN`), then ``train_steps``, then ``train_overrides``."""
         from maze_env.train import preset_args
 
         overrides: dict[str, Any] = {"model": self.model, "algo": self.algo, "tiles": self.tiles,
                                      "finetune": self.finetune, "seed": self.seed, "out": str(out)}  # fmt: skip
+        overrides.update(FAST_TRAIN if self.fast else STUDY_TRAIN)
         if self.train_steps is not None:
             overrides["steps"] = self.train_steps
-        if self.fast:
-            overrides.update(FAST_TRAIN)
         overrides.update(self.train_overrides)
         return preset_args(self.train_preset, **overrides)
 
 
+STUDY_TRAIN = {
+    "steps": 5,
+    "eval_episodes": 32,
+    "lora_layers": 16,
+}
+"""The default study trains 5 steps of the CPU preset (16 fifteen-turn episodes each) with LoRA on the top 16
+layers and evaluates 32 held-out mazes before and after (about 15 minutes on 2 CPU cores), so that the
+whole study fits 30 minutes. 16 layers put the selected layer ℓ* (SmolLM2: 14–22 of 30) inside the adapted
+ones, where v can differ from u. ``--set train_steps=12`` trains the full CPU preset."""
 FAST_TRAIN = {
     "steps": 3,
     "episodes_per_step": 4,
@@ -143,8 +154,21 @@ FAST_TRAIN = {
     "n_turns": 5,
     "eval_episodes": 8,
     "checkpoint_every": 1,
+    "lora_layers": 16,
 }
 """Fast mode trains 3 steps of 4 five-turn episodes and evaluates 8 five-turn episodes (about a minute)."""
+STUDY_READOUTS = {
+    "n_turns": 15,
+    "stories_per_emotion": 3,
+    "tracking_n": 20,
+    "feedback_n": 30,
+    "q_episodes": 8,
+    "probe_episodes": 16,
+    "probe_layer_stride": 3,
+}
+"""Readout sizes of ``readout_scale="study"`` (the default, about 5 minutes per model on 2 CPU cores): the
+paper's 100×100 maze and 15-turn trajectories, fewer texts and episodes per readout than probes.report's
+defaults (``readout_scale="full"``, about 22 minutes per model)."""
 SERIES_EMOTIONS = {"n_emotions": None, "stories_per_emotion": None, "n_neutral": None}
 """Emotion subset of the checkpoint series' fixed valence axis (None: every shipped story and neutral text)."""
 FAST_SERIES_EMOTIONS = {"n_emotions": 12, "stories_per_emotion": 4, "n_neutral": 24}
@@ -246,11 +270,14 @@ def stage_forgetting(cfg: StudyConfig, runner: StageRunner, work: Path) -> dict[
 def _readout_settings(cfg: StudyConfig, out: Path):
     from probes.report import ReportSettings
 
-    if cfg.readout_scale not in ("full", "fast", "smoke"):
-        raise ValueError(f"readout_scale must be full, fast or smoke; got {cfg.readout_scale!r}")
-    base = ReportSettings() if cfg.readout_scale == "full" else ReportSettings.smoke()
-    if cfg.readout_scale != "full":
-        base = dataclasses.replace(base, stories_per_emotion=4)
+    if cfg.readout_scale not in ("study", "full", "fast", "smoke"):
+        raise ValueError(f"readout_scale must be study, full, fast or smoke; got {cfg.readout_scale!r}")
+    if cfg.readout_scale == "study":
+        base = dataclasses.replace(ReportSettings(), **STUDY_READOUTS)
+    elif cfg.readout_scale == "full":
+        base = ReportSettings()
+    else:
+        base = dataclasses.replace(ReportSettings.smoke(), stories_per_emotion=4)
     if cfg.readout_scale == "fast":  # smoke sizes on the paper's 100x100 maze
         base = dataclasses.replace(base, maze_size=ReportSettings().maze_size)
     return dataclasses.replace(
