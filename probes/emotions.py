@@ -39,7 +39,6 @@ Example:
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +51,7 @@ from torch import Tensor, nn
 
 from probes import layers as _layers
 from probes.concept_vector import ConceptVector, WidthMismatchError, dataset_hash
+from probes.ols import ols_slope
 from probes.record import capture
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
@@ -448,18 +448,11 @@ def ols(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
         >>> [round(v, 6) for v in ols(np.array([0.0, 1.0, 2.0]), np.array([1.0, -1.0, -3.0]))]
         [-2.0, 1.0, -1.0]
     """
-    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-    if x.shape != y.shape or x.ndim != 1 or x.shape[0] < 2:
-        raise EmotionError(f"need two 1-D arrays of equal length >= 2, got {x.shape}, {y.shape}")
-    dx = x - x.mean()
-    sxx = float(dx @ dx)
-    if sxx == 0:
-        raise EmotionError("x is constant: the slope is undefined")
-    slope = float(dx @ (y - y.mean())) / sxx
-    intercept = float(y.mean() - slope * x.mean())
-    sy = float(np.sqrt(((y - y.mean()) ** 2).sum()))
-    r = float(dx @ (y - y.mean())) / math.sqrt(sxx) / sy if sy > 0 else float("nan")
-    return slope, intercept, r
+    try:
+        fit = ols_slope(x, y)
+    except ValueError as err:
+        raise EmotionError(f"emotion-scatter line: {err}") from None
+    return fit.slope, fit.intercept, fit.r
 
 
 def emotion_scatter(

@@ -20,41 +20,7 @@ from typing import Any
 
 import numpy as np
 
-
-@dataclass(frozen=True)
-class OLSFit:
-    """``y ≈ intercept + slope * x``; ``se`` is the classical standard error of the slope."""
-
-    slope: float
-    intercept: float
-    se: float
-    n: int
-
-
-def ols_slope(x: Sequence[float], y: Sequence[float]) -> OLSFit:
-    """Ordinary least squares of ``y`` on ``x`` (``se`` is NaN when ``n < 3``).
-
-    Raises:
-        ValueError: different lengths, fewer than 2 points, or all ``x`` equal.
-    """
-    xs = np.asarray(x, dtype=np.float64)
-    ys = np.asarray(y, dtype=np.float64)
-    if xs.shape != ys.shape or xs.ndim != 1:
-        raise ValueError(f"x and y must be 1-D and the same length, got {xs.shape} and {ys.shape}")
-    n = xs.size
-    if n < 2:
-        raise ValueError(f"need at least 2 points for a slope, got {n}")
-    dx = xs - xs.mean()
-    sxx = float(dx @ dx)
-    if sxx == 0:
-        raise ValueError("all x values are equal: the slope is undefined")
-    slope = float(dx @ (ys - ys.mean())) / sxx
-    intercept = float(ys.mean() - slope * xs.mean())
-    if n < 3:
-        return OLSFit(slope, intercept, math.nan, n)
-    residuals = ys - (intercept + slope * xs)
-    se = math.sqrt(float(residuals @ residuals) / (n - 2) / sxx)
-    return OLSFit(slope, intercept, se, n)
+from probes.ols import OLSFit, ols_slope
 
 
 def bootstrap_slope_ci(
