@@ -30,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import plotly.graph_objects as go
+import plotly.io as pio
 import torch
 from torch import nn
 
@@ -50,6 +52,13 @@ from probes.extract import aggregate, reward_activations
 from probes.geometry import analysis_layer, centred_class_cosines, layer_cosines, path_reference_cosines
 from probes.logit_lens import failure_score, logit_lens, overlap
 from probes.maze_states import MazeStates, read_decisions
+from probes.plots import (
+    centred_geometry_heatmap,
+    emotion_scatter_plot,
+    logit_lens_bars,
+    probe_accuracy,
+    q_scatter,
+)
 from probes.q_readout import lens_direction_logits, q_correlation, readout_from_logits, true_q
 from probes.selection import best_mean_auroc_layer, select_layer
 from probes.sentiment import labelled_sentiment_axis, load_sentiment, prompt_sentiment_axis
@@ -240,6 +249,7 @@ def readout_report(
     cosines = layer_cosines(v_mold, v_gold)
     path_ref = path_reference_cosines(train)
     centred = centred_class_cosines(train, n_layers=n_layers)
+    figures: dict[str, go.Figure] = {"centred_geometry": centred_geometry_heatmap(centred)}
     report["geometry"] = {
         "cos_mold_gold": {
             "avg": _round(cosines.avg),
@@ -278,6 +288,8 @@ def readout_report(
         mode: overlap(lists[("Mold", mode)].top, lists[("Gold", mode)].bottom) for mode in ("raw", "norm")
     }
     report["logit_lens"] = lens
+    figures["logit_lens_mold"] = logit_lens_bars(lists[("Mold", "raw")])
+    figures["logit_lens_gold"] = logit_lens_bars(lists[("Gold", "raw")])
     lap("logit_lens")
 
     # EMOTIONS at argmax 1/2 (AUROC_Mold + AUROC_Gold), valence axis there and at floor(2L/3)
@@ -293,6 +305,7 @@ def readout_report(
         batch_size=s.batch_size,
     )
     scatter = emotion_scatter(ev, v_mold, v_gold, emotion_layer)
+    figures["emotion_scatter"] = emotion_scatter_plot(scatter)
     geometry_layer = analysis_layer(n_layers)
     axes = {layer: valence_axis(ev, layer) for layer in sorted({emotion_layer, geometry_layer})}
     report["emotions"] = {
@@ -399,6 +412,7 @@ def readout_report(
         "horizon": s.q_horizon,
         "beta": s.beta,
     }
+    figures["q_scatter"] = q_scatter(readout, q)
     lap("q_readout")
 
     # ENVIRONMENT PROBES on random walks
@@ -426,13 +440,33 @@ def readout_report(
             "baseline": _round(best.baseline),
         }
     report["env_probes"] = probes
+    figures["probe_accuracy"] = probe_accuracy(table)
     lap("env_probes")
 
     report["timings_s"] = timings
     _finite_tree({k: v for k, v in report.items() if k != "timings_s"})
     if s.out is not None:
-        write_json(report, s.out)
+        out = Path(s.out)
+        figures_path = out.with_name(out.stem + ".figures.json")
+        write_json({name: json.loads(pio.to_json(fig)) for name, fig in figures.items()}, figures_path)
+        report["figures"] = figures_path.name
+        write_json(report, out)
     return report
+
+
+def load_figures(report_path: str | os.PathLike[str]) -> dict[str, go.Figure]:
+    """The figures :func:`readout_report` wrote beside its JSON (empty when it wrote none).
+
+    Example:
+        >>> figs = load_figures("runs/default/stages/readouts/readouts_trained.json")  # doctest: +SKIP
+        >>> sorted(figs)  # doctest: +SKIP
+        ['centred_geometry', 'emotion_scatter', 'logit_lens_gold', 'logit_lens_mold', 'probe_accuracy', 'q_scatter']
+    """
+    path = Path(report_path)
+    name = json.loads(path.read_text()).get("figures")
+    if not name:
+        return {}
+    return {key: go.Figure(value) for key, value in json.loads((path.parent / name).read_text()).items()}
 
 
 def markdown_tables(report: dict[str, Any]) -> str:

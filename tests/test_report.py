@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
 
+import numpy as np
 import pytest
 
 from probes.models import tiny_model
-from probes.report import ReportSettings, markdown_tables, readout_report
+from probes.report import ReportSettings, load_figures, markdown_tables, readout_report
 
 SECTIONS = [
     "extraction",
@@ -24,6 +26,14 @@ SECTIONS = [
 TINY = ReportSettings.smoke()
 
 
+def _array(values):
+    """A plotly JSON array as numpy (plotly 6 writes numeric arrays as base64 ``bdata``)."""
+    if isinstance(values, dict) and "bdata" in values:
+        flat = np.frombuffer(base64.b64decode(values["bdata"]), dtype=values["dtype"])
+        return flat.reshape([int(n) for n in str(values.get("shape", len(flat))).split(",")])
+    return np.asarray(values)
+
+
 def _without_timings(report):
     return {k: v for k, v in report.items() if k != "timings_s"}
 
@@ -35,6 +45,14 @@ def test_report_on_a_tiny_model_has_every_section_and_writes_json(tmp_path):
     assert report["geometry"]["centred"]["layer"] == 2  # floor(2 * 3 / 3) clipped to L - 1
     assert len(report["geometry"]["cos_mold_gold"]["by_layer"]) == 3
     assert json.loads((tmp_path / "r.json").read_text(encoding="utf-8"))["n_layers"] == 3
+    figures = load_figures(tmp_path / "r.json")  # written beside the JSON, plotly JSON (no pickle)
+    assert sorted(figures) == ["centred_geometry", "emotion_scatter", "logit_lens_gold", "logit_lens_mold",
+                               "probe_accuracy", "q_scatter"]  # fmt: skip
+    centred = _array(figures["centred_geometry"].data[0].z)
+    assert centred[0, 1] == pytest.approx(report["geometry"]["centred"]["Mold·Gold"], abs=1e-6)
+    assert len(_array(figures["emotion_scatter"].data[0].x)) == report["emotions"]["n_emotions"]
+    (tmp_path / "old.json").write_text('{"n_layers": 3}')  # written before reports had figures
+    assert load_figures(tmp_path / "old.json") == {}
     table = markdown_tables(report)
     assert f"{report['geometry']['cos_mold_gold']['min']:+.3f}" in table
     assert "| neighbour_N |" in table
