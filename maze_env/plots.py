@@ -1,4 +1,5 @@
-"""Maze figures: the grid with a trajectory drawn over the tiles, and training curves. Each returns go.Figure.
+"""Maze figures: the grid with a trajectory drawn over the tiles (a logged episode replayed), and training
+curves. Each returns go.Figure.
 
 Example:
     >>> from maze_env import MazeEnv
@@ -70,6 +71,54 @@ def maze_figure(
     fig.update_xaxes(title="x")
     fig.update_layout(title=title or "maze and trajectory", template="plotly_white", height=520)
     return fig
+
+
+def episode_positions(batch: Any, index: int = 0) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """Replay episode ``index`` of an :class:`~maze_env.rollout.EpisodeBatch` (or a logged one) in the env.
+
+    Returns the maze layout before the episode and every position visited, start first (a wind push adds
+    its own position). The moves and the logged wind pushes must reproduce the logged rewards; otherwise the
+    batch came from other maze rules and this raises.
+    """
+    from maze_env.dynamics import move
+    from maze_env.env import MazeEnv
+
+    if not 0 <= index < len(batch):
+        raise IndexError(f"episode {index} out of range: the batch has {len(batch)} episodes")
+    env = MazeEnv(batch.config)
+    env.reset(seed=int(batch.seeds[index]))
+    grid, position = env.grid.copy(), env.position
+    layout, positions = grid.copy(), [position]
+    for turn, action in enumerate(batch.actions[index].tolist()):
+        entered = []
+        pushes = [int(action)] + ([int(batch.wind[index, turn])] if int(batch.wind[index, turn]) >= 0 else [])
+        for direction in pushes:  # the chosen move, then the logged wind push (paper App. K)
+            position, tile = move(grid, position, direction, melt=batch.config.melt)
+            positions.append(position)
+            if tile is not None:
+                entered.append(tile)
+        reward, logged = sum(env.reward_parts(entered).values()), float(batch.rewards[index, turn])
+        if abs(reward - logged) > 1e-4:
+            raise ValueError(
+                f"episode {index} does not replay: turn {turn} gives reward {reward} here but {logged} in the log "
+                "(another maze config or generator version?)"
+            )
+    grid = layout
+    return grid, positions
+
+
+def episode_figure(batch: Any, index: int = 0, *, title: str | None = None) -> go.Figure:
+    """:func:`maze_figure` of one episode of a batch (e.g. ``maze_env.episodes.load_episodes(path)``)."""
+    grid, positions = episode_positions(batch, index)
+    ret = float(batch.rewards[index].sum())
+    gold, mold = int(batch.delta_gold[index].sum()), int(batch.delta_mold[index].sum())
+    return maze_figure(
+        grid,
+        positions,
+        tiles=batch.config.tiles,
+        title=title
+        or f"episode {index} (maze seed {batch.seeds[index]}): return {ret:+.1f}, {gold} Gold, {mold} Mold",
+    )
 
 
 def training_curves(

@@ -72,6 +72,7 @@ from maze_env import distributed as D
 from maze_env import losses as L
 from maze_env.config import MazeConfig
 from maze_env.dynamics import ACTIONS
+from maze_env.episodes import save_episodes
 from maze_env.expert_data import expert_episodes
 from maze_env.rollout import EpisodeBatch, action_logits, collect_episodes
 from maze_env.top_layers import assemble, capture_below, supports_top_layers, top_action_logits
@@ -244,6 +245,9 @@ class Args:
     """Evaluate with argmax moves instead of sampling at ``temperature``."""
     eval_every: int = 0
     """Also evaluate every N steps during training (0: never)."""
+    log_episodes: bool = True
+    """Write every step's episodes and every evaluation's to ``out/episodes/`` (safetensors + JSON: messages,
+    token ids, actions, per-turn rewards, log-probs; ``maze_env.episodes.load_episodes`` reads them back)."""
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -859,6 +863,7 @@ def evaluate(
     sample_seed: int = 0,
     batch_size: int | None = None,
     autocast: bool = True,
+    log_path: str | os.PathLike[str] | None = None,
 ) -> EvalResult:
     """Play one held-out maze per seed and summarise.
 
@@ -866,7 +871,8 @@ def evaluate(
     action-masked distribution, with a sampling generator seeded by ``sample_seed`` (so two models
     evaluated with the same seeds see the same mazes and the same random numbers: a paired comparison).
     ``greedy=True`` takes the argmax direction instead (the untrained SmolLM2 then always answers N).
-    Standard errors are ``std(ddof=1)/sqrt(n)`` over episodes.
+    Standard errors are ``std(ddof=1)/sqrt(n)`` over episodes. ``log_path`` also saves the episodes there
+    (``maze_env.episodes.save_episodes``).
 
     Example:
         >>> result = evaluate(model, tok, heldout_seeds(64))  # doctest: +SKIP
@@ -886,6 +892,8 @@ def evaluate(
         autocast=autocast,
         batch_size=batch_size,
     )
+    if log_path is not None:
+        save_episodes(episodes, log_path, extra={"eval": True, "sample_seed": int(sample_seed)})
     returns = episodes.returns.double().numpy()
     gold = episodes.delta_gold.sum(1).numpy()
     mold = episodes.delta_mold.sum(1).numpy()
@@ -1162,7 +1170,7 @@ def load_trained(run_dir: str | os.PathLike[str], *, checkpoint: str | None = No
 # ====================================================================================================
 
 SUMMARY_KEYS = ("mean_return", "stderr_return", "gold_per_episode", "mold_per_episode", "action_freq")
-_RESUME_FREE = ("resume", "stop_at_step", "threads", "progress", "device", "parallel")
+_RESUME_FREE = ("resume", "stop_at_step", "threads", "progress", "device", "parallel", "log_episodes")
 
 
 def _check_same_config(saved: dict[str, Any], args: Args, run_dir: Path) -> None:
@@ -1262,7 +1270,8 @@ def _main(args: Args, ctx: D.DistContext) -> RunResult:
     evals: dict[str, Any] = json.loads(eval_path.read_text()) if eval_path.is_file() else {}
     eval_seeds = heldout_seeds(args.eval_episodes) if args.eval_episodes else []
 
-    def run_eval() -> EvalResult:  # every rank evaluates (FSDP needs them all); rank 0 records
+    def run_eval(name: str) -> EvalResult:  # every rank evaluates (FSDP needs them all); rank 0 records
+        log = run_dir / "episodes" / f"eval_{name}" if args.log_episodes and ctx.is_main else None
         return policy.call_no_grad(
             evaluate,
             policy.tokenizer,
@@ -1273,13 +1282,14 @@ def _main(args: Args, ctx: D.DistContext) -> RunResult:
             sample_seed=args.seed,
             batch_size=args.rollout_batch_size,
             autocast=use_autocast(args, policy.model),
+            log_path=log,
         )
 
     before = EvalResult(**evals["before"]) if "before" in evals else None
     if eval_seeds and before is None and args.eval_before:
         t0 = time.perf_counter()
         with _eval_mode(policy):
-            before = run_eval()
+            before = run_eval("before")
         evals["before"] = before.to_dict()
         evals["before_seconds"] = time.perf_counter() - t0
         if ctx.is_main:
@@ -1355,7 +1365,14 @@ def _main(args: Args, ctx: D.DistContext) -> RunResult:
         everyone = D.gather_objects(episodes, ctx)  # rank 0 summarises the global batch
         summary = None
         if everyone is not None:
-            summary = (everyone[0] if len(everyone) == 1 else EpisodeBatch.cat(everyone)).summary()
+            global_batch = everyone[0] if len(everyone) == 1 else EpisodeBatch.cat(everyone)
+            summary = global_batch.summary()
+            if args.log_episodes:
+                save_episodes(
+                    global_batch,
+                    run_dir / "episodes" / f"step_{step:06d}",
+                    extra={"step": step, "algo": args.algo},
+                )
 
         # ADVANTAGES + UPDATE (advantages are computed inside train_step, per algorithm)
         t0 = time.perf_counter()
@@ -1400,7 +1417,7 @@ def _main(args: Args, ctx: D.DistContext) -> RunResult:
         done = step + 1
         if args.eval_every and done % args.eval_every == 0 and eval_seeds and done < args.steps:
             with _eval_mode(policy):
-                mid = run_eval()
+                mid = run_eval(f"step_{done:06d}")
             record["eval_mean_return"], record["eval_stderr_return"] = mid.mean_return, mid.stderr_return
             record["eval_gold_per_episode"], record["eval_mold_per_episode"] = (
                 mid.gold_per_episode,
@@ -1427,7 +1444,7 @@ def _main(args: Args, ctx: D.DistContext) -> RunResult:
         if eval_seeds:
             t0 = time.perf_counter()
             with _eval_mode(policy):
-                after = run_eval()
+                after = run_eval("after")
             evals["after"] = after.to_dict()
             evals["after_seconds"] = time.perf_counter() - t0
             evals["comparison"] = compare_evals(before, after) if before is not None else None

@@ -33,8 +33,11 @@ def layer_cosine_curves(
     *,
     title: str = "cos(v_Mold, v_Gold) by layer",
     y_title: str = "cosine",
+    y_range: tuple[float, float] | None = (-1.05, 1.05),
 ) -> go.Figure:
-    """One line per named curve (e.g. ``{"trained": ..., "control": ...}``), with a zero line."""
+    """One line per named curve (e.g. ``{"trained": ..., "control": ...}``), with a zero line.
+
+    ``y_range=None`` lets the axis fit the data (for values that are not cosines, e.g. Cohen's d)."""
     if not curves:
         raise ValueError("no curves to plot")
     fig = go.Figure()
@@ -43,7 +46,11 @@ def layer_cosine_curves(
         fig.add_trace(go.Scatter(x=layers, y=values, mode="lines+markers", name=name))
     fig.add_hline(y=0.0, line_dash="dot", line_color="grey")
     fig.update_layout(
-        title=title, xaxis_title="layer", yaxis_title=y_title, yaxis_range=[-1.05, 1.05], **_LAYOUT
+        title=title,
+        xaxis_title="layer",
+        yaxis_title=y_title,
+        yaxis_range=list(y_range) if y_range else None,
+        **_LAYOUT,
     )
     return fig
 

@@ -34,3 +34,30 @@ def test_training_curves():
     assert [t.name for t in fig.data] == ["mean_return", "mold_per_episode"]
     with pytest.raises(ValueError, match="none of"):
         training_curves([{"step": 0}])
+
+
+def test_episode_figure_replays_a_logged_episode_and_refuses_one_that_does_not_replay(tmp_path):
+    from maze_env.config import MazeConfig
+    from maze_env.episodes import load_episodes, save_episodes
+    from maze_env.plots import episode_figure, episode_positions
+    from maze_env.rollout import collect_episodes
+    from probes.models import tiny_model
+
+    model, tok = tiny_model("llama")
+    config = MazeConfig(n_turns=4, size=16)
+    batch = collect_episodes(model, tok, seeds=[11, 12], config=config)
+    logged = load_episodes(save_episodes(batch, tmp_path / "ep"))
+    grid, positions = episode_positions(logged, 1)
+    env = MazeEnv(config)
+    env.reset(seed=12)
+    assert np.array_equal(grid, env.grid) and positions[0] == env.position
+    assert len(positions) == 1 + 4 + int((batch.wind[1] >= 0).sum())  # one per move and per wind push
+    steps = np.abs(np.diff(np.array(positions), axis=0)).sum(1)
+    assert set(steps.tolist()) <= {0, 1}  # adjacent cells (0: blocked at the edge)
+    fig = episode_figure(logged, 1)
+    assert list(fig.data[1].x) == [p[0] for p in positions] and "maze seed 12" in fig.layout.title.text
+    logged.rewards[0, 2] += 5.0
+    with pytest.raises(ValueError, match="does not replay"):
+        episode_positions(logged, 0)
+    with pytest.raises(IndexError, match="out of range"):
+        episode_positions(logged, 2)

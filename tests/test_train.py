@@ -84,6 +84,21 @@ def test_cli_two_step_run_writes_config_metrics_checkpoints_and_eval(tmp_path, c
     evals = json.loads((out / "eval.json").read_text())
     assert evals["before"]["n_episodes"] == 2 and evals["after"]["n_episodes"] == 2
     assert evals["before"]["seeds"] == T.heldout_seeds(2)
+    # every step's episodes and both evaluations are logged (safetensors + JSON) and read back exactly
+    from maze_env.episodes import load_episodes, read_episode_info
+
+    logs = sorted(p.name for p in (out / "episodes").glob("*.safetensors"))
+    assert logs == ["eval_after.safetensors", "eval_before.safetensors", "step_000000.safetensors",
+                    "step_000001.safetensors"]  # fmt: skip
+    step0 = load_episodes(out / "episodes" / "step_000000")
+    assert (
+        len(step0) == 4
+        and step0.n_turns == 2
+        and read_episode_info(out / "episodes" / "step_000000")["extra"]["step"] == 0
+    )
+    assert step0.summary()["mean_return"] == pytest.approx(lines[0]["mean_return"])
+    after = load_episodes(out / "episodes" / "eval_after")
+    assert after.returns.tolist() == pytest.approx(evals["after"]["returns"])
 
 
 def test_cli_rejects_bad_input_with_clear_errors(tmp_path, capsys):

@@ -207,7 +207,7 @@ def _eval_summary(e: Mapping[str, Any] | None) -> dict[str, Any] | None:
     return {k: e[k] for k in keys if k in e}
 
 
-_RUN_ONLY_ARGS = ("out", "progress", "resume", "stop_at_step", "threads", "device")
+_RUN_ONLY_ARGS = ("out", "progress", "resume", "stop_at_step", "threads", "device", "log_episodes")
 """Train Args that do not change what is trained (left out of the stage's cache key)."""
 
 
@@ -454,6 +454,7 @@ def report_sections(
     """The report's title, sections (tables and plotly figures) and notes, from the stage outputs."""
     from maze_env.plots import training_curves
     from probes.plots import layer_cosine_curves
+    from probes.report import load_figures
     from steering.plots import dose_response_figure
     from steering.stats import summarize_cells
     from steering.sweep import load_records
@@ -466,6 +467,16 @@ def report_sections(
     train = out["train"]
     metrics_path = train.dir / train.result["run"] / "metrics.jsonl"
     metrics = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    figs = {"trained": load_figures(rd.dir / rd.result["trained"]), "control": load_figures(rd.dir / rd.result["control"])}
+
+    def readout_figures(*wanted: tuple[str, str]) -> list:
+        """The readout stage's figures (model, name), titled by model; those a run did not write are skipped."""
+        chosen = []
+        for model, name in wanted:
+            if name in figs[model]:
+                fig = figs[model][name]
+                chosen.append(fig.update_layout(title=f"{model}: {fig.layout.title.text or name}"))
+        return chosen
 
     def rows(section: Mapping[str, Any]) -> list[dict[str, Any]]:
         return [{"measure": k, "trained": v.get("trained"), "control": v.get("control"),
@@ -496,7 +507,7 @@ def report_sections(
                     [{"when": k, **(t[k] or {})} for k in ("before", "after") if t.get(k)],
                 )
             ],
-            figures=[training_curves(metrics)] if metrics else [],
+            figures=([training_curves(metrics)] if metrics else []) + maze_view(train.dir / train.result["run"]),
         ),
         Section(
             "Geometry of the reward vectors",
@@ -509,17 +520,26 @@ def report_sections(
                         "control u": dict(enumerate(ctrl["geometry"]["cos_mold_gold"]["by_layer"])),
                     }
                 )
-            ],
+            ] + readout_figures(("trained", "centred_geometry"), ("control", "centred_geometry")),
         ),  # fmt: skip
         Section(
             "Logit lens",
             tables=[Table("top / bottom tokens and failure-token AUROC", rows(summary["logit_lens"]))],
+            figures=readout_figures(("trained", "logit_lens_mold"), ("trained", "logit_lens_gold")),
         ),
-        Section("Emotion alignment", tables=[Table("scatter slope and r", rows(summary["emotions"]))]),
-        Section("Tracking", tables=[Table("Cohen's d", rows(summary["tracking"]))]),
-        Section("Logits as Q-values", tables=[Table("Spearman(Q̂, true Q)", rows(summary["q_readout"]))]),
-        Section("Environment probes", tables=[Table("best-layer probe score", rows(summary["env_probes"]))]),
-    ]
+        Section("Emotion alignment", tables=[Table("scatter slope and r", rows(summary["emotions"]))],
+                figures=readout_figures(("trained", "emotion_scatter"), ("control", "emotion_scatter"))),
+        Section("Tracking", tables=[Table("Cohen's d", rows(summary["tracking"]))],
+                figures=[layer_cosine_curves(
+                    {"trained v_Gold": dict(enumerate(trn["tracking"]["maze_d_gold_vector_by_layer"])),
+                     "control u_Gold": dict(enumerate(ctrl["tracking"]["maze_d_gold_vector_by_layer"]))},
+                    title="maze tracking: Cohen's d of Gold-final vs Mold-final projections, by layer",
+                    y_title="Cohen's d", y_range=None)]),
+        Section("Logits as Q-values", tables=[Table("Spearman(Q̂, true Q)", rows(summary["q_readout"]))],
+                figures=readout_figures(("trained", "q_scatter"))),
+        Section("Environment probes", tables=[Table("best-layer probe score", rows(summary["env_probes"]))],
+                figures=readout_figures(("trained", "probe_accuracy"))),
+    ]  # fmt: skip
     if "forgetting" in summary:
         f = summary["forgetting"]
         sections.append(Section("Forgetting", tables=[Table("non-target capability", [
@@ -553,6 +573,19 @@ def report_sections(
     if frozen:
         notes.append(frozen)
     return f"welfare-axis study: {cfg.model}, {cfg.algo}, tiles {cfg.tiles}", sections, notes
+
+
+def maze_view(run_dir: Path) -> list:
+    """The trained model's first held-out evaluation episode drawn over its maze (runs that logged it)."""
+    from maze_env.episodes import load_episodes
+    from maze_env.plots import episode_figure
+
+    log = run_dir / "episodes" / "eval_after.safetensors"
+    if not log.is_file():
+        return []
+    batch = load_episodes(log)
+    return [episode_figure(batch, 0, title=f"trained model, held-out maze {batch.seeds[0]}: "
+                                            f"return {float(batch.rewards[0].sum()):+.1f}")]  # fmt: skip
 
 
 def frozen_layers_note(train_args: Mapping[str, Any], readout: Mapping[str, Any]) -> str | None:
