@@ -134,7 +134,9 @@ def test_default_study_sizes_and_their_precedence(tmp_path):
     assert (args.preset, args.steps, args.eval_episodes, args.lora_layers) == ("cpu", 4, 32, 16)
     assert args.episodes_per_step == 16 and args.n_turns == 15  # the CPU preset's episodes
     # train_steps beats the study's sizes; train_overrides beat everything
-    cfg = StudyConfig.from_overrides(StudyConfig(), {"train_steps": 12, "train_overrides": {"lora_layers": 8}})
+    cfg = StudyConfig.from_overrides(
+        StudyConfig(), {"train_steps": 12, "train_overrides": {"lora_layers": 8}}
+    )
     assert (cfg.train_args(tmp_path).steps, cfg.train_args(tmp_path).lora_layers) == (12, 8)
     assert StudyConfig.preset("fast").train_args(tmp_path).steps == study.FAST_TRAIN["steps"]
     settings = study._readout_settings(StudyConfig(), tmp_path / "r.json")

@@ -467,7 +467,10 @@ def report_sections(
     train = out["train"]
     metrics_path = train.dir / train.result["run"] / "metrics.jsonl"
     metrics = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
-    figs = {"trained": load_figures(rd.dir / rd.result["trained"]), "control": load_figures(rd.dir / rd.result["control"])}
+    figs = {
+        "trained": load_figures(rd.dir / rd.result["trained"]),
+        "control": load_figures(rd.dir / rd.result["control"]),
+    }
 
     def readout_figures(*wanted: tuple[str, str]) -> list:
         """The readout stage's figures (model, name), titled by model; those a run did not write are skipped."""
