@@ -131,7 +131,7 @@ def test_default_study_sizes_and_their_precedence(tmp_path):
     from welfare_axis import study
 
     args = StudyConfig().train_args(tmp_path)
-    assert (args.preset, args.steps, args.eval_episodes, args.lora_layers) == ("cpu", 4, 32, 16)
+    assert (args.preset, args.steps, args.eval_episodes, args.lora_layers) == ("cpu", 3, 24, 16)
     assert args.episodes_per_step == 16 and args.n_turns == 15  # the CPU preset's episodes
     # train_steps beats the study's sizes; train_overrides beat everything
     cfg = StudyConfig.from_overrides(

@@ -84,7 +84,7 @@ class StudyConfig:
     """Steering evaluations to run."""
     alphas: tuple[float, ...] = (-4.0, -2.0, 0.0, 2.0, 4.0)
     """Steering multipliers (paper grid); the control u is norm-matched to v at every α."""
-    n_prompts: int = 4
+    n_prompts: int = 3
     """Prompts per steering cell."""
     n_samples: int = 1
     """Samples per prompt per steering cell."""
@@ -139,12 +139,12 @@ class StudyConfig:
 
 
 STUDY_TRAIN = {
-    "steps": 4,
-    "eval_episodes": 32,
+    "steps": 3,
+    "eval_episodes": 24,
     "lora_layers": 16,
 }
-"""The default study trains 4 steps of the CPU preset (16 fifteen-turn episodes each) with LoRA on the top 16
-layers and evaluates 32 held-out mazes before and after (about 14 minutes on 2 CPU cores), so that the
+"""The default study trains 3 steps of the CPU preset (16 fifteen-turn episodes each) with LoRA on the top 16
+layers and evaluates 24 held-out mazes before and after (about 11 minutes on 2 CPU cores), so that the
 whole study fits 30 minutes. 16 layers put the selected layer ℓ* (SmolLM2: 14–22 of 30) inside the adapted
 ones, where v can differ from u. ``--set train_steps=12`` trains the full CPU preset."""
 FAST_TRAIN = {
@@ -159,9 +159,9 @@ FAST_TRAIN = {
 """Fast mode trains 3 steps of 4 five-turn episodes and evaluates 8 five-turn episodes (about a minute)."""
 STUDY_READOUTS = {
     "n_turns": 15,
-    "stories_per_emotion": 3,
-    "tracking_n": 16,
-    "feedback_n": 20,
+    "stories_per_emotion": 2,
+    "tracking_n": 12,
+    "feedback_n": 12,
     "q_episodes": 8,
     "probe_episodes": 12,
     "probe_layer_stride": 3,
