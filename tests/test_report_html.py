@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import plotly.graph_objects as go
+import plotly.io as pio
 
 from welfare_axis.report import Section, Table, export_figures, render_report
 
@@ -29,10 +30,10 @@ def test_export_figures_writes_one_png_per_figure_or_says_why_not(tmp_path):
 
 
 def test_export_without_a_browser_skips_cleanly(tmp_path, monkeypatch):
-    def no_browser(self, *args, **kwargs):
+    def no_browser(*args, **kwargs):
         raise RuntimeError("Kaleido requires Google Chrome to be installed.\nmore")
 
-    monkeypatch.setattr(go.Figure, "to_image", no_browser)
+    monkeypatch.setattr(pio, "write_images", no_browser)
     written, skipped = export_figures(_sections(), tmp_path / "figures")
     assert written == [] and not (tmp_path / "figures").exists()
     assert "RuntimeError: Kaleido requires Google Chrome" in skipped and "BROWSER_PATH" in skipped

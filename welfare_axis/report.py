@@ -2,6 +2,7 @@
 
 Example:
     >>> import plotly.graph_objects as go
+import plotly.io as pio
     >>> html = render_report("Study", [Section("Geometry", text="Per-layer cosines.",
     ...     tables=[Table("cos", [{"layer": 0, "cos": -0.5}])], figures=[go.Figure()])])
     >>> html.count("<h2"), "<script src" in html
@@ -11,15 +12,17 @@ Example:
 from __future__ import annotations
 
 import html as _html
+import os
+import shutil
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import plotly.graph_objects as go
+import plotly.io as pio
 from plotly.offline import get_plotlyjs
-
-from welfare_axis.artifacts import atomic_write
 
 _STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
@@ -100,18 +103,31 @@ def export_figures(
         >>> paths, skipped = export_figures(sections, "runs/default/figures")  # doctest: +SKIP
     """
     directory = Path(directory)
-    written: list[Path] = []
+    figures, paths = [], []
     for s_index, section in enumerate(sections):
         for f_index, figure in enumerate(section.figures):
             title = figure.layout.title.text or section.title
-            path = directory / f"{s_index:02d}_{f_index}_{_slug(title)[:60]}.png"
-            try:
-                png = figure.to_image(format="png", scale=scale)
-            except Exception as err:  # kaleido raises several types when no browser can be started
-                return written, (
-                    f"PNG export skipped ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
-                    "install Chromium (e.g. apt-get install chromium) or set BROWSER_PATH"
-                )
-            atomic_write(path, lambda p, data=png: p.write_bytes(data))
-            written.append(path)
-    return written, None
+            figures.append(figure)
+            paths.append(directory / f"{s_index:02d}_{f_index}_{_slug(title)[:60]}.png")
+    if not figures:
+        return [], None
+    created = not directory.exists()
+    directory.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=directory, prefix=".png-"))  # same filesystem: os.replace is atomic
+    try:
+        staged = [staging / path.name for path in paths]
+        # one browser session for every figure (a to_image call per figure starts Chromium each time)
+        pio.write_images(figures, staged, format="png", scale=scale)
+        for tmp, path in zip(staged, paths):
+            os.replace(tmp, path)
+    except Exception as err:  # kaleido raises several types when no browser can be started
+        shutil.rmtree(staging, ignore_errors=True)
+        if created:
+            shutil.rmtree(directory, ignore_errors=True)
+        return [], (
+            f"PNG export skipped ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
+            "install Chromium (e.g. apt-get install chromium) or set BROWSER_PATH"
+        )
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return paths, None
