@@ -2,7 +2,6 @@
 
 Example:
     >>> import plotly.graph_objects as go
-import plotly.io as pio
     >>> html = render_report("Study", [Section("Geometry", text="Per-layer cosines.",
     ...     tables=[Table("cos", [{"layer": 0, "cos": -0.5}])], figures=[go.Figure()])])
     >>> html.count("<h2"), "<script src" in html
@@ -121,7 +120,6 @@ def export_figures(
         for tmp, path in zip(staged, paths):
             os.replace(tmp, path)
     except Exception as err:  # kaleido raises several types when no browser can be started
-        shutil.rmtree(staging, ignore_errors=True)
         if created:
             shutil.rmtree(directory, ignore_errors=True)
         return [], (
