@@ -87,7 +87,7 @@ def episode_positions(batch: Any, index: int = 0) -> tuple[np.ndarray, list[tupl
         raise IndexError(f"episode {index} out of range: the batch has {len(batch)} episodes")
     env = MazeEnv(batch.config)
     env.reset(seed=int(batch.seeds[index]))
-    grid, position = env.grid.copy(), env.position
+    grid, position = env.grid, env.position  # env.grid is the episode's own copy of the layout
     layout, positions = grid.copy(), [position]
     for turn, action in enumerate(batch.actions[index].tolist()):
         entered = []
@@ -103,8 +103,7 @@ def episode_positions(batch: Any, index: int = 0) -> tuple[np.ndarray, list[tupl
                 f"episode {index} does not replay: turn {turn} gives reward {reward} here but {logged} in the log "
                 "(another maze config or generator version?)"
             )
-    grid = layout
-    return grid, positions
+    return layout, positions
 
 
 def episode_figure(batch: Any, index: int = 0, *, title: str | None = None) -> go.Figure:

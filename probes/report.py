@@ -23,7 +23,6 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +62,7 @@ from probes.q_readout import lens_direction_logits, q_correlation, readout_from_
 from probes.selection import best_mean_auroc_layer, select_layer
 from probes.sentiment import labelled_sentiment_axis, load_sentiment, prompt_sentiment_axis
 from probes.tracking import HELD_OUT_SEED, feedback_tracking, maze_tracking
+from welfare_axis.artifacts import atomic_write
 
 
 @dataclass(frozen=True)
@@ -559,18 +559,9 @@ def markdown_tables(report: dict[str, Any]) -> str:
 
 
 def write_json(report: dict[str, Any], path: str | os.PathLike[str]) -> Path:
-    """Write ``report`` as JSON atomically (temp file + ``os.replace``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(report, f, indent=1, ensure_ascii=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write ``report`` as JSON atomically (``welfare_axis.artifacts.atomic_write``), key order kept."""
+    text = json.dumps(report, indent=1, ensure_ascii=False)
+    return atomic_write(Path(path), lambda p: p.write_text(text, encoding="utf-8"))
 
 
 def main(settings: ReportSettings) -> dict[str, Any]:
