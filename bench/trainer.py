@@ -167,6 +167,7 @@ def trainer_args(train_episodes: int, micro_batch: int, n_layers: int, *, bf16: 
         episodes_per_step=train_episodes,
         group_size=train_episodes,
         micro_batch_size=micro_batch,
+        minibatches=1,  # one optimizer step per batch, as TRL's GRPOTrainer takes here
         progress=False,
         eval_episodes=0,
         autocast=bf16,

@@ -28,6 +28,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 __all__ = [
+    "best_set_targets",
     "clipped_surrogate",
     "cosine_multiplier",
     "direction_logprobs",
@@ -40,6 +41,7 @@ __all__ = [
     "returns_to_go",
     "rloo_advantages",
     "seq_mean_token_sum",
+    "sft_best_set_loss",
     "sft_loss",
     "state_values",
     "tbrm_residuals",
@@ -403,5 +405,37 @@ def sft_loss(
         tensor(1.3863)
     """
     nll = -direction_logprobs(direction_logits, actions)
+    m = _ones_like_turns(nll, mask)
+    return token_mean(nll, m)
+
+
+def best_set_targets(
+    action_values: Float[Tensor, "batch turn 4"], tol: float = 1e-6
+) -> Float[Tensor, "batch turn 4"]:
+    """Uniform distribution over the directions whose value is within ``tol`` of the best.
+
+    Example:
+        >>> best_set_targets(torch.tensor([[[1.0, 3.0, 3.0, -10.0]]]))
+        tensor([[[0.0000, 0.5000, 0.5000, 0.0000]]])
+    """
+    best = (action_values >= action_values.max(dim=-1, keepdim=True).values - tol).to(torch.float32)
+    return best / best.sum(dim=-1, keepdim=True)
+
+
+def sft_best_set_loss(
+    direction_logits: Float[Tensor, "batch turn 4"],
+    action_values: Float[Tensor, "batch turn 4"],
+    mask: Float[Tensor, "batch turn"] | None = None,
+) -> Float[Tensor, ""]:
+    """Cross-entropy against :func:`best_set_targets` of the expert's action values, averaged over decisions.
+
+    It is the expected :func:`sft_loss` over the expert's uniform tie-break, without its sampling noise.
+
+    Example:
+        >>> sft_best_set_loss(torch.zeros(1, 1, 4), torch.tensor([[[0.0, 0.0, -10.0, -10.0]]]))  # ln 4
+        tensor(1.3863)
+    """
+    targets = best_set_targets(action_values.float()).to(direction_logits.device)
+    nll = -(targets * F.log_softmax(direction_logits.float(), dim=-1)).sum(dim=-1)
     m = _ones_like_turns(nll, mask)
     return token_mean(nll, m)

@@ -237,6 +237,21 @@ def test_tbrm_residual_vanishes_at_the_kl_regularised_optimum():
         assert close(res, T([7.0]))
 
 
+def test_sft_best_set_loss_by_hand():
+    q = T([[[1.0, 3.0, 3.0, -10.0]]])
+    assert close(L.best_set_targets(q), T([[[0.0, 0.5, 0.5, 0.0]]]))
+    logits = T([[[0.0, math.log(3.0), 0.0, 0.0]]])  # softmax [1/6, 1/2, 1/6, 1/6]
+    expected = 0.5 * math.log(2.0) + 0.5 * math.log(6.0)
+    assert close(L.sft_best_set_loss(logits, q), T(expected))
+    # it is the expected hard-target loss over the expert's uniform tie-break
+    tie_break = 0.5 * (L.sft_loss(logits, T([[1]])) + L.sft_loss(logits, T([[2]])))
+    assert close(L.sft_best_set_loss(logits, q), tie_break)
+    # a unique best move gives exactly the hard-target loss; masked decisions do not count
+    q2 = T([[[0.0, -10.0, 20.0, -0.1], [5.0, 5.0, 5.0, 5.0]]])
+    logits2 = T([[[0.3, -1.0, 2.0, 0.5], [9.0, 0.0, 0.0, 0.0]]])
+    assert close(L.sft_best_set_loss(logits2, q2, T([[1.0, 0.0]])), L.sft_loss(logits2[:, :1], T([[2]])))
+
+
 def test_sft_loss_by_hand():
     assert close(L.sft_loss(torch.zeros(1, 2, 4), T([[0, 3]])), T(math.log(4.0)))
     logits = T([[[math.log(3.0), 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]]])

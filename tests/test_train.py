@@ -136,12 +136,55 @@ def test_validate_names_the_bad_value():
         T.validate(T.Args(n_turns=0))
 
 
+def test_curriculum_is_validated_with_a_clear_error():
+    with pytest.raises(ValueError, match="curriculum_steps=3 needs curriculum_turns"):
+        T.validate(T.Args(curriculum_steps=3))
+    with pytest.raises(ValueError, match=r"curriculum_turns=4 must divide n_turns=15 .* \[1, 3, 5, 15\]"):
+        T.validate(T.Args(curriculum_turns=4, curriculum_steps=3))
+    with pytest.raises(ValueError, match="sft_targets must be 'expert' or 'best'"):
+        T.validate(T.Args(sft_targets="all"))  # type: ignore[arg-type]
+    a = T.Args(n_turns=15, curriculum_turns=3, curriculum_steps=2)
+    assert [T.step_turns(a, s) for s in range(4)] == [(3, 5), (3, 5), (15, 1), (15, 1)]
+    assert T.step_turns(T.Args(n_turns=15), 0) == (15, 1)
+
+
+def test_curriculum_steps_play_more_shorter_episodes(tmp_path):
+    from maze_env.episodes import load_episodes
+
+    run = T.main(tiny_args(tmp_path, steps=3, curriculum_turns=1, curriculum_steps=2, lora_layers=1))
+    rows = metrics(run.run_dir)
+    assert [(r["episodes"], r["turns"]) for r in rows] == [(12, 1), (12, 1), (4, 3)]
+    assert all(r["top_layers_only"] and r["logit_drift"] < 1e-4 for r in rows)
+    first, last = (load_episodes(run.run_dir / "episodes" / f"step_{s:06d}") for s in (0, 2))
+    assert first.actions.shape == (12, 1) and last.actions.shape == (4, 3)
+    # every short step draws fresh mazes, in groups of group_size
+    assert first.seeds == T.train_seeds(0, 0, n_groups=6, group_size=2)
+
+
+def test_sft_best_targets_train_on_the_planner_best_set(tmp_path):
+    args = tiny_args(tmp_path, algo="sft", sft_targets="best", steps=1, expert_horizon=1, lr=1e-9)
+    policy = T.make_policy(args)
+    batch = expert_episodes(policy.tokenizer, seeds=[5, 6], config=T.maze_config(args), horizon=1)
+    loss, logits, _ = T._micro_loss(policy, batch, {}, args, 0.0)
+    assert torch.allclose(loss, L.sft_best_set_loss(logits, batch.direction_logits))
+    hard, _, _ = T._micro_loss(policy, batch, {}, dataclasses.replace(args, sft_targets="expert"), 0.0)
+    assert torch.allclose(hard, L.sft_loss(logits, batch.actions))
+
+
 def test_preset_sets_defaults_and_explicit_flags_win():
     args = T.parse_args(["--preset", "cpu", "--algo", "sft", "--lr", "1e-3"])
     assert args.preset == "cpu" and args.algo == "sft" and args.lr == 1e-3
     assert args.lora_layers == T.PRESETS["cpu"]["lora_layers"]
     assert args.episodes_per_step == T.PRESETS["cpu"]["episodes_per_step"]
     assert T.parse_args(["--steps", "3"]).preset is None
+    # the preset's per-algorithm values follow --algo; explicit flags still win
+    sft_values = T.PRESET_ALGO_OVERRIDES["cpu"]["sft"]
+    sft = T.parse_args(["--preset", "cpu", "--algo", "sft"])
+    assert all(getattr(sft, k) == v for k, v in sft_values.items())
+    assert T.preset_args("cpu", algo="sft") == sft
+    grpo = T.parse_args(["--preset", "cpu"])
+    assert grpo.algo == "dr_grpo" and all(getattr(grpo, k) == T.PRESETS["cpu"][k] for k in sft_values)
+    assert T.parse_args(["--preset", "cpu", "--algo", "sft", "--minibatches", "2"]).minibatches == 2
 
 
 # -- resume ----------------------------------------------------------------------------------------------
@@ -177,6 +220,19 @@ def test_resume_continues_bit_for_bit(tmp_path, algo):
     # and training did move the weights
     lora_b = [k for k in a if "lora_B" in k]
     assert lora_b and any(a[k].abs().max() > 0 for k in lora_b)
+
+
+def test_resume_across_the_curriculum_boundary_is_bit_for_bit(tmp_path):
+    extra = dict(curriculum_turns=1, curriculum_steps=2, minibatches=2, lora_layers=1)
+    T.main(tiny_args(tmp_path, "whole", **extra))
+    T.main(tiny_args(tmp_path, "split", stop_at_step=2, **extra))
+    T.main(tiny_args(tmp_path, "split", resume=True, **extra))
+    a, b = weights(tmp_path / "whole", 4), weights(tmp_path / "split", 4)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    drop = ("seconds", "tokens_per_s")
+    strip = lambda rows: [{k: v for k, v in r.items() if not k.endswith(drop)} for r in rows]  # noqa: E731
+    assert strip(metrics(tmp_path / "whole")) == strip(metrics(tmp_path / "split"))
+    assert [r["turns"] for r in metrics(tmp_path / "split")] == [1, 1, 3, 3]
 
 
 def test_resume_with_another_config_is_refused(tmp_path):
@@ -436,6 +492,7 @@ def test_cpu_preset_smoke_on_smollm2(tmp_path):
         episodes_per_step=4,
         group_size=2,
         n_turns=3,
+        minibatches=2,
         eval_episodes=0,
         progress=False,
     )

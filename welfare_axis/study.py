@@ -138,10 +138,15 @@ class StudyConfig:
         return preset_args(self.train_preset, **overrides)
 
 
+_STUDY_OPTIMISER = {"lr": 2e-4, "anneal_fraction": 1.0, "minibatches": 1, "curriculum_turns": None,
+                    "curriculum_steps": 0, "sft_targets": "expert"}  # fmt: skip
+"""The optimiser settings the documented study runs were made with (the CPU preset's before it gained its
+curriculum); pinned so that those runs reproduce; ``StudyConfig.train_overrides`` changes them."""
 STUDY_TRAIN = {
     "steps": 3,
     "eval_episodes": 24,
     "lora_layers": 16,
+    **_STUDY_OPTIMISER,
 }
 """The default study trains 3 steps of the CPU preset (16 fifteen-turn episodes each) with LoRA on the top 16
 layers and evaluates 24 held-out mazes before and after (about 11 minutes on 2 CPU cores), so that the
@@ -157,6 +162,7 @@ FAST_TRAIN = {
     "eval_episodes": 8,
     "checkpoint_every": 1,
     "lora_layers": 16,
+    **_STUDY_OPTIMISER,
 }
 """Fast mode trains 3 steps of 4 five-turn episodes and evaluates 8 five-turn episodes (about a minute)."""
 STUDY_READOUTS = {
