@@ -10,7 +10,8 @@ reference), aggregated with "seq-mean-token-sum" over a constant ``Z``; ``β(s)`
 rate share the cosine annealing multiplier. The policy is the softmax over the four direction tokens,
 at the sampling temperature (exactly the distribution the action-masked sampler draws from). The
 reference policy is the LoRA adapter switched off (``with model.disable_adapter():``), or a frozen
-copy for full fine-tuning.
+copy for full fine-tuning. With ``curriculum_turns``/``curriculum_steps`` the first steps play shorter
+episodes (more of them, the same decisions per step); evaluation always plays ``n_turns``.
 
 ========================  =============================================================================
 algo                      advantage / loss
@@ -22,13 +23,15 @@ algo                      advantage / loss
 ``ppo``                   token-level advantages as ``reinforce``, whitened over the batch; several
                           epochs of minibatch updates with the (single) clip; critic-free
 ``tbrm``                  squared trajectory Bellman residual with logits as Q (+ ReVal calibration)
-``sft``                   cross-entropy on the expert's letters (``maze_env.expert_data``)
+``sft``                   cross-entropy on the expert's letters (``maze_env.expert_data``), or with
+                          ``sft_targets="best"`` on every direction its planner rates best, equally
 ``iterative_sft``         each step: sample on-policy, keep the best ``keep_fraction`` of every group,
                           cross-entropy on their letters (RAFT / "Retaining by Doing" §4.2)
 ========================  =============================================================================
 
 Run it:
 
+    welfare-axis train --preset cpu --algo sft --out runs/sft_cpu      # learns the maze in ~14 min on 2 cores
     welfare-axis train --preset cpu --algo dr_grpo --out runs/grpo_cpu
     python -m maze_env.train --model smollm2-135m-instruct --algo sft --steps 50 --out runs/sft
     welfare-axis train --out runs/grpo_cpu --preset cpu --algo dr_grpo --resume   # continue exactly
