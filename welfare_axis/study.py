@@ -138,14 +138,16 @@ class StudyConfig:
         return preset_args(self.train_preset, **overrides)
 
 
-_STUDY_OPTIMISER = {"lr": 2e-4, "anneal_fraction": 1.0, "minibatches": 1, "curriculum_turns": None,
-                    "curriculum_steps": 0, "sft_targets": "expert"}  # fmt: skip
+_STUDY_OPTIMISER = {"lr": 2e-4, "anneal_fraction": 1.0, "minibatches": 1, "temperature": 0.7,
+                    "entropy_coef": 0.05, "curriculum_turns": None, "curriculum_steps": 0,
+                    "sft_targets": "expert"}  # fmt: skip
 """The optimiser settings the documented study runs were made with (the CPU preset's before it gained its
 curriculum); pinned so that those runs reproduce; ``StudyConfig.train_overrides`` changes them."""
 STUDY_TRAIN = {
     "steps": 3,
     "eval_episodes": 24,
     "lora_layers": 16,
+    "checkpoint_every": 8,
     **_STUDY_OPTIMISER,
 }
 """The default study trains 3 steps of the CPU preset (16 fifteen-turn episodes each) with LoRA on the top 16
