@@ -414,6 +414,9 @@ def best_set_targets(
 ) -> Float[Tensor, "batch turn 4"]:
     """Uniform distribution over the directions whose value is within ``tol`` of the best.
 
+    The planner (:class:`maze_env.search.Expert`) ties values within 1e-9 in float64; expert batches hold
+    them as float32, so the default ``tol`` sits at float32 resolution for the maze's rewards.
+
     Example:
         >>> best_set_targets(torch.tensor([[[1.0, 3.0, 3.0, -10.0]]]))
         tensor([[[0.0000, 0.5000, 0.5000, 0.0000]]])

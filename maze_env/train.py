@@ -422,6 +422,21 @@ def step_turns(args: Args, step: int) -> tuple[int, int]:
     return args.n_turns, 1
 
 
+def _scaled_for_step(args: Args, step: int) -> Args:
+    """``args`` with the batch sizes of step ``step``: a curriculum step plays ``scale`` times as many
+    episodes, in ``scale`` times larger micro-batches (see :func:`step_turns`)."""
+    _, scale = step_turns(args, step)
+    if scale == 1:
+        return args
+    rollout = None if args.rollout_batch_size is None else args.rollout_batch_size * scale
+    return dataclasses.replace(
+        args,
+        episodes_per_step=args.episodes_per_step * scale,
+        micro_batch_size=args.micro_batch_size * scale,
+        rollout_batch_size=rollout,
+    )
+
+
 def _update_epochs(args: Args) -> int:
     if args.update_epochs is not None:
         return args.update_epochs
@@ -1373,20 +1388,9 @@ def _main(args: Args, ctx: D.DistContext) -> RunResult:
     last_checkpoint = latest_checkpoint(run_dir)
     for step in bar:
         t_step = time.perf_counter()
-        turns, scale = step_turns(args, step)
+        turns, _ = step_turns(args, step)
         step_config = dataclasses.replace(config, n_turns=turns)
-        step_args = (
-            args
-            if scale == 1
-            else dataclasses.replace(
-                args,
-                episodes_per_step=args.episodes_per_step * scale,
-                micro_batch_size=args.micro_batch_size * scale,
-                rollout_batch_size=None
-                if args.rollout_batch_size is None
-                else args.rollout_batch_size * scale,
-            )
-        )
+        step_args = _scaled_for_step(args, step)
         n_groups = step_args.episodes_per_step // args.group_size
 
         # ROLLOUT (SFT: the expert plays instead; every episode gets its own maze)
