@@ -1,8 +1,10 @@
 """``MazeBatch``: many mazes stepped at once with NumPy, for LM rollouts.
 
 Each maze ``i`` is generated from ``seeds[i]`` exactly as ``MazeEnv.reset(seed=seeds[i])`` generates it
-(same grid, same start). Per-step randomness (wind, clause order) comes from one batch generator seeded
-by the first seed, drawn vectorised: statistically the same rules as ``MazeEnv``, not the same draws.
+(same grid, same start, and the same first observation: its clause order is drawn from the maze's own
+generator, so episodes of one seed, a GRPO group, share their first prompt as in the paper). Later
+randomness (wind, later clause orders) comes from one batch generator seeded by the first seed, drawn
+vectorised: statistically the same rules as ``MazeEnv``, not the same draws.
 
 Example:
     >>> import numpy as np
@@ -57,16 +59,19 @@ class MazeBatch:
                 raise ValueError(f"need one seed per maze: got {len(seeds)} seeds for n={self.n}")
         size = self.config.size
         self.grids = np.empty((self.n, size, size), dtype=np.int8)
+        first_orders = np.tile(np.arange(4), (self.n, 1))
         for i, s in enumerate(seeds):
             rng, _ = seeding.np_random(s)
             maze = generate_maze(rng, self.config)
             self.grids[i] = maze.grid
             self.x[i], self.y[i] = maze.start
+            if self.config.shuffle_clauses:  # MazeEnv.reset's next draw: its first observation's order
+                first_orders[i] = rng.permutation(4)
         self.seeds = seeds
         self.rng, _ = seeding.np_random(seeds[0] + 0x5EED)
         self.turn = 0
         self.wind[:] = -1
-        self._draw_orders()
+        self.orders = first_orders
         return self.observations()
 
     @property

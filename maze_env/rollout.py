@@ -61,6 +61,7 @@ __all__ = [
     "bf16_autocast_is_fast",
     "collect_episodes",
     "direction_log_probs",
+    "distinct_rows",
     "episode_token_ids",
 ]
 
@@ -370,6 +371,7 @@ def collect_episodes(
     device: str | torch.device | None = None,
     autocast: bool = True,
     batch_size: int | None = None,
+    share_prompts: bool = True,
 ) -> EpisodeBatch:
     """Play one maze per seed with ``model`` for ``config.n_turns`` turns; return every token and reward.
 
@@ -392,6 +394,10 @@ def collect_episodes(
             always exact float32.
         batch_size: at most this many episodes per forward pass (each group keeps its own KV cache; all
             mazes still step together, so results do not depend on it beyond float rounding).
+        share_prompts: feed each distinct first prompt once (rows with the same seed share it: the
+            first observation comes from the maze's own generator) and copy its KV cache to those rows.
+            The same numbers as feeding every row (up to float rounding); single-turn groups of ``G``
+            cost ``1/G`` of the forward passes.
 
     Returns:
         An :class:`EpisodeBatch` on the CPU.
@@ -459,9 +465,21 @@ def collect_episodes(
                 action_positions[i, t] = len(token_rows[i]) - 1
             turn_logits = torch.zeros(n, 4)
             for g, rows in enumerate(groups):
+                group_chunks = [chunks[i] for i in rows]
+                shared = distinct_rows(group_chunks) if t == 0 and share_prompts else None
+                if shared is not None:  # one prefill per distinct first prompt (a GRPO group shares it)
+                    group_chunks = [group_chunks[r] for r in shared[0]]
                 logits, caches[g], masks[g] = _forward_chunk(
-                    model, [chunks[i] for i in rows], caches[g], masks[g], pad_id, run_device, autocast
+                    model, group_chunks, caches[g], masks[g], pad_id, run_device, autocast
                 )
+                if t + 1 == turns:
+                    caches[g] = masks[g] = None  # no next turn reads them
+                if shared is not None:
+                    inverse = shared[1].to(logits.device)
+                    logits = logits[inverse]
+                    if caches[g] is not None:  # every row continues from its own copy of the prefix
+                        caches[g].reorder_cache(inverse)
+                        masks[g] = masks[g][inverse]
                 turn_logits[rows] = logits[:, direction_index].float().cpu()
             log_p = direction_log_probs(turn_logits, temperature)
             if greedy:
@@ -518,6 +536,30 @@ def collect_episodes(
         config=config,
         model_name=_model_name(model),
     )
+
+
+def distinct_rows(rows: Sequence[Sequence[int]]) -> tuple[list[int], Tensor] | None:
+    """``(first, inverse)`` when some token rows repeat: the first occurrence of each distinct row, and each
+    row's index into ``first`` (so ``rows[first[inverse[r]]] == rows[r]``); None when all are distinct.
+
+    Example:
+        >>> distinct_rows([[1, 2], [3], [1, 2]])
+        ([0, 1], tensor([0, 1, 0]))
+        >>> distinct_rows([[1], [2]]) is None
+        True
+    """
+    index: dict[tuple[int, ...], int] = {}
+    first: list[int] = []
+    inverse: list[int] = []
+    for r, row in enumerate(rows):
+        key = tuple(int(x) for x in row)
+        if key not in index:
+            index[key] = len(first)
+            first.append(r)
+        inverse.append(index[key])
+    if len(first) == len(inverse):
+        return None
+    return first, torch.tensor(inverse, dtype=torch.long)
 
 
 def _forward_chunk(

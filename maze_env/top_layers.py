@@ -31,7 +31,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from maze_env.rollout import EpisodeBatch
+from maze_env.rollout import EpisodeBatch, distinct_rows
 
 __all__ = ["assemble", "capture_below", "supports_top_layers", "top_action_logits"]
 
@@ -77,7 +77,8 @@ def assemble(
     ``P = max(action_positions[:, -1]) + 1`` (the final letter is never fed during the rollout and is
     not needed: the last decision reads position ``action_positions[:, -1]``). The rollout feeds turn
     ``t`` of row ``i`` as a left-padded chunk of ``action_positions[i, t] − action_positions[i, t−1]``
-    new tokens, groups of ``rollout_batch_size`` rows one after another.
+    new tokens, groups of ``rollout_batch_size`` rows one after another; at turn 0 a group's chunk may
+    hold only its distinct first prompts (``collect_episodes(share_prompts=True)``).
     """
     n, turns = episodes.actions.shape
     group = rollout_batch_size or n
@@ -95,6 +96,10 @@ def assemble(
     for t in range(turns):
         for g, rows in enumerate(groups):
             chunk = captured[t * len(groups) + g]
+            if t == 0 and chunk.shape[0] < len(rows):  # the rollout fed each distinct first prompt once
+                shared = distinct_rows([episodes.input_ids[i, : int(ends[i, 0])].tolist() for i in rows])
+                if shared is not None and len(shared[0]) == chunk.shape[0]:
+                    chunk = chunk[shared[1]]
             if chunk.shape[0] != len(rows):
                 raise RuntimeError(
                     f"turn {t} group {g}: captured {chunk.shape[0]} rows, expected {len(rows)}"

@@ -77,7 +77,7 @@ from maze_env.config import MazeConfig
 from maze_env.dynamics import ACTIONS
 from maze_env.episodes import save_episodes
 from maze_env.expert_data import expert_episodes
-from maze_env.rollout import EpisodeBatch, action_logits, collect_episodes
+from maze_env.rollout import EpisodeBatch, action_logits, collect_episodes, distinct_rows
 from maze_env.top_layers import assemble, capture_below, supports_top_layers, top_action_logits
 from welfare_axis.artifacts import atomic_write, write_json
 
@@ -238,6 +238,11 @@ class Args:
     that many times larger), so every step trains on the same number of decisions."""
     curriculum_steps: int = 0
     """Training steps played at ``curriculum_turns`` turns before the episodes grow to ``n_turns``."""
+    curriculum_scale: int | None = None
+    """How many times ``episodes_per_step`` episodes a curriculum step plays (None: ``n_turns //
+    curriculum_turns``, the same number of decisions as a full step). Groups sharing a first prompt
+    feed it once, so a single-turn step costs about ``1/group_size`` per episode: a larger scale buys
+    RL more distinct states for the same time."""
     wind_prob: float = 0.1
     """Wind probability per turn (paper 0.1)."""
     tiles: str = "office"
@@ -389,8 +394,15 @@ def validate(args: Args) -> Args:
                 f"curriculum_steps={args.curriculum_steps} needs curriculum_turns (the short episodes' length), "
                 "e.g. --curriculum-turns 1"
             )
+        if args.curriculum_scale is not None:
+            raise ValueError(
+                f"curriculum_scale={args.curriculum_scale} needs curriculum_turns (the short episodes' length), "
+                "e.g. --curriculum-turns 1"
+            )
     else:
         _check_positive_int("curriculum_turns", args.curriculum_turns)
+        if args.curriculum_scale is not None:
+            _check_positive_int("curriculum_scale", args.curriculum_scale)
         if args.n_turns % args.curriculum_turns:
             divisors = [d for d in range(1, args.n_turns + 1) if args.n_turns % d == 0]
             raise ValueError(
@@ -418,7 +430,7 @@ def step_turns(args: Args, step: int) -> tuple[int, int]:
         ((1, 15), (15, 1))
     """
     if args.curriculum_turns is not None and step < args.curriculum_steps:
-        return args.curriculum_turns, args.n_turns // args.curriculum_turns
+        return args.curriculum_turns, args.curriculum_scale or args.n_turns // args.curriculum_turns
     return args.n_turns, 1
 
 
@@ -685,6 +697,18 @@ def top_layer_start(policy: Policy, args: Args) -> int | None:
 def _policy_logits(
     model: nn.Module, chunk: EpisodeBatch, hidden: torch.Tensor | None, start: int | None
 ) -> torch.Tensor:
+    """Direction logits of every decision of ``chunk``; rows whose decisions read the same tokens (a
+    single-turn group: only the sampled letter after the last decision differs) are run once."""
+    shared = distinct_rows(
+        [
+            [*chunk.input_ids[i, :end].tolist(), *chunk.attention_mask[i, :end].tolist()]
+            for i, end in enumerate((chunk.action_positions[:, -1] + 1).tolist())
+        ]
+    )
+    if shared is not None:
+        first, inverse = shared
+        logits = _policy_logits(model, chunk.select(first), None if hidden is None else hidden[first], start)
+        return logits[inverse.to(logits.device)]
     if hidden is None or start is None:
         return action_logits(model, chunk)
     return top_action_logits(model, hidden, chunk, start)

@@ -282,6 +282,14 @@ def test_batch_generates_the_same_mazes_as_single_envs():
         assert np.array_equal(batch.grids[i], env.grid) and tuple(batch.positions[i]) == env.position
 
 
+def test_batch_first_observation_is_the_single_env_s_so_a_group_shares_its_prompt():
+    seeds = [7, 7, 8, 7]
+    texts = MazeBatch(4).reset(seed=seeds)  # clauses shuffled (the default)
+    assert texts == [MazeEnv().reset(seed=s)[0] for s in seeds]
+    assert texts[0] == texts[1] == texts[3] != texts[2]
+    assert len({MazeEnv().reset(seed=s)[1]["clause_order"] for s in range(20)}) > 1  # really shuffled
+
+
 def test_batch_steps_match_single_envs_without_wind():
     cfg = MazeConfig(wind_prob=0.0, shuffle_clauses=False)
     batch = MazeBatch(6, cfg)

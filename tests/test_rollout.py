@@ -111,6 +111,18 @@ def test_batched_equals_unbatched(llama, episodes):
     assert torch.equal(episodes.input_ids, one_by_one.input_ids)
 
 
+@pytest.mark.parametrize("batch_size", [None, 3])
+def test_shared_first_prompts_give_the_same_episodes(llama, batch_size):
+    model, tok = llama
+    seeds = [3, 3, 11, 3, 11]  # two GRPO groups: each distinct first prompt is fed once, its cache copied
+    run = dict(seeds=seeds, config=SHORT, autocast=False, batch_size=batch_size)
+    shared = collect_episodes(model, tok, **run)
+    every_row = collect_episodes(model, tok, share_prompts=False, **run)
+    _same(shared, every_row, exact=False)
+    assert torch.equal(shared.direction_logits[0, 0], shared.direction_logits[1, 0])
+    assert not torch.equal(shared.actions[[0, 1, 3]], shared.actions[[0, 0, 0]])  # rows still sample apart
+
+
 def test_tokens_are_the_rendered_conversation(llama, episodes):
     _, tok = llama
     for i, messages in enumerate(episodes.messages):

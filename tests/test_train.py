@@ -143,8 +143,15 @@ def test_curriculum_is_validated_with_a_clear_error():
         T.validate(T.Args(curriculum_turns=4, curriculum_steps=3))
     with pytest.raises(ValueError, match="sft_targets must be 'expert' or 'best'"):
         T.validate(T.Args(sft_targets="all"))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="curriculum_scale=4 needs curriculum_turns"):
+        T.validate(T.Args(curriculum_scale=4))
+    with pytest.raises(ValueError, match="curriculum_scale must be an integer >= 1"):
+        T.validate(T.Args(curriculum_turns=1, curriculum_steps=1, curriculum_scale=0))
     a = T.Args(n_turns=15, curriculum_turns=3, curriculum_steps=2)
     assert [T.step_turns(a, s) for s in range(4)] == [(3, 5), (3, 5), (15, 1), (15, 1)]
+    scaled = dataclasses.replace(a, curriculum_scale=40)
+    assert [T.step_turns(scaled, s) for s in range(3)] == [(3, 40), (3, 40), (15, 1)]
+    assert T._scaled_for_step(scaled, 0).episodes_per_step == 40 * a.episodes_per_step
     assert T.step_turns(T.Args(n_turns=15), 0) == (15, 1)
 
 
@@ -303,6 +310,48 @@ def test_top_layer_logits_from_rollout_activations_equal_the_full_pass(batch_siz
     assert layers[2].mlp.up_proj.weight.grad is not None and layers[1].mlp.up_proj.weight.grad is None
     with pytest.raises(RuntimeError, match="captured"):
         assemble(captured[:-1], episodes, batch_size)
+
+
+def test_single_turn_groups_are_run_once_with_the_same_logits_and_gradients():
+    from maze_env.top_layers import assemble, capture_below
+    from probes.models import tiny_model
+
+    model, tok = tiny_model("llama", n_layers=4)
+    seeds = [
+        5,
+        5,
+        5,
+        6,
+        6,
+        6,
+    ]  # single-turn groups: rows differ only in the sampled letter after the decision
+    with capture_below(model, 2) as captured:
+        episodes = collect_episodes(
+            model, tok, seeds=seeds, config=MazeConfig(n_turns=1, size=12), autocast=False
+        )
+    assert captured[0].shape[0] == 2  # the rollout fed each distinct prompt once
+    hidden = assemble(captured, episodes)
+    assert len({tuple(row) for row in episodes.input_ids[:3].tolist()}) > 1  # the letters sampled apart
+    results = []
+    for h, start in ((None, None), (hidden, 2)):
+        for shared in (True, False):
+            model.zero_grad()
+            if shared:
+                logits = T._policy_logits(model, episodes, h, start)
+            else:  # one row at a time: no sharing possible
+                logits = torch.cat(
+                    [
+                        T._policy_logits(model, episodes.select([i]), None if h is None else h[[i]], start)
+                        for i in range(6)
+                    ]
+                )
+            (logits * torch.arange(24.0).view(6, 1, 4)).sum().backward()
+            results.append((logits.detach(), model.model.layers[3].mlp.up_proj.weight.grad.clone()))
+    for logits, grad in results[1:]:
+        assert torch.allclose(logits, results[0][0], atol=1e-5) and torch.allclose(
+            grad, results[0][1], atol=1e-5
+        )
+    assert torch.allclose(results[0][0], episodes.direction_logits, atol=1e-5)
 
 
 def test_reusing_rollout_activations_gives_the_same_loss_and_gradients(tmp_path):
