@@ -259,6 +259,9 @@ class Args:
     """Held-out mazes evaluated before and after training (0: no evaluation)."""
     eval_before: bool = True
     """Also evaluate the untrained model (the same for every run with this model, maze and eval settings)."""
+    eval_chunk_size: int | None = None
+    """Play the held-out mazes this many at a time (None: all at once); bounds the evaluation's KV cache,
+    the largest memory of a CPU run. Part of the evaluation's definition: it picks the random draws."""
     eval_greedy: bool = False
     """Evaluate with argmax moves instead of sampling at ``temperature``."""
     eval_every: int = 0
@@ -339,6 +342,8 @@ def validate(args: Args) -> Args:
     _check_positive_int("threads", args.threads)
     _check_positive_int("expert_horizon", args.expert_horizon)
     _check_positive_int("eval_episodes", args.eval_episodes, 0)
+    if args.eval_chunk_size is not None:
+        _check_positive_int("eval_chunk_size", args.eval_chunk_size)
     _check_positive_int("eval_every", args.eval_every, 0)
     if args.update_epochs is not None:
         _check_positive_int("update_epochs", args.update_epochs)
@@ -966,6 +971,7 @@ def evaluate(
     greedy: bool = False,
     sample_seed: int = 0,
     batch_size: int | None = None,
+    chunk_size: int | None = None,
     autocast: bool = True,
     log_path: str | os.PathLike[str] | None = None,
 ) -> EvalResult:
@@ -976,7 +982,9 @@ def evaluate(
     evaluated with the same seeds see the same mazes and the same random numbers: a paired comparison).
     ``greedy=True`` takes the argmax direction instead (the untrained SmolLM2 then always answers N).
     Standard errors are ``std(ddof=1)/sqrt(n)`` over episodes. ``log_path`` also saves the episodes there
-    (``maze_env.episodes.save_episodes``).
+    (``maze_env.episodes.save_episodes``). ``chunk_size`` plays the mazes that many at a time, one chunk
+    after another, so the KV cache holds only one chunk (15-turn episodes of SmolLM2-135M: ~60 MB each).
+    Each chunk draws its wind and later clause orders from its own first seed, so results depend on it.
 
     Example:
         >>> result = evaluate(model, tok, heldout_seeds(64))  # doctest: +SKIP
@@ -984,17 +992,25 @@ def evaluate(
         'return -75.31 ± 4.12 (SE), gold 1.20 ± 0.15, mold 9.02 ± 0.40 per episode over 64 held-out mazes'
     """
     seeds = [int(s) for s in seeds]
+    if chunk_size is not None:
+        _check_positive_int("chunk_size", chunk_size)
     generator = torch.Generator().manual_seed(int(sample_seed))
-    episodes = collect_episodes(
-        model,
-        tokenizer,
-        seeds=seeds,
-        config=config,
-        temperature=temperature,
-        generator=generator,
-        greedy=greedy,
-        autocast=autocast,
-        batch_size=batch_size,
+    step = chunk_size or len(seeds)
+    episodes = EpisodeBatch.cat(
+        [
+            collect_episodes(
+                model,
+                tokenizer,
+                seeds=seeds[first : first + step],
+                config=config,
+                temperature=temperature,
+                generator=generator,
+                greedy=greedy,
+                autocast=autocast,
+                batch_size=batch_size,
+            )
+            for first in range(0, len(seeds), step)
+        ]
     )
     if log_path is not None:
         save_episodes(episodes, log_path, extra={"eval": True, "sample_seed": int(sample_seed)})
@@ -1385,6 +1401,7 @@ def _main(args: Args, ctx: D.DistContext) -> RunResult:
             greedy=args.eval_greedy,
             sample_seed=args.seed,
             batch_size=args.rollout_batch_size,
+            chunk_size=args.eval_chunk_size,
             autocast=use_autocast(args, policy.model),
             log_path=log,
         )

@@ -516,6 +516,28 @@ def test_evaluate_is_reproducible_and_compare_evals_by_hand():
     assert c["stderr_diff_paired"] == pytest.approx(diffs.std(ddof=1) / 2)
 
 
+def test_chunked_evaluation_plays_the_chunks_one_after_another():
+    from probes.models import tiny_model
+
+    model, tok = tiny_model("llama")
+    config = MazeConfig(n_turns=3, size=12)
+    seeds = T.heldout_seeds(5)
+    whole = T.evaluate(model, tok, seeds, config=config, sample_seed=1)
+    assert T.evaluate(model, tok, seeds, config=config, sample_seed=1, chunk_size=5) == whole
+    chunked = T.evaluate(model, tok, seeds, config=config, sample_seed=1, chunk_size=2)
+    generator = torch.Generator().manual_seed(1)  # one generator, drawn chunk after chunk
+    parts = [
+        collect_episodes(model, tok, seeds=c, config=config, generator=generator)
+        for c in (seeds[:2], seeds[2:4], seeds[4:])
+    ]
+    assert chunked.returns == [float(r) for p in parts for r in p.returns.double()]
+    assert chunked.seeds == seeds and chunked.n_episodes == 5
+    with pytest.raises(ValueError, match="chunk_size must be an integer >= 1"):
+        T.evaluate(model, tok, seeds, config=config, chunk_size=0)
+    with pytest.raises(ValueError, match="eval_chunk_size must be an integer >= 1"):
+        T.validate(T.Args(eval_chunk_size=0))
+
+
 def test_load_trained_gives_the_trained_policy(tmp_path):
     T.main(tiny_args(tmp_path, steps=2))
     model, tok = T.load_trained(tmp_path / "run")
