@@ -71,6 +71,7 @@ class MazeBatch:
         self.rng, _ = seeding.np_random(seeds[0] + 0x5EED)
         self.turn = 0
         self.wind[:] = -1
+        self._draw_orders()  # drawn and replaced, so wind and later orders keep their draws
         self.orders = first_orders
         return self.observations()
 
