@@ -163,6 +163,10 @@ class Args:
     """LoRA target module names, or all-linear (paper: all linear layers)."""
     lora_layers: int | None = None
     """Put LoRA only on the top N decoder layers (None: all). Backward then stops at the lowest adapted layer."""
+    init_from: str | None = None
+    """A run directory whose latest checkpoint's trainable weights start this run: a warm start (e.g. RL
+    after an SFT run with the same LoRA settings). The optimizer, schedules and step count start fresh;
+    the reference policy stays the base model."""
     reuse_rollout_activations: bool = True
     """With lora_layers set (Llama-family models), feed the update the rollout's activations below the
     adapted layers instead of recomputing the frozen ones (checked every step against the rollout's logits)."""
@@ -1373,6 +1377,17 @@ def _main(args: Args, ctx: D.DistContext) -> RunResult:
     if ctx.distributed:
         policy.parallel = D.parallelize(policy.model, ctx, args.parallel)  # before the optimizer (FSDP)
     optimizer = make_optimizer(policy, args)
+    if args.init_from is not None:  # a warm start; a resumed run's own checkpoint replaces it below
+        warm = latest_checkpoint(Path(args.init_from))
+        if warm is None:
+            raise RunDirError(
+                f"--init-from {args.init_from}: no checkpoint there; point it at a finished run's directory "
+                "(one with checkpoints/, e.g. from welfare-axis train --preset cpu --algo sft)"
+            )
+        try:
+            load_checkpoint(warm, policy)
+        except ValueError as err:
+            raise ValueError(f"--init-from {args.init_from}: {err}; use that run's LoRA settings") from None
     start = 0
     if args.resume:
         checkpoint = latest_checkpoint(run_dir)

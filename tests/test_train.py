@@ -538,6 +538,18 @@ def test_chunked_evaluation_plays_the_chunks_one_after_another():
         T.validate(T.Args(eval_chunk_size=0))
 
 
+def test_init_from_starts_from_another_run_s_weights(tmp_path):
+    first = T.main(tiny_args(tmp_path, "first", steps=1, lora_layers=1))
+    warm = T.main(tiny_args(tmp_path, "warm", steps=1, lora_layers=1, lr=1e-12, init_from=str(first.run_dir)))
+    a, b = weights(first.run_dir, 1), weights(warm.run_dir, 1)
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-9) for k in a)
+    assert any(a[k].abs().max() > 0 for k in a)  # the warm start is not the zero-initialised adapter
+    with pytest.raises(T.RunDirError, match="no checkpoint there"):
+        T.main(tiny_args(tmp_path, "nowhere", init_from=str(tmp_path / "missing")))
+    with pytest.raises(ValueError, match="use that run's LoRA settings"):
+        T.main(tiny_args(tmp_path, "other", lora_layers=2, init_from=str(first.run_dir)))
+
+
 def test_load_trained_gives_the_trained_policy(tmp_path):
     T.main(tiny_args(tmp_path, steps=2))
     model, tok = T.load_trained(tmp_path / "run")
