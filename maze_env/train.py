@@ -302,6 +302,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "sft_targets": "best",
         "checkpoint_every": 4,
         "eval_episodes": 64,
+        "eval_chunk_size": 32,
     },
 }
 
