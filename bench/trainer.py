@@ -12,7 +12,9 @@ baselines alike, runs in float32 there; on bf16-capable CPUs/GPUs everything run
     naive loop: every turn, every conversation is re-rendered in full and ``model.generate(max_new_tokens=1)``
     runs over it without cache reuse (batched over the episodes, left padding, same sampling settings).
     The naive loop replays the rollout's own conversations, so both process the same episodes; the
-    throughput of both is the rollout's real tokens divided by its wall time.
+    throughput of both is the rollout's real tokens divided by its wall time. The episodes come in GRPO
+    groups, whose shared first prompt the rollout feeds once per group (as in training; ~8% of a
+    15-turn episode's tokens) and the naive loop once per episode.
 (b) Training step. ``TrainerStep`` (the slot for the trainer) times one optimisation step of ``maze_env.train.train_step``
     (Dr. GRPO with the CPU preset's LoRA: r=16, alpha=32, every linear layer of the top 8 decoder layers;
     AdamW, micro-batch ``--micro-batch``) on ``--train-episodes`` rollout episodes. TRL's
