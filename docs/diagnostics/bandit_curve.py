@@ -9,8 +9,9 @@ A move's reward is the tile it enters (+20 Gold, −10 Mold, −0.1 per turn; no
 Arms (the first argument, a JSON object):
 
 * ``{"arm": "sft"}``: cross-entropy to the planner's best set (``losses.sft_best_set_loss``).
-* ``{"arm": "exact", "entropy": 0.0}``: the exact policy gradient, the gradient of ``−Σ_a π(a|s)·r(s,a)``:
-  what Dr. GRPO estimates, without its sampling noise (plus the equalized entropy bonus).
+* ``{"arm": "exact", "entropy": 0.0, "kl": 0.0}``: the exact policy gradient, the gradient of
+  ``−Σ_a π(a|s)·r(s,a)``: what Dr. GRPO estimates, without its sampling noise (plus the equalized
+  entropy bonus, and the exact KL to the untrained policy, the adapter switched off).
 * ``{"arm": "dr_grpo", "group": 8, "entropy": 0.2}``: Dr. GRPO's estimator: ``group`` sampled moves
   per state, advantage = reward − group mean, the dual-clip surrogate, the equalized entropy bonus.
 
@@ -96,6 +97,8 @@ def evaluate():
 
 
 def loss_of(batch, hidden, generator):
+    with torch.no_grad(), policy.model.disable_adapter():
+        ref_logits = logits_of(batch, hidden)
     logits = logits_of(batch, hidden)
     reward = rewards_of_tile[batch.neighbours[:, 0]]  # (b, 4): the reward of each move
     if v["arm"] == "sft":
@@ -103,7 +106,11 @@ def loss_of(batch, hidden, generator):
     p = logits.softmax(-1)
     entropy = L.equalized_entropy(logits[:, None], batch.neighbours)[:, 0]
     if v["arm"] == "exact":  # minus the expected reward: its gradient is the exact policy gradient
-        return -(p * reward).sum(-1).mean() - v.get("entropy", 0.0) * entropy.mean()
+        loss = -(p * reward).sum(-1).mean() - v.get("entropy", 0.0) * entropy.mean()
+        if v.get("kl", 0.0) > 0:  # exact KL(π ‖ π_ref) to the untrained policy
+            log_p, log_ref = logits.log_softmax(-1), ref_logits.log_softmax(-1)
+            loss = loss + v["kl"] * (p * (log_p - log_ref)).sum(-1).mean()
+        return loss
     g = v.get("group", 8)
     actions = torch.multinomial(p.detach(), g, replacement=True, generator=generator)  # (b, g)
     r = reward.gather(1, actions)
