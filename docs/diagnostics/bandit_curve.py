@@ -97,8 +97,6 @@ def evaluate():
 
 
 def loss_of(batch, hidden, generator):
-    with torch.no_grad(), policy.model.disable_adapter():
-        ref_logits = logits_of(batch, hidden)
     logits = logits_of(batch, hidden)
     reward = rewards_of_tile[batch.neighbours[:, 0]]  # (b, 4): the reward of each move
     if v["arm"] == "sft":
@@ -108,7 +106,9 @@ def loss_of(batch, hidden, generator):
     if v["arm"] == "exact":  # minus the expected reward: its gradient is the exact policy gradient
         loss = -(p * reward).sum(-1).mean() - v.get("entropy", 0.0) * entropy.mean()
         if v.get("kl", 0.0) > 0:  # exact KL(π ‖ π_ref) to the untrained policy
-            log_p, log_ref = logits.log_softmax(-1), ref_logits.log_softmax(-1)
+            with torch.no_grad(), policy.model.disable_adapter():
+                log_ref = logits_of(batch, hidden).log_softmax(-1)
+            log_p = logits.log_softmax(-1)
             loss = loss + v["kl"] * (p * (log_p - log_ref)).sum(-1).mean()
         return loss
     g = v.get("group", 8)
