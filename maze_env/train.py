@@ -399,16 +399,14 @@ def validate(args: Args) -> Args:
         raise ValueError(f"finetune must be 'lora' or 'full'; got {args.finetune!r}")
     _check_positive_int("curriculum_steps", args.curriculum_steps, 0)
     if args.curriculum_turns is None:
-        if args.curriculum_steps:
-            raise ValueError(
-                f"curriculum_steps={args.curriculum_steps} needs curriculum_turns (the short episodes' length), "
-                "e.g. --curriculum-turns 1"
-            )
-        if args.curriculum_scale is not None:
-            raise ValueError(
-                f"curriculum_scale={args.curriculum_scale} needs curriculum_turns (the short episodes' length), "
-                "e.g. --curriculum-turns 1"
-            )
+        for name, value in (
+            ("curriculum_steps", args.curriculum_steps or None),
+            ("curriculum_scale", args.curriculum_scale),
+        ):
+            if value is not None:
+                raise ValueError(
+                    f"{name}={value} needs curriculum_turns (the short episodes' length), e.g. --curriculum-turns 1"
+                )
     else:
         _check_positive_int("curriculum_turns", args.curriculum_turns)
         if args.curriculum_scale is not None:
@@ -1041,6 +1039,24 @@ def evaluate(
     )
 
 
+def eval_settings(args: Args) -> dict[str, Any]:
+    """The keyword arguments of :func:`evaluate` for a run's held-out evaluation (all but the model's).
+
+    Example:
+        >>> eval_settings(preset_args("cpu"))["chunk_size"]
+        32
+    """
+    return {
+        "seeds": heldout_seeds(args.eval_episodes) if args.eval_episodes else [],
+        "config": maze_config(args),
+        "temperature": args.temperature,
+        "greedy": args.eval_greedy,
+        "sample_seed": args.seed,
+        "batch_size": args.rollout_batch_size,
+        "chunk_size": args.eval_chunk_size,
+    }
+
+
 def compare_evals(before: EvalResult, after: EvalResult) -> dict[str, float]:
     """Improvement of ``after`` over ``before`` in standard errors (unpaired and paired by maze).
 
@@ -1411,13 +1427,7 @@ def _main(args: Args, ctx: D.DistContext) -> RunResult:
         return policy.call_no_grad(
             evaluate,
             policy.tokenizer,
-            eval_seeds,
-            config=config,
-            temperature=args.temperature,
-            greedy=args.eval_greedy,
-            sample_seed=args.seed,
-            batch_size=args.rollout_batch_size,
-            chunk_size=args.eval_chunk_size,
+            **eval_settings(args),
             autocast=use_autocast(args, policy.model),
             log_path=log,
         )

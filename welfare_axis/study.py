@@ -142,7 +142,7 @@ _STUDY_OPTIMISER = {"lr": 2e-4, "anneal_fraction": 1.0, "minibatches": 1, "tempe
                     "entropy_coef": 0.05, "curriculum_turns": None, "curriculum_steps": 0,
                     "sft_targets": "expert"}  # fmt: skip
 """The optimiser settings the documented study runs were made with (the CPU preset's before it gained its
-curriculum); pinned so that those runs reproduce; ``StudyConfig.train_overrides`` changes them."""
+curriculum); pinned so that the study keeps them; ``StudyConfig.train_overrides`` changes them."""
 STUDY_TRAIN = {
     "steps": 3,
     "eval_episodes": 24,

@@ -20,11 +20,10 @@ import torch
 from maze_env.train import (
     EvalResult,
     compare_evals,
+    eval_settings,
     evaluate,
-    heldout_seeds,
     load_trained,
     make_policy,
-    maze_config,
     preset_args,
 )
 from welfare_axis.artifacts import atomic_write
@@ -49,14 +48,6 @@ if sys.argv[1] == "untrained":
 else:
     model, tokenizer = load_trained(sys.argv[1])
 with torch.no_grad():
-    result = evaluate(
-        model,
-        tokenizer,
-        heldout_seeds(args.eval_episodes),
-        config=maze_config(args),
-        temperature=args.temperature,
-        sample_seed=args.seed,
-        chunk_size=args.eval_chunk_size,
-    )
+    result = evaluate(model, tokenizer, **eval_settings(args))
 print(result.line())
 atomic_write(Path(sys.argv[2]), lambda p: p.write_text(json.dumps(dataclasses.asdict(result), indent=1)))
