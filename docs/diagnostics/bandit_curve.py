@@ -14,6 +14,9 @@ Arms (the first argument, a JSON object):
   entropy bonus, and the exact KL to the untrained policy, the adapter switched off).
 * ``{"arm": "dr_grpo", "group": 8, "entropy": 0.2}``: Dr. GRPO's estimator: ``group`` sampled moves
   per state, advantage = reward − group mean, the dual-clip surrogate, the equalized entropy bonus.
+* ``{"arm": "tbrm", "group": 8, "beta": 10.0, "entropy": 0.0}``: TBRM with ReVal on ``group`` sampled
+  moves per state: the squared residual ``logit(s,a) − logit_ref(s,a) − r(s,a)/β`` (a single turn's
+  ``V(s) + log π(a|s) − V_ref(s) − log π_ref(a|s) − r/β``), plus the equalized entropy bonus.
 
 Other keys: ``lr`` (default 1e-3), ``states`` (per update, default 24), ``updates`` (default 60),
 ``seed``.
@@ -114,6 +117,11 @@ def loss_of(batch, hidden, generator):
     g = v.get("group", 8)
     actions = torch.multinomial(p.detach(), g, replacement=True, generator=generator)  # (b, g)
     r = reward.gather(1, actions)
+    if v["arm"] == "tbrm":
+        with torch.no_grad(), policy.model.disable_adapter():
+            ref = logits_of(batch, hidden)
+        residual = (logits - ref).gather(1, actions) - r / v.get("beta", 10.0)
+        return (residual**2).mean() - v.get("entropy", 0.0) * entropy.mean()
     advantages = r - r.mean(1, keepdim=True)
     logp = logits.log_softmax(-1).gather(1, actions)
     per, _ = L.clipped_surrogate(logp, logp.detach(), advantages, dual_clip=3.0)
