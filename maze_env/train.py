@@ -202,7 +202,9 @@ class Args:
     micro_batch_size: int = 4
     """Episodes per training forward/backward (gradient accumulation)."""
     update_epochs: int | None = None
-    """Passes over each batch (None: 4 for ppo, 1 otherwise)."""
+    """Passes over each batch (None: 4 for ppo, 1 otherwise). Used by the policy-gradient algorithms and by
+    tbrm (off-policy: its residual has no importance ratio, so a batch's rows can be revisited); SFT makes
+    one pass."""
     minibatches: int = 1
     """Optimizer steps per pass (ppo-style minibatching); must divide the batch."""
 
@@ -869,7 +871,7 @@ def train_step(
     policy.model.train()
     params = list(policy.trainable_parameters().values())
     n = len(episodes)
-    epochs = _update_epochs(args) if args.algo in POLICY_GRADIENT else 1
+    epochs = _update_epochs(args) if args.algo in (*POLICY_GRADIENT, "tbrm") else 1
     minibatches = min(args.minibatches, n)
     sums: dict[str, float] = {}
     counts: dict[str, int] = {}
