@@ -278,12 +278,14 @@ class Args:
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # 12 steps of 240 decisions on 2 CPU cores with SmolLM2-135M-Instruct: 8 steps of single-turn episodes
-    # (the model learns to read the tiles there first; with a 15-turn history it barely starts), then 4
-    # steps of the paper's 15-turn episodes. SFT (with PRESET_ALGO_OVERRIDES) learns the maze in 13.8
-    # minutes of training (+40.9 return on 64 held-out mazes, 6.4 SE paired); Dr. GRPO does not yet:
-    # docs/training_results.md.
+    # 2 CPU cores, SmolLM2-135M-Instruct, LoRA on the top 8 layers. The RL algorithm is TBRM: from the
+    # untrained model it learns the maze in 15.6 minutes of training (6 single-turn steps of 192 states,
+    # PRESET_ALGO_OVERRIDES), +25.5 return on 64 held-out mazes (4.1 SE paired, 3.0 unpaired). Dr. GRPO
+    # does not learn from scratch at this size (its policy gradient collapses onto one direction before
+    # the model reads the tiles); it learns from an SFT warm start (--init-from). SFT: 12 steps of 240
+    # decisions, 8 single-turn then 4 of 15 turns, +36.6. All measured in docs/training_results.md.
     "cpu": {
+        "algo": "tbrm",
         "model": "smollm2-135m-instruct",
         "lora_r": 16,
         "lora_alpha": 32,
@@ -310,8 +312,23 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 PRESET_ALGO_OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
-    # SFT's targets are exact, so it takes a 4x larger step than RL's noisy advantages allow
-    "cpu": {"sft": {"lr": 2e-3, "minibatches": 16}},
+    "cpu": {
+        # SFT's targets are exact, so it takes a 4x larger step than RL's noisy advantages allow
+        "sft": {"lr": 2e-3, "minibatches": 16},
+        # TBRM reads the tiles after about 50 updates of 24 single-turn states (docs/diagnostics/
+        # bandit_curve.py): 6 steps of 192 states (groups of 8), each revisited 3 times in 8 minibatches,
+        # is 144 updates; β 5 lets the policy move e^(r/5) away from the reference
+        "tbrm": {
+            "steps": 6,
+            "curriculum_steps": 6,
+            "curriculum_scale": 96,
+            "minibatches": 8,
+            "update_epochs": 3,
+            "lr": 2e-3,
+            "tbrm_beta": 5.0,
+            "entropy_coef": 0.0,
+        },
+    },
 }
 """Per-algorithm values of a preset, applied on top of :data:`PRESETS` for that algorithm."""
 

@@ -189,8 +189,13 @@ def test_preset_sets_defaults_and_explicit_flags_win():
     sft = T.parse_args(["--preset", "cpu", "--algo", "sft"])
     assert all(getattr(sft, k) == v for k, v in sft_values.items())
     assert T.preset_args("cpu", algo="sft") == sft
-    grpo = T.parse_args(["--preset", "cpu"])
-    assert grpo.algo == "dr_grpo" and all(getattr(grpo, k) == T.PRESETS["cpu"][k] for k in sft_values)
+    grpo = T.parse_args(["--preset", "cpu", "--algo", "dr_grpo"])
+    assert all(getattr(grpo, k) == T.PRESETS["cpu"][k] for k in sft_values)
+    assert (grpo.curriculum_scale, grpo.update_epochs, grpo.tbrm_beta) == (None, None, 10.0)
+    # the preset's own algorithm is TBRM, with its values
+    tbrm = T.parse_args(["--preset", "cpu"])
+    assert tbrm.algo == "tbrm" and tbrm == T.preset_args("cpu", algo="tbrm")
+    assert all(getattr(tbrm, k) == v for k, v in T.PRESET_ALGO_OVERRIDES["cpu"]["tbrm"].items())
     assert T.parse_args(["--preset", "cpu", "--algo", "sft", "--minibatches", "2"]).minibatches == 2
 
 
@@ -600,9 +605,12 @@ def test_cpu_preset_smoke_on_smollm2(tmp_path):
         group_size=2,
         n_turns=3,
         minibatches=2,
+        curriculum_steps=1,
+        curriculum_scale=2,
         eval_episodes=0,
         progress=False,
     )
+    assert args.algo == "tbrm" and args.update_epochs == 3
     result = T.main(args)
     lines = metrics(result.run_dir)
     assert len(lines) == 2 and all(math.isfinite(r["loss"]) for r in lines)

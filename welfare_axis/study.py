@@ -140,6 +140,7 @@ class StudyConfig:
 
 _STUDY_OPTIMISER = {"lr": 2e-4, "anneal_fraction": 1.0, "minibatches": 1, "temperature": 0.7,
                     "entropy_coef": 0.05, "curriculum_turns": None, "curriculum_steps": 0,
+                    "curriculum_scale": None, "update_epochs": None, "tbrm_beta": 10.0,
                     "sft_targets": "expert"}  # fmt: skip
 """The optimiser settings the documented study runs were made with (the CPU preset's before it gained its
 curriculum); pinned so that the study keeps them; ``StudyConfig.train_overrides`` changes them."""
