@@ -141,7 +141,12 @@ def test_default_study_sizes_and_their_precedence(tmp_path):
     sft = StudyConfig.from_overrides(StudyConfig(), {"algo": "sft"}).train_args(tmp_path)
     assert (sft.lr, sft.minibatches, sft.sft_targets) == (2e-4, 1, "expert")
     tbrm = StudyConfig.preset("tbrm").train_args(tmp_path)  # not the CPU preset's single-turn TBRM recipe
-    assert (tbrm.algo, tbrm.curriculum_scale, tbrm.update_epochs, tbrm.tbrm_beta) == ("tbrm", None, None, 10.0)
+    assert (tbrm.algo, tbrm.curriculum_scale, tbrm.update_epochs, tbrm.tbrm_beta) == (
+        "tbrm",
+        None,
+        None,
+        10.0,
+    )
     # train_steps beats the study's sizes; train_overrides beat everything
     cfg = StudyConfig.from_overrides(
         StudyConfig(), {"train_steps": 12, "train_overrides": {"lora_layers": 8}}

@@ -501,8 +501,18 @@ def test_tbrm_update_epochs_revisit_the_batch_like_repeated_steps():
     """TBRM is off-policy, so ``update_epochs`` passes over one batch: exactly two one-pass steps on it."""
     from probes.models import tiny_model
 
-    args = T.Args(model="tiny-llama", algo="tbrm", episodes_per_step=4, group_size=2, n_turns=3, maze_size=12,
-                  lr=1e-2, minibatches=2, micro_batch_size=1, steps=10)
+    args = T.Args(
+        model="tiny-llama",
+        algo="tbrm",
+        episodes_per_step=4,
+        group_size=2,
+        n_turns=3,
+        maze_size=12,
+        lr=1e-2,
+        minibatches=2,
+        micro_batch_size=1,
+        steps=10,
+    )
     runs = []
     for epochs, calls in ((2, 1), (1, 2)):
         model, tok = tiny_model("llama", seed=3)
@@ -513,7 +523,9 @@ def test_tbrm_update_epochs_revisit_the_batch_like_repeated_steps():
             episodes = collect_episodes(policy.model, tok, seeds=[5, 5, 6, 6], config=T.maze_config(args))
             before = {k: v.clone() for k, v in policy.trainable_parameters().items()}
         for _ in range(calls):
-            out = T.train_step(policy, optimizer, episodes, dataclasses.replace(args, update_epochs=epochs), step=0)
+            out = T.train_step(
+                policy, optimizer, episodes, dataclasses.replace(args, update_epochs=epochs), step=0
+            )
         assert out["update_tokens"] == episodes.n_tokens * epochs
         runs.append({k: v.detach().clone() for k, v in policy.trainable_parameters().items()})
     assert any(not torch.equal(before[k], runs[0][k]) for k in before)
