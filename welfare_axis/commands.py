@@ -5,9 +5,9 @@
 ``--preset cpu`` for the 2-core CPU defaults.
 
 Examples:
-    welfare-axis train --preset cpu --algo dr_grpo --out runs/grpo_cpu
+    welfare-axis train --preset cpu --out runs/tbrm_cpu
     welfare-axis train --model smollm2-135m-instruct --algo sft --steps 50 --out runs/sft
-    welfare-axis train --preset cpu --algo dr_grpo --out runs/grpo_cpu --resume
+    welfare-axis train --preset cpu --out runs/tbrm_cpu --resume
 """
 
 from __future__ import annotations
