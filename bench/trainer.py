@@ -159,11 +159,12 @@ def naive_rollout_seconds(model, tokenizer, episodes: EpisodeBatch, *, autocast:
 
 
 def trainer_args(train_episodes: int, micro_batch: int, n_layers: int, *, bf16: bool):
-    """The CPU preset's training settings, sized for the benchmark batch."""
+    """The CPU preset's Dr. GRPO settings (the algorithm TRL's GRPOTrainer runs), sized for the benchmark batch."""
     from maze_env.train import PRESETS, preset_args
 
     return preset_args(
         "cpu",
+        algo="dr_grpo",
         lora_layers=min(PRESETS["cpu"]["lora_layers"], n_layers),
         lora_targets=LINEAR_LAYERS,
         episodes_per_step=train_episodes,
