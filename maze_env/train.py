@@ -333,8 +333,9 @@ PRESET_ALGO_OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
 """Per-algorithm values of a preset, applied on top of :data:`PRESETS` for that algorithm."""
 
 
-def preset_args(name: str, **overrides: Any) -> Args:
-    """``Args`` with a preset's values (and its values for the chosen algorithm), then ``overrides``.
+def preset_args(name: str, *, per_algorithm: bool = True, **overrides: Any) -> Args:
+    """``Args`` with a preset's values (and, with ``per_algorithm``, its values for the chosen algorithm),
+    then ``overrides``.
 
     Example:
         >>> preset_args("cpu", algo="sft").lora_layers
@@ -343,7 +344,7 @@ def preset_args(name: str, **overrides: Any) -> Args:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
     algo = overrides.get("algo", PRESETS[name].get("algo", Args.algo))
-    per_algo = PRESET_ALGO_OVERRIDES.get(name, {}).get(algo, {})
+    per_algo = PRESET_ALGO_OVERRIDES.get(name, {}).get(algo, {}) if per_algorithm else {}
     return Args(**{**PRESETS[name], **per_algo, "preset": name, **overrides})
 
 
@@ -477,6 +478,9 @@ def _scaled_for_step(args: Args, step: int) -> Args:
 
 
 def _update_epochs(args: Args) -> int:
+    """Passes over a batch: SFT makes one; the policy gradients and TBRM (off-policy) make ``update_epochs``."""
+    if args.algo in ("sft", "iterative_sft"):
+        return 1
     if args.update_epochs is not None:
         return args.update_epochs
     return 4 if args.algo == "ppo" else 1
@@ -888,7 +892,7 @@ def train_step(
     policy.model.train()
     params = list(policy.trainable_parameters().values())
     n = len(episodes)
-    epochs = _update_epochs(args) if args.algo in (*POLICY_GRADIENT, "tbrm") else 1
+    epochs = _update_epochs(args)
     minibatches = min(args.minibatches, n)
     sums: dict[str, float] = {}
     counts: dict[str, int] = {}

@@ -497,35 +497,23 @@ def test_policy_gradient_step_raises_the_probability_of_good_actions():
     assert after[0] > before[0] and after[3] < before[3]
 
 
-def test_tbrm_update_epochs_revisit_the_batch_like_repeated_steps():
+def test_tbrm_update_epochs_revisit_the_batch_like_repeated_steps(tmp_path):
     """TBRM is off-policy, so ``update_epochs`` passes over one batch: exactly two one-pass steps on it."""
     from probes.models import tiny_model
 
-    args = T.Args(
-        model="tiny-llama",
-        algo="tbrm",
-        episodes_per_step=4,
-        group_size=2,
-        n_turns=3,
-        maze_size=12,
-        lr=1e-2,
-        minibatches=2,
-        micro_batch_size=1,
-        steps=10,
-    )
+    args = tiny_args(tmp_path, algo="tbrm", minibatches=2, micro_batch_size=1)
     runs = []
     for epochs, calls in ((2, 1), (1, 2)):
         model, tok = tiny_model("llama", seed=3)
         torch.manual_seed(0)
         policy = T.make_policy(args, model, tok)
-        optimizer = T.make_optimizer(policy, dataclasses.replace(args, update_epochs=epochs))
+        run_args = dataclasses.replace(args, update_epochs=epochs)
+        optimizer = T.make_optimizer(policy, run_args)
         if not runs:
             episodes = collect_episodes(policy.model, tok, seeds=[5, 5, 6, 6], config=T.maze_config(args))
             before = {k: v.clone() for k, v in policy.trainable_parameters().items()}
         for _ in range(calls):
-            out = T.train_step(
-                policy, optimizer, episodes, dataclasses.replace(args, update_epochs=epochs), step=0
-            )
+            out = T.train_step(policy, optimizer, episodes, run_args, step=0)
         assert out["update_tokens"] == episodes.n_tokens * epochs
         runs.append({k: v.detach().clone() for k, v in policy.trainable_parameters().items()})
     assert any(not torch.equal(before[k], runs[0][k]) for k in before)

@@ -125,8 +125,8 @@ class StudyConfig:
         return cls(**merged)
 
     def train_args(self, out: Path):
-        """The run's ``maze_env.train.Args``: the preset, then the study's sizes (:data:`STUDY_TRAIN` or
-        :data:`FAST_TRAIN`), then ``train_steps``, then ``train_overrides``."""
+        """The run's ``maze_env.train.Args``: the preset (not its per-algorithm recipes), then the study's
+        sizes (:data:`STUDY_TRAIN` or :data:`FAST_TRAIN`), then ``train_steps``, then ``train_overrides``."""
         from maze_env.train import preset_args
 
         overrides: dict[str, Any] = {"model": self.model, "algo": self.algo, "tiles": self.tiles,
@@ -135,12 +135,11 @@ class StudyConfig:
         if self.train_steps is not None:
             overrides["steps"] = self.train_steps
         overrides.update(self.train_overrides)
-        return preset_args(self.train_preset, **overrides)
+        return preset_args(self.train_preset, per_algorithm=False, **overrides)
 
 
 _STUDY_OPTIMISER = {"lr": 2e-4, "anneal_fraction": 1.0, "minibatches": 1, "temperature": 0.7,
                     "entropy_coef": 0.05, "curriculum_turns": None, "curriculum_steps": 0,
-                    "curriculum_scale": None, "update_epochs": None, "tbrm_beta": 10.0,
                     "sft_targets": "expert"}  # fmt: skip
 """The optimiser settings the documented study runs were made with (the CPU preset's before it gained its
 curriculum); pinned so that the study keeps them; ``StudyConfig.train_overrides`` changes them."""

@@ -99,6 +99,12 @@ def evaluate():
     }
 
 
+def reference_logits(batch, hidden):
+    """The untrained policy's logits: the adapter switched off."""
+    with torch.no_grad(), policy.model.disable_adapter():
+        return logits_of(batch, hidden)
+
+
 def loss_of(batch, hidden, generator):
     logits = logits_of(batch, hidden)
     reward = rewards_of_tile[batch.neighbours[:, 0]]  # (b, 4): the reward of each move
@@ -109,8 +115,7 @@ def loss_of(batch, hidden, generator):
     if v["arm"] == "exact":  # minus the expected reward: its gradient is the exact policy gradient
         loss = -(p * reward).sum(-1).mean() - v.get("entropy", 0.0) * entropy.mean()
         if v.get("kl", 0.0) > 0:  # exact KL(π ‖ π_ref) to the untrained policy
-            with torch.no_grad(), policy.model.disable_adapter():
-                log_ref = logits_of(batch, hidden).log_softmax(-1)
+            log_ref = reference_logits(batch, hidden).log_softmax(-1)
             log_p = logits.log_softmax(-1)
             loss = loss + v["kl"] * (p * (log_p - log_ref)).sum(-1).mean()
         return loss
@@ -118,9 +123,7 @@ def loss_of(batch, hidden, generator):
     actions = torch.multinomial(p.detach(), g, replacement=True, generator=generator)  # (b, g)
     r = reward.gather(1, actions)
     if v["arm"] == "tbrm":
-        with torch.no_grad(), policy.model.disable_adapter():
-            ref = logits_of(batch, hidden)
-        residual = (logits - ref).gather(1, actions) - r / v.get("beta", 10.0)
+        residual = (logits - reference_logits(batch, hidden)).gather(1, actions) - r / v.get("beta", 10.0)
         return (residual**2).mean() - v.get("entropy", 0.0) * entropy.mean()
     advantages = r - r.mean(1, keepdim=True)
     logp = logits.log_softmax(-1).gather(1, actions)
