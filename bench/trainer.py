@@ -2,10 +2,10 @@
 
 Everything is measured in one run, against baselines measured in the same run (medians of ``--reps``).
 
-Precision: bf16 autocast is used only where bf16 matmuls are faster than float32
-(``maze_env.rollout.bf16_autocast_is_fast``). On AVX2-only CPUs (no native bf16, e.g. the AMD EPYC
-machines this project runs on) bf16 matmuls are 4-50x slower, so everything below, ours and the
-baselines alike, runs in float32 there; on bf16-capable CPUs/GPUs everything runs under bf16 autocast.
+Precision: the project's one dtype rule (``probes.models.resolve_autocast``): float32 on CPU, never
+chosen by timing, so the figures compare across machines. ``--autocast`` runs everything, ours and the
+baselines alike, under bfloat16 autocast instead: about 2x faster on CPUs with AVX512-BF16/AMX, about
+100x slower on AVX2-only ones. Run it both ways to compare a machine's two precisions.
 
 (a) Rollouts. ``maze_env.rollout.collect_episodes`` plays ``--episodes`` mazes of ``--turns`` turns
     (KV cache reused across turns, only the new tokens fed, logits read at the last position) against a
@@ -78,7 +78,8 @@ from typing import Any
 import torch
 
 from maze_env import MazeConfig
-from maze_env.rollout import EpisodeBatch, bf16_autocast_is_fast, collect_episodes
+from maze_env.rollout import EpisodeBatch, collect_episodes
+from probes.models import resolve_autocast
 
 MODEL = "smollm2-135m-instruct"
 LINEAR_LAYERS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -390,20 +391,25 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--model", default=MODEL, help="model to load (tiny-llama: a quick smoke run)")
     parser.add_argument("--skip-trl", action="store_true", help="do not run the TRL baseline")
+    parser.add_argument(
+        "--autocast",
+        action="store_true",
+        help="bfloat16 autocast everywhere (default: the dtype rule, float32 on CPU)",
+    )
     cli = parser.parse_args()
     if cli.train_episodes % cli.micro_batch or cli.train_episodes > cli.episodes:
         parser.error("--train-episodes must be a multiple of --micro-batch and at most --episodes")
     torch.set_num_threads(cli.threads)
     bench_start = time.perf_counter()
-    use_bf16 = bf16_autocast_is_fast("cpu")
+    use_bf16 = resolve_autocast(True if cli.autocast else None, "cpu")
     peak_fp32 = matmul_peak_gflops(torch.float32)
-    # Without native bf16 a 2048² bf16 matmul takes ~15 s (~1 GFLOP/s): measure it at 512² instead.
+    # Without native bf16 a 2048² bf16 matmul takes ~15 s (~1 GFLOP/s): unless it is used, measure 512².
     bf16_size = 2048 if use_bf16 else 512
     peak_bf16 = matmul_peak_gflops(torch.bfloat16, n=bf16_size, reps=5 if use_bf16 else 1)
     peak = peak_bf16 if use_bf16 else peak_fp32
     log(
         f"matmul peak: fp32 2048² {peak_fp32:.1f} GFLOP/s, bf16 {bf16_size}² {peak_bf16:.1f} GFLOP/s; "
-        f"bf16 autocast {'ON' if use_bf16 else 'OFF (no native bf16 on this CPU: float32 everywhere)'}"
+        f"bf16 autocast {'ON (--autocast)' if use_bf16 else 'OFF (the CPU rule: float32 everywhere)'}"
     )
 
     model, tokenizer = load(cli.model)

@@ -38,9 +38,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -54,11 +52,11 @@ from maze_env.batch import MazeBatch
 from maze_env.config import MazeConfig
 from maze_env.dynamics import ACTIONS
 from maze_env.text import episode_messages
+from probes.models import resolve_autocast
 
 __all__ = [
     "EpisodeBatch",
     "action_logits",
-    "bf16_autocast_is_fast",
     "collect_episodes",
     "direction_log_probs",
     "distinct_rows",
@@ -369,7 +367,7 @@ def collect_episodes(
     generator: torch.Generator | None = None,
     greedy: bool = False,
     device: str | torch.device | None = None,
-    autocast: bool = True,
+    autocast: bool | None = None,
     batch_size: int | None = None,
     share_prompts: bool = True,
 ) -> EpisodeBatch:
@@ -387,11 +385,10 @@ def collect_episodes(
             One uniform per episode per turn is drawn, whatever ``batch_size``.
         greedy: take the argmax direction instead of sampling.
         device: where to run (default: the model's device). Inputs are moved there; the model is not.
-        autocast: run the forward passes under bfloat16 autocast where that is faster than float32
-            (:func:`bf16_autocast_is_fast`: CUDA with bf16, CPUs with native bf16 matmuls such as
-            AVX512-BF16/AMX; ~1e-2 logit differences). On CPUs without native bf16 (AVX2-only), bf16
-            matmuls are 4-50x slower than float32, so the rollout stays in float32 there. ``False``:
-            always exact float32.
+        autocast: run the forward passes under bfloat16 autocast (~1e-2 logit differences). ``None``: the
+            device's rule (:func:`probes.models.resolve_autocast`: on for CUDA, off on CPU, never by
+            timing); ``True``/``False``: as asked (bfloat16 on CPU is an opt-in, fast only with
+            AVX512-BF16/AMX).
         batch_size: at most this many episodes per forward pass (each group keeps its own KV cache; all
             mazes still step together, so results do not depend on it beyond float rounding).
         share_prompts: feed each distinct first prompt once (rows with the same seed share it: the
@@ -421,7 +418,7 @@ def collect_episodes(
     config = config or MazeConfig()
     n = len(seeds)
     run_device = torch.device(device) if device is not None else _model_device(model)
-    autocast = bool(autocast) and bf16_autocast_is_fast(run_device)
+    autocast = resolve_autocast(autocast, run_device)
     direction_ids = _direction_ids(tokenizer)
     direction_index = torch.tensor(direction_ids, device=run_device)
     pad_id = int(tokenizer.pad_token_id)
@@ -595,53 +592,11 @@ def _forward_chunk(
             input_ids=ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=cache,
+            cache=cache,
             use_cache=True,
             logits_to_keep=1,
         )
-    return out.logits[:, -1], out.past_key_values, full_mask
-
-
-@functools.cache
-def _bf16_fast_on(device_type: str, index: int | None) -> bool:
-    if device_type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device_type != "cpu":
-        return False
-    try:
-        if not torch.ops.mkldnn._is_mkldnn_bf16_supported():  # no AVX512/AMX bf16 path at all
-            return False
-    except (AttributeError, RuntimeError):
-        pass
-    # A bf16 path exists (possibly emulated): time a model-sized linear layer in both dtypes.
-    x, w = torch.randn(256, 576), torch.randn(1536, 576)
-
-    def seconds(dtype: torch.dtype) -> float:
-        xs, ws = x.to(dtype), w.to(dtype)
-        torch.nn.functional.linear(xs, ws)
-        best = math.inf
-        for _ in range(3):
-            start = time.perf_counter()
-            torch.nn.functional.linear(xs, ws)
-            best = min(best, time.perf_counter() - start)
-        return best
-
-    return seconds(torch.bfloat16) < seconds(torch.float32)
-
-
-def bf16_autocast_is_fast(device: str | torch.device = "cpu") -> bool:
-    """Whether bf16 autocast speeds up matmuls on ``device`` (cached per device; a ~10 ms probe on CPU).
-
-    True on CUDA with bf16 support. On CPU, False when PyTorch has no native bf16 path (AVX2-only CPUs,
-    where bf16 matmuls run 4-50x slower than float32), else the result of timing a 256x576x1536 linear
-    layer in both dtypes.
-
-    Example:
-        >>> isinstance(bf16_autocast_is_fast("cpu"), bool)
-        True
-    """
-    device = torch.device(device)
-    return _bf16_fast_on(device.type, device.index)
+    return out.logits[:, -1], out.cache, full_mask
 
 
 def _sliding_window(model: torch.nn.Module) -> int | None:
@@ -665,7 +620,7 @@ def _position_window_masks(
     def within_window(batch_idx: Tensor, head_idx: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
         return positions[batch_idx, q_idx] - positions[batch_idx, kv_idx] < window
 
-    common = {"config": config, "inputs_embeds": dummy, "attention_mask": full_mask, "past_key_values": cache}
+    common = {"config": config, "inputs_embeds": dummy, "attention_mask": full_mask, "cache": cache}
     return {
         "full_attention": create_causal_mask(**common, allow_is_causal_skip=False),
         "sliding_attention": create_causal_mask(

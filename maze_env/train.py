@@ -52,7 +52,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import functools
 import json
 import math
 import os
@@ -147,8 +146,10 @@ class Args:
     threads: int = 2
     """torch CPU threads."""
     autocast: bool | None = None
-    """bfloat16 autocast for rollouts and updates (weights stay float32). None: on for CUDA; on a CPU only
-    when a bf16 matmul is faster than fp32 there (CPUs without AVX512-BF16/AMX run bf16 ~50x slower)."""
+    """bfloat16 autocast for rollouts and updates (weights stay float32). None: the device's rule, on for
+    CUDA and off on CPU (``probes.models.resolve_autocast``; never by timing). The run resolves it before
+    writing ``config.json``, which records ``true``/``false``. ``--autocast`` opts a CPU in (about 2x
+    faster on AVX512-BF16/AMX CPUs, about 100x slower on AVX2-only ones)."""
     progress: bool = True
     """Show a tqdm progress bar."""
 
@@ -594,6 +595,17 @@ def _lora_layer_indices(model: nn.Module, top: int | None) -> list[int] | None:
     return list(range(n_layers - top, n_layers))
 
 
+@contextlib.contextmanager
+def _quiet_peft() -> Iterator[None]:
+    """peft reads ``model.is_gradient_checkpointing``, which transformers 5 deprecates with a
+    FutureWarning on every call; silence that one message (others still show)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning
+        )
+        yield
+
+
 def make_policy(args: Args, model: nn.Module | None = None, tokenizer: Any = None) -> Policy:
     """Load the model (unless given) and add LoRA adapters or prepare full fine-tuning."""
     if model is None:
@@ -629,7 +641,7 @@ def make_policy(args: Args, model: nn.Module | None = None, tokenizer: Any = Non
         layers_pattern="layers" if layers is not None else None,
         bias="none",
     )
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), _quiet_peft():
         torch.manual_seed(args.seed)  # LoRA A init: a pure function of the seed
         peft_model = get_peft_model(model, config)
     peft_model.train()
@@ -644,33 +656,11 @@ def make_optimizer(policy: Policy, args: Args) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay, betas=(0.9, 0.999), eps=1e-8)
 
 
-@functools.cache
-def bf16_is_faster(device_type: str) -> bool:
-    """Whether bfloat16 matmuls beat float32 here (always on CUDA; measured once on a CPU).
-
-    Example:
-        >>> bf16_is_faster("cuda")
-        True
-    """
-    if device_type != "cpu":
-        return True
-    a = torch.randn(256, 256)
-    timings = {}
-    for dtype in (torch.float32, torch.bfloat16):
-        x = a.to(dtype)
-        x @ x  # warm-up
-        t0 = time.perf_counter()
-        for _ in range(3):
-            x @ x
-        timings[dtype] = time.perf_counter() - t0
-    return timings[torch.bfloat16] < timings[torch.float32]
-
-
 def use_autocast(args: Args, model: nn.Module) -> bool:
-    """``args.autocast``, or when it is None, whether bf16 is faster on the model's device."""
-    if args.autocast is not None:
-        return bool(args.autocast)
-    return bf16_is_faster(next(model.parameters()).device.type)
+    """Whether this run's forwards use bfloat16 autocast: ``args.autocast`` under the device's rule."""
+    from probes.models import resolve_autocast
+
+    return resolve_autocast(args.autocast, next(model.parameters()).device)
 
 
 def _autocast(args: Args, model: nn.Module):
@@ -998,7 +988,7 @@ def evaluate(
     sample_seed: int = 0,
     batch_size: int | None = None,
     chunk_size: int | None = None,
-    autocast: bool = True,
+    autocast: bool | None = None,
     log_path: str | os.PathLike[str] | None = None,
 ) -> EvalResult:
     """Play one held-out maze per seed and summarise.
@@ -1267,8 +1257,7 @@ def _save_final(run_dir: Path, policy: Policy, args: Args) -> Path:
     tmp = run_dir / f".final.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # transformers' is_gradient_checkpointing rename
+        with _quiet_peft():
             policy.model.save_pretrained(str(tmp), safe_serialization=True, state_dict=full_state)
         policy.tokenizer.save_pretrained(str(tmp))
         (tmp / "welfare_axis_run.json").write_text(json.dumps(dataclasses.asdict(args), indent=1))
@@ -1340,6 +1329,8 @@ _RESUME_FREE = ("resume", "stop_at_step", "threads", "progress", "device", "para
 def _check_same_config(saved: dict[str, Any], args: Args, run_dir: Path) -> None:
     current = json.loads(json.dumps(dataclasses.asdict(args), default=str))
     free = set(_RESUME_FREE)
+    if saved.get("autocast") is None:
+        free.add("autocast")  # runs made before the dtype was recorded ran float32 on our CPUs
     if saved.get("anneal_steps") is not None and current.get("anneal_steps") is not None:
         free.add("steps")  # the schedule does not depend on steps then
     diffs = [
@@ -1391,6 +1382,10 @@ def main(args: Args) -> RunResult:
 def _main(args: Args, ctx: D.DistContext) -> RunResult:
     from tqdm.auto import tqdm
 
+    from probes.models import resolve_autocast
+
+    # the dtype rule, resolved once for this device and recorded (config.json says true or false)
+    args = dataclasses.replace(args, autocast=resolve_autocast(args.autocast, ctx.device))
     run_dir = Path(args.out)
     config_path = run_dir / "config.json"
     if args.resume:

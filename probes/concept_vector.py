@@ -115,6 +115,8 @@ class ConceptVector:
         directions: layer index (0-based decoder block, see ``probes.layers``) -> direction tensor.
         model_name: checkpoint the activations came from (may differ between checkpoints of one base).
         model_family: ``probes.layers.model_family`` fingerprint; vectors of different families never mix.
+        model_dtype: the dtype of the weights the activations came from (``"float32"``, ``"bfloat16"``);
+            ``""`` when unknown (vectors saved before it was recorded).
         site: ``"resid_post"``, ``"attn_out"`` or ``"mlp_out"``.
         position: read-position rule used at extraction (``"last"``, ``"all"``, ``"assistant"``, ...).
         method: aggregator that produced it (``"mean_diff"``, ``"pca_diff"``, ...).
@@ -128,6 +130,7 @@ class ConceptVector:
     directions: dict[int, Tensor]
     model_name: str = "unknown"
     model_family: str = ""
+    model_dtype: str = ""
     site: str = "resid_post"
     position: str = "last"
     method: str = "unknown"
@@ -217,6 +220,7 @@ class ConceptVector:
             "format_version": FORMAT_VERSION,
             "model_name": self.model_name,
             "model_family": self.model_family,
+            "model_dtype": self.model_dtype,
             "site": self.site,
             "position": self.position,
             "method": self.method,
@@ -339,6 +343,7 @@ class ConceptVector:
             directions=out,
             model_name=pick(self.model_name, other.model_name),
             model_family=self.model_family or other.model_family,
+            model_dtype=pick(self.model_dtype, other.model_dtype),
             position=pick(self.position, other.position),
             method=pick(self.method, other.method),
             dataset_hash=pick(self.dataset_hash, other.dataset_hash),

@@ -182,7 +182,7 @@ class EmotionVectors:
         n_components_removed: ``{layer: k}`` neutral PCs projected out.
         valence, arousal: ``(n_emotions,)`` ratings (NaN when unknown).
         token_offset: story-mean offset used; n_short: stories that fell back to all tokens.
-        model_name, model_family: provenance.
+        model_name, model_family, model_dtype: provenance.
     """
 
     emotions: tuple[str, ...]
@@ -195,6 +195,7 @@ class EmotionVectors:
     n_short: int = 0
     model_name: str = ""
     model_family: str = ""
+    model_dtype: str = ""
 
     @property
     def layers(self) -> list[int]:
@@ -218,6 +219,7 @@ class EmotionVectors:
             {layer: v[i].float() for layer, v in self.vectors.items()},
             model_name=self.model_name,
             model_family=self.model_family,
+            model_dtype=self.model_dtype,
             position=f"story_mean:{self.token_offset}",
             method="emotion_minus_others_denoised",
             concept=emotion,
@@ -254,7 +256,7 @@ def emotion_vectors_from_activations(
         neutral: ``{layer: (n_neutral, d_model)}``; ``None`` skips denoising.
         variance: neutral variance explained by the removed PCs.
         valence, arousal: ratings per emotion.
-        provenance: ``token_offset``, ``n_short``, ``model_name``, ``model_family``.
+        provenance: ``token_offset``, ``n_short``, ``model_name``, ``model_family``, ``model_dtype``.
     """
     names = list(dict.fromkeys(emotions))
     if len(names) < 2:
@@ -338,6 +340,7 @@ def emotion_vectors(
         n_short=n_short,
         model_name=_layers.model_name(model),
         model_family=_layers.model_family(model),
+        model_dtype=_layers.model_dtype(model),
     )
 
 

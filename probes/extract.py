@@ -109,7 +109,7 @@ class ClassActivations:
 
     Attributes:
         activations: ``{class: {layer: (n_class, d_model)}}`` (float32, CPU).
-        model_name, model_family, site, position: as in ``ConceptVector``.
+        model_name, model_family, model_dtype, site, position: as in ``ConceptVector``.
         dataset_hash: :func:`classes_hash` of the rendered texts.
         metadata: extras copied into every vector (seed, maze config, ...).
     """
@@ -117,6 +117,7 @@ class ClassActivations:
     activations: dict[str, dict[int, Tensor]]
     model_name: str = "unknown"
     model_family: str = ""
+    model_dtype: str = ""
     site: str = "resid_post"
     position: str = "last"
     dataset_hash: str = ""
@@ -176,6 +177,7 @@ class ClassActivations:
         common = dict(
             model_name=self.model_name,
             model_family=self.model_family,
+            model_dtype=self.model_dtype,
             site=self.site,
             position=self.position,
             dataset_hash=self.dataset_hash,
@@ -236,6 +238,7 @@ def extract_class_activations(
         by_class,
         model_name=_layers.model_name(base),
         model_family=_layers.model_family(base),
+        model_dtype=_layers.model_dtype(base),
         site=site,
         position=_positions.describe(position),
         dataset_hash=classes_hash(rendered),
@@ -272,6 +275,7 @@ def aggregate(
             directions,
             model_name=class_activations.model_name,
             model_family=class_activations.model_family,
+            model_dtype=class_activations.model_dtype,
             site=class_activations.site,
             position=class_activations.position,
             method=aggregator.name,

@@ -74,6 +74,8 @@ __all__ = [
     "ModelNotFoundError",
     "ModelPackageMissingError",
     "autocast",
+    "compute_dtype_name",
+    "resolve_autocast",
     "cached_model_dir",
     "default_cache_dir",
     "load_model",
@@ -266,6 +268,32 @@ def resolve_dtype(dtype: str | torch.dtype = "auto", device: str | torch.device 
     return _DTYPE_NAMES[dtype]
 
 
+def resolve_autocast(autocast: bool | None, device: str | torch.device = "auto") -> bool:
+    """The one precision rule for rollouts and training: whether to run them under bfloat16 autocast.
+
+    ``None`` (the default everywhere) gives the device's rule: bfloat16 on CUDA, float32 on CPU. ``True`` or
+    ``False`` is taken as asked. Never decided by timing: the same config and seed then give the same
+    numbers on every machine. On a CPU bfloat16 is an opt-in (``autocast=True``, ``--autocast``): CPUs with
+    AVX512-BF16 or AMX run its matmuls about 2x faster than float32, AVX2-only CPUs about 100x slower.
+    Weights stay float32 either way (``probes.models.resolve_dtype`` picks the weights' dtype).
+
+    Example:
+        >>> resolve_autocast(None, "cpu"), resolve_autocast(True, "cpu"), resolve_autocast(None, "cuda")
+        (False, True, True)
+    """
+    if autocast is None:  # the device as named (no CUDA check: a config can be resolved anywhere)
+        kind = resolve_device("auto").type if isinstance(device, str) and device == "auto" else None
+        return (kind or torch.device(device).type) == "cuda"
+    if not isinstance(autocast, bool):
+        raise TypeError(f"autocast must be True, False or None (the device's rule), got {autocast!r}")
+    return autocast
+
+
+def compute_dtype_name(autocast: bool) -> str:
+    """``"bfloat16"`` under autocast, else ``"float32"``: the compute dtype recorded in run configs."""
+    return "bfloat16" if autocast else "float32"
+
+
 @contextlib.contextmanager
 def autocast(
     device: str | torch.device | nn.Module = "auto",
@@ -275,8 +303,8 @@ def autocast(
 ) -> Iterator[None]:
     """bfloat16 autocast for rollouts and training, where speed matters more than the last bits.
 
-    On this project's 2-core CPUs bf16 matmuls run ~2.5x faster than fp32. Keep extraction and readouts
-    outside it (exact float32). ``device`` may be a model (its parameters' device is used).
+    Whether to use it is :func:`resolve_autocast`'s rule (on by default only on CUDA). Keep extraction and
+    readouts outside it (exact float32). ``device`` may be a model (its parameters' device is used).
 
     Example:
         >>> with autocast("cpu"):

@@ -317,12 +317,23 @@ def _first(args: tuple, kwargs: dict, name: str, index: int) -> Any:
     return args[index] if len(args) > index else None
 
 
+CACHE_KWARGS = ("cache", "past_key_values")
+"""Where a decoder's forward finds its KV cache: ``cache`` from transformers 5.24 on (``generate`` passes it
+so), ``past_key_values`` before (and from callers still using the deprecated name)."""
+
+
 def _past_length(kwargs: dict, attention_mask: Tensor | None, new_len: int) -> int:
+    """Tokens already in the KV cache when this forward runs (0 for a new prompt).
+
+    A 2-D attention mask covers the cached and the new tokens. Without one (``generate`` passes none when no
+    row needs padding), the cache itself says how long it is; the pre-hook runs before the call appends.
+    """
     if attention_mask is not None and attention_mask.ndim == 2:
         return int(attention_mask.shape[1]) - new_len
-    cache = kwargs.get("past_key_values")
-    if cache is not None and hasattr(cache, "get_seq_length"):
-        return int(cache.get_seq_length())
+    for name in CACHE_KWARGS:
+        cache = kwargs.get(name)
+        if cache is not None and hasattr(cache, "get_seq_length"):
+            return int(cache.get_seq_length())
     return 0
 
 

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from probes.concept_vector import ConceptVector, dataset_hash
-from probes.layers import check_layer, model_family, n_layers
+from probes.layers import check_layer, model_dtype, model_family, n_layers
 from probes.record import capture
 from steering.datasets import self_report_prompts
 from steering.generate import render_prompts
@@ -127,6 +127,7 @@ def sentiment_vector(model: Any, tokenizer: Any, *, name: str = "") -> ConceptVe
         {layer: (a[0] - a[1]).float() for layer, a in acts.items()},
         model_name=name or str(getattr(model.config, "welfare_axis_name", "") or type(model).__name__),
         model_family=model_family(model),
+        model_dtype=model_dtype(model),
         position="last",
         method="prompt_pair_diff",
         dataset_hash=dataset_hash(texts),

@@ -244,6 +244,27 @@ def test_generate_kv_cache_equals_recomputation(model: nn.Module) -> None:
     assert torch.equal(recomputed, cached[:, IDS.shape[1] :])
 
 
+@pytest.mark.filterwarnings("ignore:`past_key_values` is deprecated:FutureWarning")
+@pytest.mark.parametrize("keyword", ["cache", "past_key_values"])
+def test_a_cached_call_without_a_mask_is_a_decoding_step(model: nn.Module, keyword: str) -> None:
+    # generate (transformers >= 5.24) decodes with the cache under `cache` and no attention mask when no
+    # row is padded; the deprecated `past_key_values` must still be read. A step that is not recognised
+    # as a decoding step would look like a new prompt and go unsteered under positions="generated".
+    v = torch.randn(D_MODEL) * 8
+    last = torch.zeros_like(IDS, dtype=torch.bool)
+    last[:, -1] = True
+    with torch.no_grad():
+        with apply(model, v, layers=[0], alpha=4.0, positions="generated") as handle:
+            prefix = model(IDS[:, :-1], use_cache=True)
+            step = model(IDS[:, -1:], use_cache=True, **{keyword: prefix.cache})
+        with apply(model, v, layers=[0], alpha=4.0, positions=last):
+            expected = model(IDS).logits[:, -1]
+        unsteered = model(IDS).logits[:, -1]
+    assert handle.n_calls == 2 and not handle.prompt_mask.any()
+    torch.testing.assert_close(step.logits[:, -1], expected, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(step.logits[:, -1], unsteered, atol=1e-3)
+
+
 def test_generated_rule_leaves_prompt_pass_alone(model: nn.Module) -> None:
     v = torch.randn(D_MODEL) * 8
     kwargs = dict(max_new_tokens=5, do_sample=False, pad_token_id=0)

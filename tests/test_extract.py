@@ -57,6 +57,20 @@ def test_train_concept_vectors_is_eq1_by_hand(tiny):
     assert v.method == "mean_diff" and v.position == "last" and v.site == "resid_post"
     assert v.model_name == model.config.welfare_axis_name and v.model_family == "llama/L3/d64"
     assert v.dataset_hash == classes_hash(texts)
+    assert v.model_dtype == "float32" and v.provenance()["model_dtype"] == "float32"
+
+
+def test_vectors_record_the_weights_dtype_and_it_survives_saving(tiny, tmp_path):
+    import copy
+
+    from probes.concept_vector import ConceptVector
+
+    model, tok = tiny
+    half = copy.deepcopy(model).to(torch.bfloat16)
+    v = train_concept_vectors(half, tok, small_classes(), batch_size=2)["Mold"]
+    assert v.model_dtype == "bfloat16"
+    v.save(tmp_path / "mold")
+    assert ConceptVector.load(tmp_path / "mold").model_dtype == "bfloat16"
 
 
 def test_single_reference_method_and_layer_subset(tiny):

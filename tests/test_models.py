@@ -303,6 +303,18 @@ def test_bad_device_and_dtype_are_clear_errors() -> None:
             resolve_device("cuda")
 
 
+def test_one_precision_rule_by_device_never_by_timing() -> None:
+    from probes.models import compute_dtype_name, resolve_autocast
+
+    assert resolve_autocast(None, "cpu") is False and resolve_autocast(None, torch.device("cpu")) is False
+    assert resolve_autocast(None, "cuda") is True and resolve_autocast(None, "cuda:1") is True
+    assert resolve_autocast(None, "auto") is torch.cuda.is_available()
+    assert resolve_autocast(True, "cpu") is True and resolve_autocast(False, "cuda") is False
+    assert compute_dtype_name(False) == "float32" and compute_dtype_name(True) == "bfloat16"
+    with pytest.raises(TypeError, match="autocast must be True, False or None"):
+        resolve_autocast("yes", "cpu")  # type: ignore[arg-type]
+
+
 def test_autocast_runs_matmuls_in_bfloat16_and_can_be_disabled() -> None:
     model, tok = tiny_model("llama")
     x = torch.ones(2, 2)

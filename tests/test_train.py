@@ -58,6 +58,7 @@ def test_cli_two_step_run_writes_config_metrics_checkpoints_and_eval(tmp_path, c
     assert "before:" in printed and "after:" in printed
     config = json.loads((out / "config.json").read_text())
     assert config["algo"] == "dr_grpo" and config["steps"] == 2 and config["n_turns"] == 2
+    assert config["autocast"] is False  # the dtype rule resolved on the CPU and recorded: float32
     lines = metrics(out)
     assert [r["step"] for r in lines] == [0, 1]
     for key in ("mean_return", "gold_per_episode", "mold_per_episode", "entropy", "entropy_eq", "loss", "lr"):
@@ -255,8 +256,11 @@ def test_resume_with_another_config_is_refused(tmp_path):
         T.main(tiny_args(tmp_path, steps=2))
     with pytest.raises(FileNotFoundError, match="nothing to resume"):
         T.main(tiny_args(tmp_path, name="never_started", steps=2, resume=True))
-    # threads and progress may change
-    T.main(tiny_args(tmp_path, steps=2, resume=True, threads=2))
+    # the precision is part of the run: bf16 autocast cannot continue a float32 run
+    with pytest.raises(ValueError, match=r"autocast: False \(saved\) vs True \(now\)"):
+        T.main(tiny_args(tmp_path, steps=2, resume=True, autocast=True))
+    # threads and progress may change; autocast=None resolves to the saved float32 on this CPU
+    T.main(tiny_args(tmp_path, steps=2, resume=True, threads=2, autocast=None))
 
 
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
