@@ -1,6 +1,6 @@
 """Data-parallel step throughput: 2 processes (torchrun, gloo) against 1 process, same global batch.
 
-One training step is: each rank collects its maze-seed shards (``maze_env.distributed.local_shards``,
+One training step is: each rank collects its maze-seed shards (``training.distributed.local_shards``,
 KV-cached rollouts masked to the four direction tokens), then one Dr. GRPO update on them through DDP
 (``pm(action_logits, batch)``, gradients all-reduced). The global batch, model, shards and
 micro-batches are identical in both runs; only the number of processes changes.
@@ -68,9 +68,9 @@ def build(model_name: str):
 def timed_steps(args: argparse.Namespace, threads: int) -> dict[str, float]:
     """Run ``1 + args.steps`` training steps in this process group; median seconds of the timed ones."""
     from maze_env import MazeConfig
-    from maze_env import distributed as D
-    from maze_env import losses as L
-    from maze_env.rollout import EpisodeBatch, action_logits, collect_episodes
+    from training import distributed as D
+    from training import losses as L
+    from training.rollout import EpisodeBatch, action_logits, collect_episodes
 
     torch.set_num_threads(threads)
     ctx = D.init(backend="gloo", device="cpu")

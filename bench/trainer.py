@@ -7,7 +7,7 @@ chosen by timing, so the figures compare across machines. ``--autocast`` runs ev
 baselines alike, under bfloat16 autocast instead: about 2x faster on CPUs with AVX512-BF16/AMX, about
 100x slower on AVX2-only ones. Run it both ways to compare a machine's two precisions.
 
-(a) Rollouts. ``maze_env.rollout.collect_episodes`` plays ``--episodes`` mazes of ``--turns`` turns
+(a) Rollouts. ``training.rollout.collect_episodes`` plays ``--episodes`` mazes of ``--turns`` turns
     (KV cache reused across turns, only the new tokens fed, logits read at the last position) against a
     naive loop: every turn, every conversation is re-rendered in full and ``model.generate(max_new_tokens=1)``
     runs over it without cache reuse (batched over the episodes, left padding, same sampling settings).
@@ -15,11 +15,11 @@ baselines alike, under bfloat16 autocast instead: about 2x faster on CPUs with A
     throughput of both is the rollout's real tokens divided by its wall time. The episodes come in GRPO
     groups, whose shared first prompt the rollout feeds once per group (as in training; ~8% of a
     15-turn episode's tokens) and the naive loop once per episode.
-(b) Training step. ``TrainerStep`` (the slot for the trainer) times one optimisation step of ``maze_env.train.train_step``
+(b) Training step. ``TrainerStep`` (the slot for the trainer) times one optimisation step of ``training.train_step``
     (Dr. GRPO with the CPU preset's LoRA: r=16, alpha=32, every linear layer of the top 8 decoder layers;
     AdamW, micro-batch ``--micro-batch``) on ``--train-episodes`` rollout episodes. TRL's
     ``GRPOTrainer`` runs in this process on the same model with the same LoRA adapter (built by
-    ``maze_env.train.make_policy``), the same batch (``--train-episodes`` sequences per optimizer step,
+    ``training.make_policy``), the same batch (``--train-episodes`` sequences per optimizer step,
     the same micro-batch), loss (``dr_grpo``, beta=0: no reference pass, as in the preset), precision,
     no gradient checkpointing (TRL's default is on; ours never checkpoints), and sequence lengths: its
     prompt is one of our episodes' conversations up to the final assistant header and it generates
@@ -78,8 +78,8 @@ from typing import Any
 import torch
 
 from maze_env import MazeConfig
-from maze_env.rollout import EpisodeBatch, collect_episodes
 from probes.models import resolve_autocast
+from training.rollout import EpisodeBatch, collect_episodes
 
 MODEL = "smollm2-135m-instruct"
 LINEAR_LAYERS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -155,13 +155,13 @@ def naive_rollout_seconds(model, tokenizer, episodes: EpisodeBatch, *, autocast:
 
 
 # ----------------------------------------------------------------------------------------------------
-# (b) the training step (slot for maze_env.train) and its FLOPs
+# (b) the training step (slot for training.train) and its FLOPs
 # ----------------------------------------------------------------------------------------------------
 
 
 def trainer_args(train_episodes: int, micro_batch: int, n_layers: int, *, bf16: bool):
     """The CPU preset's Dr. GRPO settings (the algorithm TRL's GRPOTrainer runs), sized for the benchmark batch."""
-    from maze_env.train import PRESETS, preset_args
+    from training import PRESETS, preset_args
 
     return preset_args(
         "cpu",
@@ -179,15 +179,15 @@ def trainer_args(train_episodes: int, micro_batch: int, n_layers: int, *, bf16: 
 
 
 class TrainerStep:
-    """The benchmark's slot for the project's trainer: one optimisation step of ``maze_env.train``.
+    """The benchmark's slot for the project's trainer: one optimisation step of ``training.train``.
 
-    Builds the policy and optimizer the way ``maze_env.train.main`` does (``make_policy``,
+    Builds the policy and optimizer the way ``training.main`` does (``make_policy``,
     ``make_optimizer``) and runs ``train_step`` on a fixed batch: forward + loss + backward + optimizer
     step. Calling it returns ``(wall seconds, process CPU seconds)``.
     """
 
     def __init__(self, model, tokenizer, episodes: EpisodeBatch, *, micro_batch: int, bf16: bool) -> None:
-        from maze_env.train import make_optimizer, make_policy
+        from training import make_optimizer, make_policy
 
         self.args = trainer_args(len(episodes), micro_batch, model.config.num_hidden_layers, bf16=bf16)
         self.policy = make_policy(self.args, model, tokenizer)
@@ -196,7 +196,7 @@ class TrainerStep:
         self.calls = 0
 
     def __call__(self) -> tuple[float, float]:
-        from maze_env.train import train_step
+        from training import train_step
 
         wall, cpu = time.perf_counter(), time.process_time()
         stats = train_step(self.policy, self.optimizer, self.episodes, self.args, step=0)

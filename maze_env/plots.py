@@ -74,7 +74,7 @@ def maze_figure(
 
 
 def episode_positions(batch: Any, index: int = 0) -> tuple[np.ndarray, list[tuple[int, int]]]:
-    """Replay episode ``index`` of an :class:`~maze_env.rollout.EpisodeBatch` (or a logged one) in the env.
+    """Replay episode ``index`` of an :class:`~training.rollout.EpisodeBatch` (or a logged one) in the env.
 
     Returns the maze layout before the episode and every position visited, start first (a wind push adds
     its own position). The moves and the logged wind pushes must reproduce the logged rewards; otherwise the
@@ -107,7 +107,7 @@ def episode_positions(batch: Any, index: int = 0) -> tuple[np.ndarray, list[tupl
 
 
 def episode_figure(batch: Any, index: int = 0, *, title: str | None = None) -> go.Figure:
-    """:func:`maze_figure` of one episode of a batch (e.g. ``maze_env.episodes.load_episodes(path)``)."""
+    """:func:`maze_figure` of one episode of a batch (e.g. ``training.episodes.load_episodes(path)``)."""
     grid, positions = episode_positions(batch, index)
     ret = float(batch.rewards[index].sum())
     gold, mold = int(batch.delta_gold[index].sum()), int(batch.delta_mold[index].sum())

@@ -30,13 +30,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.metadata
 import json
 import math
 import os
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,11 +53,10 @@ GGUF_PROVENANCE_KEY = "welfare_axis.provenance"
 
 
 def _library_version() -> str:
+    """The installed welfare-axis version (package metadata), or ``"unknown"`` when run uninstalled."""
     try:
-        from welfare_axis import __version__
-
-        return str(__version__)
-    except Exception:  # pragma: no cover - the package is always importable from the repo
+        return importlib.metadata.version("welfare-axis")
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - run from a bare checkout
         return "unknown"
 
 
@@ -424,21 +423,6 @@ class ConceptVector:
         bad = [layer for layer in self.layers if layer >= total]
         if bad:
             raise IndexError(f"vector layers {bad} are out of range for a model with layers 0..{total - 1}")
-
-    def apply(self, model: nn.Module, **kwargs: Any) -> AbstractContextManager[Any]:
-        """Steer ``model`` with this vector: delegates to ``steering.apply.apply(model, self, **kwargs)``.
-
-        Keyword arguments are those of ``steering.apply.apply`` (``layers``, ``alpha``, ``positions``,
-        ``operator``).
-
-        Example:
-            >>> with v_mold.apply(model, layers=[6], alpha=4.0):  # doctest: +SKIP
-            ...     out = model.generate(**inputs)
-        """
-        self.check_model(model)
-        from steering.apply import apply as _apply
-
-        return _apply(model, self, **kwargs)
 
     # ---- persistence --------------------------------------------------------------------------
     def save(self, path: str | os.PathLike[str]) -> Path:

@@ -5,7 +5,7 @@ user turn and the assistant header. :class:`MazeStates` holds the episodes (chat
 actions, wind) and, per state, what the world looked like: position, start, neighbour tiles, the reward
 of the previous turn, the turn index, and (replayed on demand) the grid with melted tiles. They come
 from scripted walks (:meth:`MazeStates.from_trajectories`), LM rollouts
-(:meth:`MazeStates.from_episodes`, a ``maze_env.rollout.EpisodeBatch``) or uniform random walks
+(:meth:`MazeStates.from_episodes`, a ``training.rollout.EpisodeBatch``) or uniform random walks
 (:meth:`MazeStates.random_walks`).
 
 :func:`read_decisions` runs the model once per episode and reads, at every decision position, the
@@ -217,7 +217,7 @@ class MazeStates:
 
     @classmethod
     def from_episodes(cls, batch: Any) -> MazeStates:
-        """States of LM rollouts (a ``maze_env.rollout.EpisodeBatch``): one per decision, wind included."""
+        """States of LM rollouts (a ``training.rollout.EpisodeBatch``): one per decision, wind included."""
         states = cls.build(
             batch.messages,
             batch.seeds,

@@ -6,7 +6,7 @@ For a KL-regularised policy, logits are soft Q-values up to a per-state constant
 - ``Q^(s, a) = beta * l(s, a)`` for the four direction tokens N, E, S, W (``l``: output logits, or the
   logit lens of layer ``l`` when ``layer`` is given),
 - ``V^(s) = beta * logsumexp_a l(s, a)`` over the same four tokens (the action set the rollouts sample
-  from: ``maze_env.rollout`` masks sampling to these tokens),
+  from: ``training.rollout`` masks sampling to these tokens),
 - ``beta * log pi(a|s) = Q^(s, a) - V^(s)`` (the policy restricted to the four tokens, temperature 1),
 - the implicit reward against a reference model, ``beta * (log pi(a|s) - log pi_ref(a|s))``.
 

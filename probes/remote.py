@@ -40,7 +40,6 @@ from torch import Tensor, nn
 from probes import layers as _layers
 from probes import positions as _positions
 from probes.positions import Message, Position
-from steering.operators import OPERATORS
 
 API_KEY_ENV = "NDIF_API_KEY"
 HOST_ENV = "NDIF_HOST"
@@ -289,53 +288,6 @@ class RemoteModel:
     def __repr__(self) -> str:
         where = self.host if self.remote is True else "local simulation"
         return f"RemoteModel({getattr(self.lm, 'repo_id', None)!r} @ {where})"
-
-
-class NamedOperator:
-    """A steering operator referred to by its factory name, so it survives shipping to NDIF.
-
-    ``steering.operators.add()`` returns a closure renamed to ``"add"``; nnsight 0.8 rebuilds shipped
-    functions by looking up ``__name__`` in their source, so the renamed closure fails to load on the
-    server ("Could not find function 'add'"). This wrapper pickles as the name and rebuilds the
-    operator there. Use :func:`portable_operator`.
-    """
-
-    def __init__(self, name: str) -> None:
-        if name not in OPERATORS:
-            raise ValueError(f"unknown steering operator {name!r}: choose one of {sorted(OPERATORS)}")
-        self.name = name
-        self._op = OPERATORS[name]()  # a module global: shipped by value, no import on the server
-
-    def __call__(self, hidden: Tensor, direction: Tensor, alpha: float) -> Tensor:
-        return self._op(hidden, direction, alpha)
-
-    def __getstate__(self) -> dict[str, str]:
-        return {"name": self.name}
-
-    def __setstate__(self, state: dict[str, str]) -> None:
-        self.__init__(state["name"])
-
-    def __repr__(self) -> str:
-        return f"NamedOperator({self.name!r})"
-
-
-def portable_operator(operator: Any = None) -> Any:
-    """``operator`` (default ``add()``) in a form that can be shipped in a remote request.
-
-    Operators built by ``steering.operators`` factories become :class:`NamedOperator`; anything
-    else is returned unchanged (a module-level function ships fine).
-
-    Example:
-        >>> from steering.operators import ablate
-        >>> portable_operator(ablate())
-        NamedOperator('ablate')
-    """
-    if operator is None:
-        return NamedOperator("add")
-    name = getattr(operator, "__name__", None)
-    if name in OPERATORS and getattr(operator, "__module__", None) == "steering.operators":
-        return NamedOperator(name)
-    return operator
 
 
 def nnsight_target(

@@ -37,6 +37,7 @@ from torch import nn
 from maze_env import config_for_preset
 from maze_env.scripted import scripted_trajectories
 from probes import layers as _layers
+from probes.artifacts import atomic_write
 from probes.emotions import (
     DEFAULT_TOKEN_OFFSET,
     EmotionStory,
@@ -62,7 +63,6 @@ from probes.q_readout import lens_direction_logits, q_correlation, readout_from_
 from probes.selection import best_mean_auroc_layer, select_layer
 from probes.sentiment import labelled_sentiment_axis, load_sentiment, prompt_sentiment_axis
 from probes.tracking import HELD_OUT_SEED, feedback_tracking, maze_tracking
-from welfare_axis.artifacts import atomic_write
 
 
 @dataclass(frozen=True)
@@ -559,7 +559,7 @@ def markdown_tables(report: dict[str, Any]) -> str:
 
 
 def write_json(report: dict[str, Any], path: str | os.PathLike[str]) -> Path:
-    """Write ``report`` as JSON atomically (``welfare_axis.artifacts.atomic_write``), key order kept."""
+    """Write ``report`` as JSON atomically (``probes.artifacts.atomic_write``), key order kept."""
     text = json.dumps(report, indent=1, ensure_ascii=False)
     return atomic_write(Path(path), lambda p: p.write_text(text, encoding="utf-8"))
 

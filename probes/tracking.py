@@ -26,9 +26,11 @@ Example:
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -171,6 +173,21 @@ def maze_tracking(
     return out if isinstance(vector, Mapping) else out[""]
 
 
+QA_PATH = Path(__file__).resolve().parent / "data" / "qa.jsonl"
+"""The shipped short-answer questions (``id, question, answer, aliases, topic``; 340 rows)."""
+
+
+def load_qa() -> list[dict[str, Any]]:
+    """The shipped QA rows, in file order.
+
+    Example:
+        >>> load_qa()[0]["id"]
+        'qa-001'
+    """
+    with QA_PATH.open(encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
 def feedback_conversations(
     items: Sequence[Any] | None = None, *, n: int | None = None, seed: int = 0
 ) -> dict[str, list[list[dict[str, str]]]]:
@@ -178,7 +195,7 @@ def feedback_conversations(
 
     Args:
         items: QA rows with ``question``, ``answer`` (and optionally ``topic``); default
-            ``steering.data.load_jsonl("qa")``.
+            :func:`load_qa` (``probes/data/qa.jsonl``, the set ``steering.data.load_jsonl("qa")`` reads).
         n: use the first ``n`` items after a seeded shuffle (default all).
         seed: shuffle and wrong-answer seed.
 
@@ -186,9 +203,7 @@ def feedback_conversations(
         ``{"correct": [...], "incorrect": [...]}``, one conversation per item in each.
     """
     if items is None:
-        from steering.data import load_jsonl
-
-        items = load_jsonl("qa")
+        items = load_qa()
     rows = [r if isinstance(r, dict) else r.__dict__ for r in items]
     if len(rows) < 2:
         raise TrackingError("need at least 2 QA items")

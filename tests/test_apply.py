@@ -440,7 +440,7 @@ def test_nnsight_backend_matches_hooks(chat_model) -> None:
     assert torch.equal(traced_gen, hooked_gen)
 
 
-def test_concept_vector_apply_delegates_here(model: nn.Module) -> None:
+def test_concept_vectors_steer_like_their_directions(model: nn.Module) -> None:
     from probes.concept_vector import ConceptVector
 
     torch.manual_seed(8)
@@ -449,7 +449,7 @@ def test_concept_vector_apply_delegates_here(model: nn.Module) -> None:
     with torch.no_grad():
         with apply(model, directions, alpha=2.0, positions="all"):
             expected = model(IDS).logits
-        with vector.apply(model, alpha=2.0, positions="all") as handle:
+        with apply(model, vector, alpha=2.0, positions="all") as handle:
             got = model(IDS).logits
     assert handle.layers == [1]
     assert torch.equal(got, expected)

@@ -6,7 +6,7 @@ import errno
 
 import pytest
 
-from welfare_axis.artifacts import atomic_write, read_json, write_json
+from probes.artifacts import atomic_write, read_json, write_json
 
 
 def test_write_json_round_trips(tmp_path):

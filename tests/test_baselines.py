@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from maze_env.baselines import POLICIES, baseline_table, evaluate_policy, format_table, main
 from maze_env.config import MazeConfig
-from maze_env.train import heldout_seeds
+from training import heldout_seeds
+from training.baselines import POLICIES, baseline_table, evaluate_policy, format_table, main
 
 NO_WIND = MazeConfig(wind_prob=0.0)
 

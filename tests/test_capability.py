@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from probes.capability import general_texts, perplexity, qa_accuracy
+from steering.evals.capability import general_texts, perplexity, qa_accuracy
 
 
 def test_perplexity_matches_hand_computation_and_is_batch_invariant(tiny_llama):

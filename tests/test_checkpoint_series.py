@@ -9,11 +9,11 @@ import shutil
 import pytest
 import torch
 
-from maze_env import train as T
-from probes import checkpoint_series as CS
+import training as T
 from probes.emotions import emotion_vectors, load_emotion_stories, load_neutral_texts, valence_axis
 from probes.extract import reward_vectors
 from probes.report import subset_stories
+from welfare_axis import checkpoint_series as CS
 
 SIZES = dict(n_per_class=4, n_emotions=4, stories_per_emotion=2, n_neutral=6)
 

@@ -185,8 +185,9 @@ def test_dataset_hash_depends_on_boundaries():
     assert dataset_hash(["x"]) == dataset_hash(["x"])
 
 
-def test_apply_delegates_to_steering_apply():
-    pytest.importorskip("steering.apply")
+def test_steering_with_a_concept_vector_checks_its_family():
+    from steering.apply import apply
+
     torch.manual_seed(0)
     model = LlamaForCausalLM(
         LlamaConfig(
@@ -202,10 +203,11 @@ def test_apply_delegates_to_steering_apply():
     v = ConceptVector({0: torch.randn(64)}, model_family=L.model_family(model))
     with torch.no_grad():
         base = model(ids, output_hidden_states=True).hidden_states[1]
-        with v.apply(model, alpha=2.0, positions="all"):
+        with apply(model, v, alpha=2.0, positions="all"):
             steered = model(ids, output_hidden_states=True).hidden_states[1]
         after = model(ids, output_hidden_states=True).hidden_states[1]
     torch.testing.assert_close(steered, base + 2.0 * v[0], rtol=0, atol=1e-6)
     assert torch.equal(after, base)
     with pytest.raises(FamilyMismatchError):
-        v.replace(model_family="gemma3/L2/d64").apply(model, alpha=1.0, positions="all")
+        with apply(model, v.replace(model_family="gemma3/L2/d64"), alpha=1.0, positions="all"):
+            pass

@@ -1,7 +1,7 @@
-"""maze_env.distributed for real: 2 CPU processes (gloo, launched by torchrun) equal 1 process.
+"""training.distributed for real: 2 CPU processes (gloo, launched by torchrun) equal 1 process.
 
 The worker below is a compact Dr. GRPO trainer on a tiny LoRA model built from the toolkit's pieces
-(``collect_episodes``, ``action_logits``, ``maze_env.losses``) wired the way ``maze_env.distributed``
+(``collect_episodes``, ``action_logits``, ``training.losses``) wired the way ``training.distributed``
 prescribes:
 
 - each rank collects its seed shards;
@@ -31,7 +31,7 @@ if str(REPO) not in sys.path:  # run as a script by torchrun
     sys.path.insert(0, str(REPO))
 
 from maze_env import MazeConfig  # noqa: E402
-from maze_env import distributed as D  # noqa: E402
+from training import distributed as D  # noqa: E402
 
 CONFIG = MazeConfig(size=12, n_turns=3)
 GROUP = 2
@@ -69,8 +69,8 @@ def make_policy():
 
 def run(ctx: D.DistContext, strategy: str, steps: range, state_dir: Path | None = None) -> dict:
     """Train ``steps`` (optionally resuming from / saving to ``state_dir``); return metrics and final weights."""
-    from maze_env import losses as L
-    from maze_env.rollout import EpisodeBatch, action_logits, collect_episodes
+    from training import losses as L
+    from training.rollout import EpisodeBatch, action_logits, collect_episodes
 
     model, tok = make_policy()
     pm = D.parallelize(model, ctx, strategy)
@@ -110,13 +110,13 @@ def run(ctx: D.DistContext, strategy: str, steps: range, state_dir: Path | None 
 
 
 def trainer_supports_distributed() -> bool:
-    from maze_env import train
+    from training import train
 
     return hasattr(train.Args, "rollout_shards")
 
 
 def trainer_args(out: Path, **overrides):
-    from maze_env.train import Args
+    from training import Args
 
     settings = dict(
         model="tiny-llama", steps=2, episodes_per_step=4, group_size=2, rollout_shards=2, n_turns=3,
@@ -134,7 +134,7 @@ def worker(out: Path) -> None:
     with D.session(backend="gloo", device="cpu") as ctx:
         assert ctx.world_size == 2
         if trainer_supports_distributed():
-            from maze_env.train import main
+            from training import main
 
             main(trainer_args(out / "train_ddp"))
             main(trainer_args(out / "train_fsdp", parallel="fsdp"))
@@ -210,7 +210,7 @@ def test_two_processes_equal_one_process(two_process_run):
             assert got["return"] == pytest.approx(want["return"], abs=1e-9)  # identical episodes
             assert got["loss"] == pytest.approx(want["loss"], abs=1e-6)
     # PPO whitening with the global batch's statistics: rank r holds rows r, r+2
-    from maze_env import losses as L
+    from training import losses as L
 
     expected = L.whiten(WHITEN_VALUES, WHITEN_MASK)
     rank0, rank1 = (torch.tensor(w) for w in summary["whitened"])
@@ -247,10 +247,10 @@ def _trainer_run(run_dir: Path) -> tuple[dict, list[dict]]:
 
 
 def test_trainer_two_processes_equal_one_and_resume_on_one(two_process_run, tmp_path):
-    """maze_env.train.main under torchrun (DDP and FSDP) against one process; resume 2 -> 1 processes."""
+    """training.main under torchrun (DDP and FSDP) against one process; resume 2 -> 1 processes."""
     if not trainer_supports_distributed():
-        pytest.skip("maze_env.train has no rollout_shards/parallel yet (patch: see the distributed report)")
-    from maze_env.train import main
+        pytest.skip("training.train has no rollout_shards/parallel yet (patch: see the distributed report)")
+    from training import main
 
     single = main(trainer_args(tmp_path / "single"))
     w_single, m_single = _trainer_run(tmp_path / "single")
@@ -310,7 +310,7 @@ def test_one_process_helpers_are_exact():
     assert D.gather_objects({"x": 1}, ctx) == [{"x": 1}]
     assert D.broadcast_object("run-7", ctx) == "run-7"
     assert torch.equal(D.all_reduce_sum(torch.tensor([1.0, 2.0]), ctx), torch.tensor([1.0, 2.0]))
-    from maze_env import losses as L
+    from training import losses as L
 
     values = torch.tensor([[1.0, 2.0, 4.0], [3.0, -1.0, 0.5]], dtype=torch.float64)
     mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]], dtype=torch.float64)

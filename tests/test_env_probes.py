@@ -108,7 +108,7 @@ def test_probe_errors(walks):
 
 
 def test_probe_model_on_a_tiny_model_and_rollout_states():
-    from maze_env.rollout import collect_episodes
+    from training.rollout import collect_episodes
 
     model, tok = tiny_model("llama", seed=2)
     config = MazeConfig(size=30, n_turns=3, wind_prob=0.5)

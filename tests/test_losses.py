@@ -1,4 +1,4 @@
-"""Every advantage and loss in maze_env.losses against numbers worked out by hand in the test."""
+"""Every advantage and loss in training.losses against numbers worked out by hand in the test."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from maze_env import losses as L
+from training import losses as L
 
 T = torch.tensor
 

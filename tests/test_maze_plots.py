@@ -38,10 +38,10 @@ def test_training_curves():
 
 def test_episode_figure_replays_a_logged_episode_and_refuses_one_that_does_not_replay(tmp_path):
     from maze_env.config import MazeConfig
-    from maze_env.episodes import load_episodes, save_episodes
     from maze_env.plots import episode_figure, episode_positions
-    from maze_env.rollout import collect_episodes
     from probes.models import tiny_model
+    from training.episodes import load_episodes, save_episodes
+    from training.rollout import collect_episodes
 
     model, tok = tiny_model("llama")
     config = MazeConfig(n_turns=4, size=16)

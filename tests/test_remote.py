@@ -37,9 +37,9 @@ from probes.remote import (
     capture,
     make_backend,
     nnsight_target,
-    portable_operator,
     resolve_host,
 )
+from steering.operators import portable_operator
 
 KEY = "test-key-7f3a"
 REPO = "welfare-axis-tests/tiny-llama"

@@ -11,16 +11,16 @@ from gymnasium.utils import seeding
 
 from maze_env import MazeConfig, MazeEnv, Tile, generate_maze, render_chat
 from maze_env.dynamics import move, neighbours
-from maze_env.episodes import EpisodeLogError, load_episodes, read_episode_info, save_episodes
-from maze_env.rollout import (
+from probes.models import tiny_model
+from probes.tokens import direction_token_ids
+from training.episodes import EpisodeLogError, load_episodes, read_episode_info, save_episodes
+from training.rollout import (
     EpisodeBatch,
     action_logits,
     collect_episodes,
     direction_log_probs,
     episode_token_ids,
 )
-from probes.models import tiny_model
-from probes.tokens import direction_token_ids
 
 SEEDS = [3, 11, 12, 40]
 SHORT = MazeConfig(n_turns=4)
@@ -345,7 +345,7 @@ def test_ambiguous_direction_letters_raise(llama):
         tok.chat_template = original
 
 
-@pytest.mark.parametrize("module_name", ["maze_env.rollout", "maze_env.episodes"])
+@pytest.mark.parametrize("module_name", ["training.rollout", "training.episodes"])
 def test_docstring_examples_run(module_name):
     import importlib
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from welfare_axis.artifacts import write_json
+from probes.artifacts import write_json
 from welfare_axis.stages import IncompatibleRunError, StageRunner, config_hash
 
 

@@ -9,7 +9,7 @@ from collections import Counter
 
 import pytest
 
-from steering.data import DATA_DIR, DATASETS, MARKER_LISTS, load_jsonl, load_markers, make_arithmetic
+from steering.data import DATASETS, MARKER_LISTS, dataset_path, load_jsonl, load_markers, make_arithmetic
 
 GLYPHS = {"🗂", "📐", "🧾"}
 CONTROLS = {"🌳", "🚗", "A", "B"}
@@ -26,7 +26,7 @@ def _assert_schema(rows: list[dict], required: dict[str, type]) -> None:
 
 @pytest.mark.parametrize("name", DATASETS)
 def test_ids_unique_and_files_are_clean_jsonl(name: str) -> None:
-    text = (DATA_DIR / f"{name}.jsonl").read_text(encoding="utf-8")
+    text = dataset_path(name).read_text(encoding="utf-8")
     assert text.endswith("\n") and "\n\n" not in text
     rows = load_jsonl(name)
     ids = [r["id"] for r in rows]

@@ -11,11 +11,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import training as T
 from maze_env import MazeConfig, MazeEnv
-from maze_env import losses as L
-from maze_env import train as T
-from maze_env.expert_data import expert_episodes
-from maze_env.rollout import action_logits, collect_episodes, episode_token_ids
+from training import losses as L
+from training import train as loop
+from training import update as U
+from training.algorithms import ALGORITHMS
+from training.config import scaled_for_step
+from training.expert_data import expert_episodes
+from training.rollout import action_logits, collect_episodes, episode_token_ids
 
 TINY = dict(
     model="tiny-llama",
@@ -86,7 +90,7 @@ def test_cli_two_step_run_writes_config_metrics_checkpoints_and_eval(tmp_path, c
     assert evals["before"]["n_episodes"] == 2 and evals["after"]["n_episodes"] == 2
     assert evals["before"]["seeds"] == T.heldout_seeds(2)
     # every step's episodes and both evaluations are logged (safetensors + JSON) and read back exactly
-    from maze_env.episodes import load_episodes, read_episode_info
+    from training.episodes import load_episodes, read_episode_info
 
     logs = sorted(p.name for p in (out / "episodes").glob("*.safetensors"))
     assert logs == ["eval_after.safetensors", "eval_before.safetensors", "step_000000.safetensors",
@@ -116,6 +120,14 @@ def test_cli_rejects_bad_input_with_clear_errors(tmp_path, capsys):
     assert "no_such_model" in capsys.readouterr().err
     assert cli_main([*base, "--preset", "gpu9000"]) == 2
     assert "unknown preset 'gpu9000'" in capsys.readouterr().err
+
+
+def test_every_algorithm_is_a_command_line_choice():
+    import typing
+
+    from training.config import Algo
+
+    assert typing.get_args(Algo) == T.ALGOS == tuple(ALGORITHMS)
 
 
 def test_validate_names_the_bad_value():
@@ -152,12 +164,12 @@ def test_curriculum_is_validated_with_a_clear_error():
     assert [T.step_turns(a, s) for s in range(4)] == [(3, 5), (3, 5), (15, 1), (15, 1)]
     scaled = dataclasses.replace(a, curriculum_scale=40)
     assert [T.step_turns(scaled, s) for s in range(3)] == [(3, 40), (3, 40), (15, 1)]
-    assert T._scaled_for_step(scaled, 0).episodes_per_step == 40 * a.episodes_per_step
+    assert scaled_for_step(scaled, 0).episodes_per_step == 40 * a.episodes_per_step
     assert T.step_turns(T.Args(n_turns=15), 0) == (15, 1)
 
 
 def test_curriculum_steps_play_more_shorter_episodes(tmp_path):
-    from maze_env.episodes import load_episodes
+    from training.episodes import load_episodes
 
     run = T.main(tiny_args(tmp_path, steps=3, curriculum_turns=1, curriculum_steps=2, lora_layers=1))
     rows = metrics(run.run_dir)
@@ -173,9 +185,9 @@ def test_sft_best_targets_train_on_the_planner_best_set(tmp_path):
     args = tiny_args(tmp_path, algo="sft", sft_targets="best", steps=1, expert_horizon=1, lr=1e-9)
     policy = T.make_policy(args)
     batch = expert_episodes(policy.tokenizer, seeds=[5, 6], config=T.maze_config(args), horizon=1)
-    loss, logits, _ = T._micro_loss(policy, batch, {}, args, 0.0)
+    loss, logits, _ = U._micro_loss(policy, batch, {}, args, 0.0)
     assert torch.allclose(loss, L.sft_best_set_loss(logits, batch.direction_logits))
-    hard, _, _ = T._micro_loss(policy, batch, {}, dataclasses.replace(args, sft_targets="expert"), 0.0)
+    hard, _, _ = U._micro_loss(policy, batch, {}, dataclasses.replace(args, sft_targets="expert"), 0.0)
     assert torch.allclose(hard, L.sft_loss(logits, batch.actions))
 
 
@@ -264,7 +276,7 @@ def test_resume_with_another_config_is_refused(tmp_path):
 
 
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
-    real = T._micro_loss
+    real = U._micro_loss
 
     def poisoned(policy, chunk, extras, args, entropy_coef):
         loss, logits, stats = real(policy, chunk, extras, args, entropy_coef)
@@ -277,8 +289,8 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
         return real_step(policy, optimizer, episodes, args, step, **kwargs)
 
     poisoned.step = 0
-    monkeypatch.setattr(T, "_micro_loss", poisoned)
-    monkeypatch.setattr(T, "train_step", tracking)
+    monkeypatch.setattr(U, "_micro_loss", poisoned)
+    monkeypatch.setattr(loop, "train_step", tracking)
     run = tmp_path / "run"
     with pytest.raises(
         T.NonFiniteLossError, match=r"loss is nan at step 2.*last good checkpoint is .*step_000002"
@@ -295,8 +307,8 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
 
 @pytest.mark.parametrize("batch_size", [None, 2])
 def test_top_layer_logits_from_rollout_activations_equal_the_full_pass(batch_size):
-    from maze_env.top_layers import assemble, capture_below, top_action_logits
     from probes.models import tiny_model
+    from training.top_layers import assemble, capture_below, top_action_logits
 
     model, tok = tiny_model("llama", n_layers=4)
     with capture_below(model, 2) as captured:
@@ -322,8 +334,8 @@ def test_top_layer_logits_from_rollout_activations_equal_the_full_pass(batch_siz
 
 
 def test_single_turn_groups_are_run_once_with_the_same_logits_and_gradients():
-    from maze_env.top_layers import assemble, capture_below
     from probes.models import tiny_model
+    from training.top_layers import assemble, capture_below
 
     model, tok = tiny_model("llama", n_layers=4)
     seeds = [
@@ -346,11 +358,11 @@ def test_single_turn_groups_are_run_once_with_the_same_logits_and_gradients():
         for shared in (True, False):
             model.zero_grad()
             if shared:
-                logits = T._policy_logits(model, episodes, h, start)
+                logits = U._policy_logits(model, episodes, h, start)
             else:  # one row at a time: no sharing possible
                 logits = torch.cat(
                     [
-                        T._policy_logits(model, episodes.select([i]), None if h is None else h[[i]], start)
+                        U._policy_logits(model, episodes.select([i]), None if h is None else h[[i]], start)
                         for i in range(6)
                     ]
                 )
@@ -364,26 +376,26 @@ def test_single_turn_groups_are_run_once_with_the_same_logits_and_gradients():
 
 
 def test_reusing_rollout_activations_gives_the_same_loss_and_gradients(tmp_path):
-    from maze_env.top_layers import assemble, capture_below
+    from training.top_layers import assemble, capture_below
 
     args = tiny_args(tmp_path, lora_layers=1, algo="reinforce", kl_coef=0.1, episodes_per_step=2)
     policy = T.make_policy(args)
-    start = T.top_layer_start(policy, args)
+    start = U.top_layer_start(policy, args)
     assert start == 1
     with capture_below(policy.model, start) as captured:
         episodes = collect_episodes(policy.model, policy.tokenizer, seeds=[4, 4], config=T.maze_config(args))
     hidden = assemble(captured, episodes)
     extras = {
         "advantages": T.compute_advantages(episodes, args),
-        "ref_logits": T._reference_logits(policy, episodes, args, None, None),
+        "ref_logits": U._reference_logits(policy, episodes, args, None, None),
     }
     assert torch.allclose(
-        extras["ref_logits"], T._reference_logits(policy, episodes, args, hidden, start), atol=1e-5
+        extras["ref_logits"], U._reference_logits(policy, episodes, args, hidden, start), atol=1e-5
     )
     results = []
     for h in (None, hidden):
         policy.model.zero_grad()
-        loss, logits, _ = T._micro_loss(policy, episodes, {**extras, "hidden": h, "start": start}, args, 0.01)
+        loss, logits, _ = U._micro_loss(policy, episodes, {**extras, "hidden": h, "start": start}, args, 0.01)
         loss.backward()
         grads = {n: p.grad.clone() for n, p in policy.model.named_parameters() if p.requires_grad}
         results.append((loss.detach(), logits, grads))

@@ -1,7 +1,7 @@
 """Subcommands added to ``welfare-axis`` by the training code.
 
-``welfare-axis train ...`` takes exactly the flags of ``python -m maze_env.train`` (every field of
-:class:`maze_env.train.Args`, parsed by tyro; ``welfare-axis train --help`` lists them), plus
+``welfare-axis train ...`` takes exactly the flags of ``python -m training.train`` (every field of
+:class:`training.Args`, parsed by tyro; ``welfare-axis train --help`` lists them), plus
 ``--preset cpu`` for the 2-core CPU defaults.
 
 Examples:
@@ -16,7 +16,7 @@ import argparse
 
 
 def _train(args: argparse.Namespace) -> int:
-    from maze_env.train import cli
+    from training import cli
 
     return cli(args.train_args, prog="welfare-axis train")
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import plotly.graph_objects as go
 
-from welfare_axis.artifacts import write_text
+from probes.artifacts import write_text
 
 MEASURES: dict[str, tuple[str, ...]] = {
     "cos_min": ("geometry", "cos_min"),

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from welfare_axis.artifacts import read_json, write_json
+from probes.artifacts import read_json, write_json
 
 STAGE_FORMAT = 1
 """Bumped when a stage's on-disk layout changes; older stage dirs are then recomputed."""

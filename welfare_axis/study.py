@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from welfare_axis.artifacts import read_json, write_json, write_text
+from probes.artifacts import read_json, write_json, write_text
 from welfare_axis.report import export_figures, render_report
 from welfare_axis.stages import StageRunner
 
@@ -62,17 +62,17 @@ class StudyConfig:
     model: str = "smollm2-135m-instruct"
     """Model to train and study (bundled name, HF id or local path)."""
     algo: str = "dr_grpo"
-    """Training algorithm (maze_env.train: dr_grpo, grpo, reinforce, rloo, ppo, tbrm, sft, iterative_sft)."""
+    """Training algorithm (training.train: dr_grpo, grpo, reinforce, rloo, ppo, tbrm, sft, iterative_sft)."""
     tiles: str = "office"
     """Tile glyph preset: office, swap (Mold↔Gold) or shuffle (3-way)."""
     finetune: str = "lora"
     """lora or full fine-tuning."""
     train_preset: str = "cpu"
-    """maze_env.train preset the run starts from."""
+    """training.train preset the run starts from."""
     train_steps: int | None = None
     """Override the preset's number of optimisation steps."""
     train_overrides: dict[str, Any] = field(default_factory=dict)
-    """Any other maze_env.train.Args fields."""
+    """Any other training.Args fields."""
     n_per_class: int = 24
     """Scripted trajectories per class (Mold, Gold, Path) for the vectors (paper: 5,000)."""
     readout_scale: str = "study"
@@ -100,7 +100,7 @@ class StudyConfig:
     """Smaller settings everywhere (minutes, not tens of minutes); the report says so."""
     checkpoint_series: bool = False
     """Control (paper App. G): v_Mold and v_Gold at every kept training checkpoint, their rotation away from
-    u and onto the base model's emotion valence axis (probes.checkpoint_series). Needs the checkpoints kept:
+    u and onto the base model's emotion valence axis (welfare_axis.checkpoint_series). Needs the checkpoints kept:
     preset checkpoint-series sets train_overrides keep_checkpoints/checkpoint_every."""
     series_n_per_class: int | None = None
     """Trajectories per class at each checkpoint of the series (None: n_per_class)."""
@@ -125,9 +125,9 @@ class StudyConfig:
         return cls(**merged)
 
     def train_args(self, out: Path):
-        """The run's ``maze_env.train.Args``: the preset (not its per-algorithm recipes), then the study's
+        """The run's ``training.Args``: the preset (not its per-algorithm recipes), then the study's
         sizes (:data:`STUDY_TRAIN` or :data:`FAST_TRAIN`), then ``train_steps``, then ``train_overrides``."""
-        from maze_env.train import preset_args
+        from training import preset_args
 
         overrides: dict[str, Any] = {"model": self.model, "algo": self.algo, "tiles": self.tiles,
                                      "finetune": self.finetune, "seed": self.seed, "out": str(out)}  # fmt: skip
@@ -222,7 +222,7 @@ _RUN_ONLY_ARGS = ("out", "progress", "resume", "stop_at_step", "threads", "devic
 
 
 def train_stage_settings(cfg: StudyConfig) -> dict[str, Any]:
-    """The train stage's cache key: the fully resolved ``maze_env.train.Args`` (preset, fast mode and
+    """The train stage's cache key: the fully resolved ``training.Args`` (preset, fast mode and
     overrides applied), so a change to a preset or to the fast settings retrains instead of reusing a
     stale run."""
     args = dataclasses.asdict(cfg.train_args(Path("run")))
@@ -230,7 +230,7 @@ def train_stage_settings(cfg: StudyConfig) -> dict[str, Any]:
 
 
 def stage_train(cfg: StudyConfig, work: Path) -> dict[str, Any]:
-    from maze_env.train import main
+    from training import main
 
     args = cfg.train_args(work / "run")
     args = dataclasses.replace(args, resume=(work / "run" / "config.json").is_file())
@@ -248,7 +248,7 @@ def stage_train(cfg: StudyConfig, work: Path) -> dict[str, Any]:
 
 def _load_models(runner: StageRunner) -> tuple[Any, Any, Any]:
     """(base model, trained model, tokenizer)."""
-    from maze_env.train import Args, load_base_model, load_trained
+    from training import Args, load_base_model, load_trained
 
     train = runner.outputs["train"]
     base, tok = load_base_model(Args(**train.result["train_args"]))
@@ -257,7 +257,7 @@ def _load_models(runner: StageRunner) -> tuple[Any, Any, Any]:
 
 
 def stage_forgetting(cfg: StudyConfig, runner: StageRunner, work: Path) -> dict[str, Any]:
-    from probes.capability import general_texts, perplexity, qa_accuracy
+    from steering.evals.capability import general_texts, perplexity, qa_accuracy
 
     base, trained, tok = _load_models(runner)
     texts = general_texts(cfg.forgetting_texts)
@@ -336,7 +336,7 @@ def stage_steering(cfg: StudyConfig, runner: StageRunner, work: Path) -> dict[st
 
 
 def series_settings(cfg: StudyConfig) -> dict[str, Any]:
-    """Keyword arguments of ``probes.checkpoint_series.checkpoint_series`` for this study (its stage hash)."""
+    """Keyword arguments of ``welfare_axis.checkpoint_series.checkpoint_series`` for this study (its stage hash)."""
     sizes = FAST_SERIES_EMOTIONS if cfg.fast else SERIES_EMOTIONS
     n = cfg.series_n_per_class if cfg.series_n_per_class is not None else cfg.n_per_class
     return {"n_per_class": n, **sizes}
@@ -344,7 +344,7 @@ def series_settings(cfg: StudyConfig) -> dict[str, Any]:
 
 def stage_checkpoint_series(cfg: StudyConfig, runner: StageRunner, work: Path) -> dict[str, Any]:
     """The reward vectors at the base model and every kept checkpoint of the training run (App. G)."""
-    from probes.checkpoint_series import checkpoint_series
+    from welfare_axis.checkpoint_series import checkpoint_series
 
     train = runner.outputs["train"]
     series = checkpoint_series(train.dir / train.result["run"], **series_settings(cfg))
@@ -354,7 +354,7 @@ def stage_checkpoint_series(cfg: StudyConfig, runner: StageRunner, work: Path) -
 
 def checkpoint_series_section(runner: StageRunner) -> Section:
     """The report section of the checkpoint-series stage: per-checkpoint table and the cosine curves."""
-    from probes.checkpoint_series import CheckpointSeries, checkpoint_series_figure
+    from welfare_axis.checkpoint_series import CheckpointSeries, checkpoint_series_figure
     from welfare_axis.report import Section, Table
 
     stage = runner.outputs["checkpoint_series"]
@@ -590,8 +590,8 @@ def report_sections(
 
 def maze_view(run_dir: Path) -> list:
     """The trained model's first held-out evaluation episode drawn over its maze (runs that logged it)."""
-    from maze_env.episodes import load_episodes
     from maze_env.plots import episode_figure
+    from training.episodes import load_episodes
 
     log = run_dir / "episodes" / "eval_after.safetensors"
     if not log.is_file():

@@ -33,10 +33,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from maze_env import losses as L
-from maze_env.expert_data import expert_episodes
-from maze_env.top_layers import capture_below, top_action_logits
-from maze_env.train import heldout_seeds, make_optimizer, make_policy, maze_config, preset_args
+from training import heldout_seeds, make_optimizer, make_policy, maze_config, preset_args
+from training import losses as L
+from training.expert_data import expert_episodes
+from training.top_layers import capture_below, top_action_logits
 
 v = json.loads(sys.argv[1])
 POOL, HELD = 768, 96

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import torch
 
-from maze_env.train import (
+from probes.artifacts import atomic_write
+from training import (
     EvalResult,
     compare_evals,
     eval_settings,
@@ -26,7 +27,6 @@ from maze_env.train import (
     make_policy,
     preset_args,
 )
-from welfare_axis.artifacts import atomic_write
 
 
 def _result(spec: str) -> EvalResult:

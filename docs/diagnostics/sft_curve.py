@@ -15,10 +15,10 @@ import time
 
 import torch
 
-from maze_env import losses as L
-from maze_env.expert_data import expert_episodes
-from maze_env.rollout import action_logits
-from maze_env.train import heldout_seeds, make_optimizer, make_policy, maze_config, preset_args
+from training import heldout_seeds, make_optimizer, make_policy, maze_config, preset_args
+from training import losses as L
+from training.expert_data import expert_episodes
+from training.rollout import action_logits
 
 v = json.loads(sys.argv[1])
 budget = float(sys.argv[2])

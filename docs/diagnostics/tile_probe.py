@@ -11,8 +11,8 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import cross_val_score
 
-from maze_env.expert_data import expert_episodes
-from maze_env.train import load_base_model, maze_config, preset_args
+from training import load_base_model, maze_config, preset_args
+from training.expert_data import expert_episodes
 
 torch.set_num_threads(2)
 args = preset_args("cpu")

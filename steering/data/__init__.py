@@ -1,5 +1,8 @@
 """Evaluation datasets shipped with :mod:`steering` (fields, counts and provenance: ``README.md`` here).
 
+``qa.jsonl`` lives in ``probes/data/`` (the readouts' feedback tracking reads it too, and probes sits below
+steering); :func:`load_jsonl` finds it there.
+
 Example:
     >>> from steering.data import load_jsonl, load_markers
     >>> len(load_jsonl("self_report"))
@@ -14,14 +17,30 @@ import json
 from pathlib import Path
 from typing import Any
 
+import probes
+
 DATA_DIR = Path(__file__).resolve().parent
-"""The folder holding the shipped files."""
+"""The folder holding the shipped files (all but ``qa.jsonl``: :func:`dataset_path`)."""
+
+_ELSEWHERE = {"qa": Path(probes.__file__).resolve().parent / "data"}
 
 DATASETS = ("self_report", "qa", "refusal", "arithmetic")
 """Names accepted by :func:`load_jsonl` (file ``{name}.jsonl``)."""
 
 MARKER_LISTS = ("refusal_markers", "backtracking_markers")
 """Names accepted by :func:`load_markers` (file ``{name}.json``)."""
+
+
+def dataset_path(name: str) -> Path:
+    """Where the shipped JSONL dataset ``name`` lives.
+
+    Example:
+        >>> dataset_path("qa").parent.name, dataset_path("qa").parent.parent.name
+        ('data', 'probes')
+    """
+    if name not in DATASETS:
+        raise KeyError(f"unknown dataset {name!r}; choose one of {DATASETS}")
+    return _ELSEWHERE.get(name, DATA_DIR) / f"{name}.jsonl"
 
 
 def load_jsonl(name: str) -> list[dict[str, Any]]:
@@ -31,9 +50,7 @@ def load_jsonl(name: str) -> list[dict[str, Any]]:
         >>> load_jsonl("qa")[0]["id"]
         'qa-001'
     """
-    if name not in DATASETS:
-        raise KeyError(f"unknown dataset {name!r}; choose one of {DATASETS}")
-    path = DATA_DIR / f"{name}.jsonl"
+    path = dataset_path(name)
     with path.open(encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
 

@@ -3,7 +3,7 @@
 When LoRA adapts only the top ``k`` decoder layers, every layer below is frozen, so the residual stream
 entering layer ``start = L − k`` during the rollout is exactly what a teacher-forced update pass would
 recompute (up to float rounding: the rollout attends chunk by chunk over its KV cache). Recording it
-while :func:`maze_env.rollout.collect_episodes` plays lets the update run only layers ``start..L−1``
+while :func:`training.rollout.collect_episodes` plays lets the update run only layers ``start..L−1``
 (with gradients), the final norm and the output head at the decision positions: on SmolLM2 (30 layers)
 with LoRA on the top 8 the update's forward costs ~8/30 of a full one.
 
@@ -31,7 +31,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from maze_env.rollout import EpisodeBatch, distinct_rows
+from training.rollout import EpisodeBatch, distinct_rows
 
 __all__ = ["assemble", "capture_below", "supports_top_layers", "top_action_logits"]
 
@@ -129,7 +129,7 @@ def top_action_logits(
 ) -> Float[Tensor, "batch turn 4"]:
     """Direction logits at every decision from layer ``start`` upwards, fed the cached ``hidden``.
 
-    Equals :func:`maze_env.rollout.action_logits` (up to float rounding) when ``hidden`` is the input of
+    Equals :func:`training.rollout.action_logits` (up to float rounding) when ``hidden`` is the input of
     layer ``start`` for ``episodes``; differentiable in the layers from ``start`` on.
     """
     if not supports_top_layers(model):

@@ -5,9 +5,9 @@ that maximise Gold and minimise Mold visits" (App. A.2). Here the :class:`~maze_
 (receding-horizon exact search, melting included, wind ignored when planning) plays one
 :class:`~maze_env.env.MazeEnv` per seed under the full rules (wind included, so the prompts carry wind
 sentences exactly as on-policy episodes do). Each episode is tokenized the same way
-:func:`maze_env.rollout.collect_episodes` tokenizes its own episodes (chat template rendered turn by
+:func:`training.rollout.collect_episodes` tokenizes its own episodes (chat template rendered turn by
 turn, each turn's new text encoded on its own), so the expert's letters sit at the same kind of
-positions as sampled letters and :func:`maze_env.rollout.action_logits` applies unchanged. The SFT
+positions as sampled letters and :func:`training.rollout.action_logits` applies unchanged. The SFT
 targets are the expert's direction letters.
 
 Example:
@@ -30,9 +30,9 @@ import torch
 from maze_env.config import MazeConfig
 from maze_env.dynamics import ACTIONS
 from maze_env.env import MazeEnv
-from maze_env.rollout import EpisodeBatch
 from maze_env.search import Expert, action_values
 from maze_env.text import episode_messages
+from training.rollout import EpisodeBatch
 
 __all__ = ["encode_episode", "expert_episodes"]
 

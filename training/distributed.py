@@ -290,12 +290,12 @@ def mean_metrics(local: Mapping[str, float], ctx: DistContext, *, weight: float 
 def whiten_global(
     values: torch.Tensor, mask: torch.Tensor, ctx: DistContext, eps: float = 1e-8
 ) -> torch.Tensor:
-    """``maze_env.losses.whiten`` with the mean and variance of the *global* batch (PPO advantages).
+    """``training.losses.whiten`` with the mean and variance of the *global* batch (PPO advantages).
 
     In one process it is ``losses.whiten(values, mask, eps)``.
     """
     if not ctx.distributed:
-        from maze_env.losses import whiten
+        from training.losses import whiten
 
         return whiten(values, mask, eps)
     m = mask.to(values.dtype)

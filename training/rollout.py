@@ -28,7 +28,7 @@ N/E/S/W are single tokens (ids 62, 53, 67, 71).
 
 Example:
     >>> from probes.models import tiny_model
-    >>> from maze_env.rollout import collect_episodes
+    >>> from training.rollout import collect_episodes
     >>> model, tok = tiny_model("llama")
     >>> episodes = collect_episodes(model, tok, seeds=[0, 1], config=MazeConfig(n_turns=3))
     >>> episodes.actions.shape, episodes.returns.shape

@@ -3,11 +3,11 @@
 The paper's App. G control ("vectors extracted during training"): the reward vectors are extracted at
 the checkpoints along a training run and compared with fixed maze-naive axes; their alignment with
 valence grows gradually, so the axis is recruited rather than created. :func:`checkpoint_series` does
-this for a ``maze_env.train`` run directory:
+this for a training run directory:
 
-1. The untrained model (step 0: ``maze_env.train.load_base_model`` with the run's ``config.json``) and
+1. The untrained model (step 0: ``training.load_base_model`` with the run's ``config.json``) and
    every kept checkpoint ``checkpoints/step_NNNNNN`` (LoRA merged into the weights, exactly as
-   ``maze_env.train.load_trained``) are loaded in step order.
+   ``training.load_trained``) are loaded in step order.
 2. At each, ``v_Mold`` and ``v_Gold`` are extracted with ``probes.extract.reward_activations`` +
    ``aggregate`` (paper Eq. 1, one-vs-rest difference of means at the final direction letter). The
    scripted trajectories are the same seeded chats at every checkpoint, so every difference between
@@ -29,7 +29,7 @@ e.g. ``--checkpoint-every 2 --keep-checkpoints 1000``.
 
 Command line (a real model is slow on a CPU: wrap it in ``flock /tmp/wa/heavy.lock``)::
 
-    python -m probes.checkpoint_series runs/grpo_cpu --out runs/grpo_cpu/series.json --n-per-class 60
+    python -m welfare_axis.checkpoint_series runs/grpo_cpu --out runs/grpo_cpu/series.json --n-per-class 60
 
 Example:
     >>> series = checkpoint_series("runs/grpo_cpu", n_per_class=60, n_emotions=12)  # doctest: +SKIP
@@ -57,13 +57,13 @@ import plotly.graph_objects as go
 import torch
 from torch import Tensor, nn
 
-from maze_env.train import RunDirError, load_run_args
 from probes import layers as _layers
+from probes.artifacts import read_json, write_json
 from probes.emotions import DEFAULT_TOKEN_OFFSET, emotion_vectors, load_emotion_stories, load_neutral_texts
 from probes.emotions import valence_axis as _valence_axis
 from probes.extract import PAPER_SEED, aggregate, reward_activations
 from probes.geometry import analysis_layer, cosine
-from welfare_axis.artifacts import read_json, write_json
+from training import RunDirError, load_run_args
 
 SERIES_FORMAT = 1
 """Bumped when the JSON layout of :class:`CheckpointSeries` changes."""
@@ -201,7 +201,7 @@ class CheckpointSeries:
         return cls.from_dict(json.loads(text))
 
     def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write the series as JSON atomically (``welfare_axis.artifacts.write_json``)."""
+        """Write the series as JSON atomically (``probes.artifacts.write_json``)."""
         path = Path(path)
         write_json(path, self.to_dict())
         return path
@@ -252,10 +252,10 @@ def load_checkpoint_model(
 ) -> nn.Module:
     """A checkpoint's model built on a copy of the already loaded ``base`` (LoRA merged), in eval mode.
 
-    Equals ``maze_env.train.load_trained(run_dir, checkpoint=path.name, merge=True)`` without loading
+    Equals ``training.load_trained(run_dir, checkpoint=path.name, merge=True)`` without loading
     the base model from disk again.
     """
-    from maze_env.train import load_checkpoint, make_policy
+    from training import load_checkpoint, make_policy
 
     args = dataclasses.replace(args, kl_coef=0.0, algo="sft")  # no reference copy needed
     policy = make_policy(args, model=copy.deepcopy(base), tokenizer=tokenizer)
@@ -312,7 +312,7 @@ def checkpoint_series(
     """v_Mold and v_Gold at the base model and every checkpoint of ``run_dir``, and their cosines.
 
     Args:
-        run_dir: a ``maze_env.train`` run directory (``config.json`` + ``checkpoints/step_NNNNNN``).
+        run_dir: a training run directory (``config.json`` + ``checkpoints/step_NNNNNN``).
         n_per_class: scripted trajectories per class (Mold, Gold, Path); the same chats at every checkpoint.
         layer: analysis layer (None: ``probes.geometry.analysis_layer(L)`` = floor(2L/3)).
         config: the ``MazeConfig`` of the trajectories (None: the maze the run trained in, its tiles
@@ -331,8 +331,8 @@ def checkpoint_series(
     """
     from tqdm.auto import tqdm
 
-    from maze_env.train import load_base_model, maze_config
     from probes.report import subset_stories
+    from training import load_base_model, maze_config
 
     run_dir = Path(run_dir)
     args = load_run_args(run_dir)
@@ -485,7 +485,7 @@ def checkpoint_series_figure(series: CheckpointSeries, *, title: str | None = No
 
 @dataclass
 class Cli:
-    """Reward vectors at every checkpoint of a maze_env.train run; writes the series as JSON."""
+    """Reward vectors at every checkpoint of a training run; writes the series as JSON."""
 
     run_dir: str
     """The run directory (config.json + checkpoints/step_NNNNNN)."""
@@ -530,7 +530,7 @@ def main(cli: Cli) -> CheckpointSeries:
     out = Path(cli.out) if cli.out else Path(cli.run_dir) / "checkpoint_series.json"
     series.save(out)
     if cli.html:
-        from welfare_axis.artifacts import write_text
+        from probes.artifacts import write_text
 
         write_text(cli.html, checkpoint_series_figure(series).to_html(include_plotlyjs=True))
     for row in series.rows():
@@ -544,7 +544,7 @@ def main(cli: Cli) -> CheckpointSeries:
 
 
 def cli(argv: Sequence[str] | None = None) -> int:
-    """``python -m probes.checkpoint_series RUN_DIR [--out series.json] ...``; returns the exit status."""
+    """``python -m welfare_axis.checkpoint_series RUN_DIR [--out series.json] ...``; returns the exit status."""
     import sys
 
     import tyro
@@ -553,7 +553,7 @@ def cli(argv: Sequence[str] | None = None) -> int:
         Cli,
         args=None if argv is None else list(argv),
         config=(tyro.conf.PositionalRequiredArgs,),
-        prog="python -m probes.checkpoint_series",
+        prog="python -m welfare_axis.checkpoint_series",
     )
     try:
         main(parsed)

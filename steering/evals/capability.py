@@ -20,7 +20,12 @@ from typing import Any
 import torch
 from torch import nn
 
-DATA = Path(__file__).parent / "data"
+import probes
+from steering.datasets import qa_items
+from steering.evals.confidence import grade_answer, propose_answers
+
+DATA = Path(probes.__file__).resolve().parent / "data"
+"""``probes/data``: the general-English passages live with the readouts' other texts."""
 
 
 def general_texts(n: int | None = None) -> list[str]:
@@ -85,9 +90,7 @@ class QAAccuracy:
 def qa_accuracy(
     model: nn.Module, tokenizer: Any, n: int | None = 100, *, seed: int = 0, batch_size: int = 16
 ) -> QAAccuracy:
-    """Greedy short answers to the shipped QA set (``steering/data/qa.jsonl``), graded by alias match."""
-    from steering.datasets import qa_items
-    from steering.evals.confidence import grade_answer, propose_answers
+    """Greedy short answers to the shipped QA set (``probes/data/qa.jsonl``), graded by alias match."""
 
     items = qa_items(n=n, seed=seed)
     answers = propose_answers(model, tokenizer, items, batch_size=batch_size)

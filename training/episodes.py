@@ -1,4 +1,4 @@
-"""Episode logs: save and load an :class:`~maze_env.rollout.EpisodeBatch` compactly.
+"""Episode logs: save and load an :class:`~training.rollout.EpisodeBatch` compactly.
 
 A log is two files next to each other: ``NAME.safetensors`` (the tensors, in the smallest exact integer
 types) and ``NAME.json`` (seeds, chat messages, maze config, sampling settings, your extra metadata).
@@ -9,7 +9,7 @@ Example:
     >>> import tempfile, pathlib
     >>> from probes.models import tiny_model
     >>> from maze_env import MazeConfig
-    >>> from maze_env.rollout import collect_episodes
+    >>> from training.rollout import collect_episodes
     >>> model, tok = tiny_model("llama")
     >>> batch = collect_episodes(model, tok, seeds=[0, 1], config=MazeConfig(n_turns=2))
     >>> path = save_episodes(batch, pathlib.Path(tempfile.mkdtemp()) / "step_000001", extra={"step": 1})
@@ -32,8 +32,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from maze_env.config import MazeConfig
-from maze_env.rollout import EpisodeBatch
-from welfare_axis.artifacts import atomic_write
+from probes.artifacts import atomic_write
+from training.rollout import EpisodeBatch
 
 __all__ = ["EPISODES_FORMAT", "EpisodeLogError", "load_episodes", "read_episode_info", "save_episodes"]
 

@@ -1,18 +1,18 @@
 """Returns of simple scripted policies on the trainer's held-out mazes: the yardstick for a trained model.
 
-A model's held-out return (``maze_env.train.evaluate``) means little on its own. These policies say what
+A model's held-out return (``training.evaluate``) means little on its own. These policies say what
 each behaviour is worth on the same 64 seeded mazes: alternating N/S (every reversal enters the melted
 tile), never reversing, avoiding visible Mold, and the receding-horizon expert.
 
 Example:
-    >>> from maze_env.train import heldout_seeds
+    >>> from training import heldout_seeds
     >>> result = evaluate_policy("alternate_ns", heldout_seeds(2))
     >>> result.n, result.mold_per_episode >= 14
     (2, True)
 
 Command line (prints a markdown table)::
 
-    python -m maze_env.baselines --n 64
+    python -m training.baselines --n 64
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ def evaluate_policy(
     if policy not in POLICIES:
         raise ValueError(f"unknown baseline policy {policy!r}; choose one of {sorted(POLICIES)}")
     if not seeds:
-        raise ValueError("seeds is empty; pass the maze seeds, e.g. maze_env.train.heldout_seeds(64)")
+        raise ValueError("seeds is empty; pass the maze seeds, e.g. training.heldout_seeds(64)")
     config = config or MazeConfig()
     act = POLICIES[policy][0](np.random.default_rng(seed))
     returns, gold, mold = [], [], []
@@ -126,7 +126,7 @@ def evaluate_policy(
 
 def baseline_table(n: int = 64, config: MazeConfig | None = None, *, seed: int = 0) -> list[BaselineResult]:
     """Every policy of :data:`POLICIES` on the first ``n`` held-out mazes of the trainer."""
-    from maze_env.train import heldout_seeds
+    from training.config import heldout_seeds
 
     seeds = heldout_seeds(n)
     return [evaluate_policy(name, seeds, config, seed=seed) for name in POLICIES]
@@ -144,7 +144,7 @@ def format_table(rows: Sequence[BaselineResult]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m maze_env.baselines", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m training.baselines", description=__doc__.split("\n")[0])
     parser.add_argument(
         "--n", type=int, default=64, help="held-out mazes (default 64, as the trainer's eval)"
     )
