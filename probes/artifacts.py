@@ -1,4 +1,6 @@
-"""Atomic artifact writes: a file either appears whole or not at all (disk full, Ctrl-C, crash).
+"""Atomic artifact writes: a file or a folder either appears whole or not at all (disk full, Ctrl-C,
+crash). Every writer of the toolkit goes through :func:`atomic_write` (one file) or
+:func:`atomic_directory` (a folder of files, e.g. a checkpoint).
 
 Example:
     >>> import tempfile, pathlib
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -42,6 +45,33 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
             ) from err
         raise
     return path
+
+
+def atomic_directory(path: str | Path, fill: Callable[[Path], None]) -> Path:
+    """Call ``fill(tmp_dir)`` on a temporary folder next to ``path``, sync its files, then rename it into
+    place (replacing an older ``path``). On any error the temporary folder is removed and ``path`` is left
+    as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        fill(tmp)
+        for file in tmp.rglob("*"):
+            if file.is_file():
+                with open(file, "rb") as handle:
+                    os.fsync(handle.fileno())
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def write_bytes(path: str | Path, data: bytes) -> Path:
+    return atomic_write(path, lambda p: p.write_bytes(data))
 
 
 def write_text(path: str | Path, text: str) -> Path:

@@ -34,7 +34,6 @@ import importlib.metadata
 import json
 import math
 import os
-import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -46,10 +45,16 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from probes import layers as _layers
+from probes.artifacts import atomic_write, write_bytes
 
 FORMAT_VERSION = 1
 GGUF_ARCH = "controlvector"
 GGUF_PROVENANCE_KEY = "welfare_axis.provenance"
+
+
+def _write_with(path: Path, writer: Callable[[str], None]) -> None:
+    """Atomically write ``path`` with a library writer that takes a path string (gguf)."""
+    atomic_write(path, lambda tmp: writer(str(tmp)))
 
 
 def _library_version() -> str:
@@ -70,33 +75,6 @@ class WidthMismatchError(ConceptVectorError):
 
 class FamilyMismatchError(ConceptVectorError):
     """Vectors (or a vector and a model) come from different model families."""
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _atomic_write_with(path: Path, writer: Callable[[str], None]) -> None:
-    """Run ``writer(tmp_path)`` then move the finished file into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        writer(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _base_path(path: str | os.PathLike[str]) -> Path:
@@ -438,8 +416,8 @@ class ConceptVector:
         blob = save(tensors, metadata={"welfare_axis.provenance": json.dumps(provenance, sort_keys=True)})
         tensor_path = base.with_name(base.name + ".safetensors")
         json_path = base.with_name(base.name + ".json")
-        _atomic_write_bytes(tensor_path, blob)
-        _atomic_write_bytes(json_path, (json.dumps(provenance, indent=2, sort_keys=True) + "\n").encode())
+        write_bytes(tensor_path, blob)
+        write_bytes(json_path, (json.dumps(provenance, indent=2, sort_keys=True) + "\n").encode())
         return tensor_path
 
     @classmethod
@@ -507,7 +485,7 @@ class ConceptVector:
             writer.write_tensors_to_file()
             writer.close()
 
-        _atomic_write_with(path, write)
+        _write_with(path, write)
         return path
 
     @classmethod

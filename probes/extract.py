@@ -37,6 +37,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
+import maze_env
 from probes import layers as _layers
 from probes import positions as _positions
 from probes.aggregators import Aggregator, resolve
@@ -335,7 +336,6 @@ def reward_trajectories(
     n_per_class: int, *, config: Any = None, seed: int = PAPER_SEED
 ) -> dict[str, list[list[Message]]]:
     """Scripted chats per tile class (``maze_env.scripted_trajectories``; same seeds for each class)."""
-    import maze_env
 
     if isinstance(n_per_class, bool) or not isinstance(n_per_class, int) or n_per_class < 1:
         raise ExtractionError(f"n_per_class must be a positive int, got {n_per_class!r}")
@@ -359,7 +359,6 @@ def reward_activations(
     progress: bool = False,
 ) -> ClassActivations:
     """Final-direction-token activations of scripted Mold / Gold / Path trajectories (paper §A.3)."""
-    import maze_env
 
     chats = reward_trajectories(n_per_class, config=config, seed=seed)
     used_config = config if config is not None else maze_env.MazeConfig()

@@ -37,7 +37,7 @@ from torch import nn
 from maze_env import config_for_preset
 from maze_env.scripted import scripted_trajectories
 from probes import layers as _layers
-from probes.artifacts import atomic_write
+from probes.artifacts import write_text
 from probes.emotions import (
     DEFAULT_TOKEN_OFFSET,
     EmotionStory,
@@ -448,9 +448,9 @@ def readout_report(
     if s.out is not None:
         out = Path(s.out)
         figures_path = out.with_name(out.stem + ".figures.json")
-        write_json({name: json.loads(pio.to_json(fig)) for name, fig in figures.items()}, figures_path)
+        save_report(figures_path, {name: json.loads(pio.to_json(fig)) for name, fig in figures.items()})
         report["figures"] = figures_path.name
-        write_json(report, out)
+        save_report(out, report)
     return report
 
 
@@ -558,10 +558,9 @@ def markdown_tables(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_json(report: dict[str, Any], path: str | os.PathLike[str]) -> Path:
-    """Write ``report`` as JSON atomically (``probes.artifacts.atomic_write``), key order kept."""
-    text = json.dumps(report, indent=1, ensure_ascii=False)
-    return atomic_write(Path(path), lambda p: p.write_text(text, encoding="utf-8"))
+def save_report(path: str | os.PathLike[str], report: dict[str, Any]) -> Path:
+    """Write ``report`` as JSON atomically (``probes.artifacts.write_text``), key order kept."""
+    return write_text(Path(path), json.dumps(report, indent=1, ensure_ascii=False))
 
 
 def main(settings: ReportSettings) -> dict[str, Any]:

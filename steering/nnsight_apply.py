@@ -28,6 +28,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
 from probes.layers import layer_template, unwrap
+from probes.remote import RemoteModel
 from steering.apply import Positions, check_positions, prompt_position_mask, resolve_alpha, resolve_directions
 from steering.operators import Operator, add
 
@@ -43,7 +44,6 @@ def _maybe_remote(lm: Any, remote: bool | str) -> Any:
     """``lm`` itself, or a ``probes.remote.RemoteModel`` running it remotely when ``remote`` is set."""
     if not remote:
         return lm
-    from probes.remote import RemoteModel
 
     return RemoteModel(lm, remote=remote)
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,8 +30,10 @@ from typing import Any
 
 import torch
 
+from probes.artifacts import write_text
 from probes.concept_vector import ConceptVector, dataset_hash
 from probes.layers import check_layer, model_dtype, model_family, n_layers
+from probes.models import load_model
 from probes.record import capture
 from steering.datasets import self_report_prompts
 from steering.generate import render_prompts
@@ -211,16 +212,13 @@ def run_positive_control(
         "passed": result.passed,
         "markdown": result.markdown(),
     }
-    tmp = out / ".summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    os.replace(tmp, out / "summary.json")
+    write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     return result
 
 
 def main(config: PositiveControlConfig) -> PositiveControlResult:
     """Load the model, run the control, print the Markdown table."""
     torch.set_num_threads(config.threads)
-    from probes.models import load_model
 
     model, tokenizer = load_model(config.model, device=config.device)
     result = run_positive_control(model, tokenizer, config)

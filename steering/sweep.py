@@ -26,7 +26,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from probes.artifacts import write_text
 from probes.layers import check_layer
 from steering.apply import _directions_by_layer, check_positions
 from steering.datasets import arithmetic_problems, balanced_refusal_prompts, qa_items, self_report_prompts
@@ -222,22 +222,8 @@ def load_records(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
 
 
 def _append_atomically(path: Path, record: Mapping[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    line = json.dumps(record, ensure_ascii=False) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            if path.exists():
-                with path.open(encoding="utf-8") as existing:
-                    out.write(existing.read())
-            out.write(line)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    existing = path.read_text(encoding="utf-8") if path.exists() else ""
+    write_text(path, existing + json.dumps(record, ensure_ascii=False) + "\n")
 
 
 # ----------------------------------------------------------------------------------------------------------

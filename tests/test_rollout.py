@@ -18,7 +18,7 @@ from training.rollout import (
     EpisodeBatch,
     action_logits,
     collect_episodes,
-    direction_log_probs,
+    direction_logprobs,
     episode_token_ids,
 )
 
@@ -77,7 +77,7 @@ def test_masked_sampling_never_emits_a_non_direction_token(llama):
 
 
 def test_logprobs_are_the_masked_temperature_scaled_distribution(episodes):
-    log_p = direction_log_probs(episodes.direction_logits, episodes.temperature)
+    log_p = direction_logprobs(episodes.direction_logits, temperature=episodes.temperature)
     assert torch.equal(episodes.logprobs, log_p.gather(-1, episodes.actions[..., None]).squeeze(-1))
     hand = episodes.direction_logits[0, 0] / 0.7
     hand = hand - torch.logsumexp(hand, 0)

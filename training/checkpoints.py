@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from probes.artifacts import write_json
+from probes.artifacts import atomic_directory, write_json
 from training import distributed as D
 from training.config import Args
 from training.policy import Policy, make_policy, quiet_peft
@@ -72,12 +72,8 @@ def save_checkpoint(
     if not ctx.is_main:
         D.barrier(ctx)
         return final
-    ckpt_root.mkdir(parents=True, exist_ok=True)
-    tmp = ckpt_root / f".step_{step:06d}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    try:
+
+    def fill(tmp: Path) -> None:
         save_file(weights, str(tmp / "trainable.safetensors"))
         groups = [
             {k: (list(v) if isinstance(v, tuple) else v) for k, v in group.items()}
@@ -97,15 +93,8 @@ def save_checkpoint(
         )
         state = {"format": CHECKPOINT_FORMAT, "step": step, "config": dataclasses.asdict(args)}
         (tmp / "state.json").write_text(json.dumps(state, indent=1, default=str))
-        for path in tmp.iterdir():
-            with open(path, "rb") as handle:
-                os.fsync(handle.fileno())
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    atomic_directory(final, fill)
     write_json(ckpt_root / "latest.json", {"step": step, "path": final.name})
     existing = sorted(p for p in ckpt_root.glob("step_*") if p.is_dir())
     for old in existing[: max(0, len(existing) - args.keep_checkpoints)]:
@@ -183,18 +172,14 @@ def save_final(run_dir: Path, policy: Policy, args: Args) -> Path:
     if not ctx.is_main:
         D.barrier(ctx)
         return final
-    tmp = run_dir / f".final.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+
+    def fill(tmp: Path) -> None:
         with quiet_peft():
             policy.model.save_pretrained(str(tmp), safe_serialization=True, state_dict=full_state)
         policy.tokenizer.save_pretrained(str(tmp))
         (tmp / "welfare_axis_run.json").write_text(json.dumps(dataclasses.asdict(args), indent=1))
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    atomic_directory(final, fill)
     D.barrier(ctx)
     return final
 

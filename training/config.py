@@ -11,6 +11,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from maze_env import config_for_preset
 from maze_env.config import MazeConfig
 from training.algorithms import ALGORITHMS
 
@@ -351,7 +352,6 @@ def validate(args: Args) -> Args:
 
 def maze_config(args: Args) -> MazeConfig:
     """The maze rules of a run."""
-    from maze_env import config_for_preset
 
     return config_for_preset(args.tiles, n_turns=args.n_turns, wind_prob=args.wind_prob, size=args.maze_size)
 

@@ -54,6 +54,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from probes.artifacts import atomic_directory
+from probes.layers import blocks
+
 Strategy = Literal["none", "ddp", "fsdp"]
 STRATEGIES: tuple[str, ...] = ("none", "ddp", "fsdp")
 _ENV_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
@@ -343,7 +346,6 @@ class _Runner(nn.Module):
 
 
 def _decoder_blocks(model: nn.Module) -> list[nn.Module]:
-    from probes.layers import blocks
 
     return blocks(model)
 
@@ -559,31 +561,19 @@ def save_full_state(
     Call it on rank 0 only.
     """
     import json
-    import shutil
     from pathlib import Path
 
     from safetensors.torch import save_file
 
-    final = Path(directory)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    def fill(tmp: Path) -> None:
         save_file(_unshared(model_state), str(tmp / "model.safetensors"))
         if optim_state is not None:
             tensors, meta = _flatten_optimizer(optim_state)
             save_file(tensors, str(tmp / "optimizer.safetensors"))
             (tmp / "optimizer.json").write_text(json.dumps(meta, indent=1))
         (tmp / "extra.json").write_text(json.dumps(dict(extra or {}), indent=1, default=str))
-        for path in tmp.iterdir():
-            with open(path, "rb") as handle:
-                os.fsync(handle.fileno())
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    atomic_directory(directory, fill)
 
 
 def load_full_state(

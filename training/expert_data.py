@@ -32,6 +32,7 @@ from maze_env.dynamics import ACTIONS
 from maze_env.env import MazeEnv
 from maze_env.search import Expert, action_values
 from maze_env.text import episode_messages
+from probes.tokens import direction_token_ids
 from training.rollout import EpisodeBatch
 
 __all__ = ["encode_episode", "expert_episodes"]
@@ -97,7 +98,6 @@ def expert_episodes(
         ``direction_logits`` hold the planner's action values ``Q_h(s, a)`` (not model logits) and
         ``logprobs`` the log of the planner's tie-break probability (``−log #ties``).
     """
-    from probes.tokens import direction_token_ids
 
     seeds = [int(s) for s in seeds]
     if not seeds:

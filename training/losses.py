@@ -181,20 +181,38 @@ def whiten(
 
 
 def direction_logprobs(
-    direction_logits: Float[Tensor, "batch turn 4"],
-    actions: Int[Tensor, "batch turn"],
+    direction_logits: Float[Tensor, "*batch 4"],
+    actions: Int[Tensor, "*batch"] | None = None,
     temperature: float = 1.0,
-) -> Float[Tensor, "batch turn"]:
-    """``log softmax(logits / T)[action]``: the log-probability of each taken action.
+) -> Tensor:
+    """``log softmax(logits / T)`` over the four directions: the masked, temperature-scaled policy the
+    rollout samples from. With ``actions``, the log-probability of each taken action (``(*batch,)``);
+    without, all four (``(*batch, 4)``). The rollout's ``logprobs`` are exactly this at the chosen action.
 
     Example:
         >>> direction_logprobs(torch.zeros(1, 1, 4), torch.tensor([[2]]))  # uniform: log 1/4
         tensor([[-1.3863]])
+        >>> direction_logprobs(torch.zeros(4), temperature=0.7).exp()
+        tensor([0.2500, 0.2500, 0.2500, 0.2500])
     """
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0; got {temperature}")
+    check_temperature(temperature)
     logp = F.log_softmax(direction_logits.float() / temperature, dim=-1)
+    if actions is None:
+        return logp
     return logp.gather(-1, actions.long().clamp(min=0).unsqueeze(-1)).squeeze(-1)
+
+
+def check_temperature(temperature: float) -> None:
+    """Raise unless ``temperature`` is a finite number > 0."""
+    if (
+        isinstance(temperature, bool)
+        or not isinstance(temperature, int | float)
+        or not math.isfinite(temperature)
+        or temperature <= 0
+    ):
+        raise ValueError(
+            f"temperature must be a finite number > 0 (use greedy=True for argmax); got {temperature!r}"
+        )
 
 
 def clipped_surrogate(

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from probes.models import load_model, resolve_autocast, resolve_device, tiny_model
 from training import distributed as D
 from training.algorithms import ALGORITHMS
 from training.config import TINY_MODELS, Args
@@ -72,7 +73,6 @@ def needs_reference(args: Args) -> bool:
 
 def load_base_model(args: Args) -> tuple[nn.Module, Any]:
     """The untrained model and tokenizer (float32 weights; ``tiny-*`` names give random tiny models)."""
-    from probes.models import load_model, resolve_device, tiny_model
 
     if args.model in TINY_MODELS:
         model, tokenizer = tiny_model(args.model.removeprefix("tiny-"), seed=args.seed)
@@ -152,7 +152,6 @@ def make_optimizer(policy: Policy, args: Args) -> torch.optim.Optimizer:
 
 def use_autocast(args: Args, model: nn.Module) -> bool:
     """Whether this run's forwards use bfloat16 autocast: ``args.autocast`` under the device's rule."""
-    from probes.models import resolve_autocast
 
     return resolve_autocast(args.autocast, next(model.parameters()).device)
 

@@ -51,14 +51,15 @@ from transformers import DynamicCache
 from maze_env.batch import MazeBatch
 from maze_env.config import MazeConfig
 from maze_env.dynamics import ACTIONS
-from maze_env.text import episode_messages
+from maze_env.text import episode_messages, render_chat
 from probes.models import resolve_autocast
+from probes.tokens import direction_token_ids
+from training.losses import check_temperature, direction_logprobs
 
 __all__ = [
     "EpisodeBatch",
     "action_logits",
     "collect_episodes",
-    "direction_log_probs",
     "distinct_rows",
     "episode_token_ids",
 ]
@@ -192,7 +193,7 @@ class EpisodeBatch:
         returns = self.returns.double()
         b = len(self)
         counts = torch.bincount(self.actions.flatten(), minlength=4).double()
-        log_p = direction_log_probs(self.direction_logits, self.temperature)
+        log_p = direction_logprobs(self.direction_logits, temperature=self.temperature)
         entropy = -(log_p.exp() * log_p).sum(-1)
         return {
             "episodes": b,
@@ -267,33 +268,7 @@ class EpisodeBatch:
 # ----------------------------------------------------------------------------------------------------
 
 
-def direction_log_probs(logits: Float[Tensor, "... 4"], temperature: float) -> Float[Tensor, "... 4"]:
-    """Log-probabilities of the masked, temperature-scaled policy: ``log_softmax(logits / temperature)``.
-
-    The rollout's ``logprobs`` are exactly this at the chosen action; use the same function in the loss.
-
-    Example:
-        >>> direction_log_probs(torch.zeros(4), 0.7).exp()
-        tensor([0.2500, 0.2500, 0.2500, 0.2500])
-    """
-    _check_temperature(temperature)
-    return torch.log_softmax(logits.float() / temperature, dim=-1)
-
-
-def _check_temperature(temperature: float) -> None:
-    if (
-        isinstance(temperature, bool)
-        or not isinstance(temperature, int | float)
-        or not math.isfinite(temperature)
-        or temperature <= 0
-    ):
-        raise ValueError(
-            f"temperature must be a finite number > 0 (use greedy=True for argmax); got {temperature!r}"
-        )
-
-
 def _direction_ids(tokenizer: Any) -> list[int]:
-    from probes.tokens import direction_token_ids  # probes depends on maze_env, not the reverse, at import
 
     return list(direction_token_ids(tokenizer, ACTIONS))
 
@@ -322,7 +297,6 @@ def episode_token_ids(tokenizer: Any, messages: list[dict[str, str]]) -> list[in
 
     Equal to row ``i`` of ``EpisodeBatch.input_ids`` (unpadded) for ``messages = batch.messages[i]``.
     """
-    from maze_env.text import render_chat
 
     return _encode(tokenizer, [render_chat(tokenizer, messages, close_final=False)])[0]
 
@@ -406,7 +380,7 @@ def collect_episodes(
     seeds = [int(s) for s in seeds]
     if not seeds:
         raise ValueError("seeds is empty; pass one maze seed per episode")
-    _check_temperature(temperature)
+    check_temperature(temperature)
     if batch_size is not None and (
         isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
     ):
@@ -478,7 +452,7 @@ def collect_episodes(
                         caches[g].reorder_cache(inverse)
                         masks[g] = masks[g][inverse]
                 turn_logits[rows] = logits[:, direction_index].float().cpu()
-            log_p = direction_log_probs(turn_logits, temperature)
+            log_p = direction_logprobs(turn_logits, temperature=temperature)
             if greedy:
                 picked = turn_logits.argmax(-1)
             else:
@@ -643,7 +617,7 @@ def action_logits(model: torch.nn.Module, batch: EpisodeBatch) -> Float[Tensor, 
 
     Example:
         >>> logits = action_logits(model, batch)  # doctest: +SKIP
-        >>> log_p = direction_log_probs(logits, batch.temperature)  # doctest: +SKIP
+        >>> log_p = direction_logprobs(logits, temperature=batch.temperature)  # doctest: +SKIP
     """
     device = _model_device(model)
     input_ids = batch.input_ids.to(device)

@@ -51,6 +51,7 @@ import numpy as np
 import torch
 
 from probes.artifacts import atomic_write, write_json
+from probes.models import resolve_autocast
 from training import distributed as D
 from training.algorithms import ALGORITHMS
 from training.checkpoints import RunDirError, latest_checkpoint, load_checkpoint, save_checkpoint, save_final
@@ -137,8 +138,6 @@ def main(args: Args) -> RunResult:
 
 def _main(args: Args, ctx: D.DistContext) -> RunResult:
     from tqdm.auto import tqdm
-
-    from probes.models import resolve_autocast
 
     # the dtype rule, resolved once for this device and recorded (config.json says true or false)
     args = dataclasses.replace(args, autocast=resolve_autocast(args.autocast, ctx.device))

@@ -58,12 +58,13 @@ import torch
 from torch import Tensor, nn
 
 from probes import layers as _layers
-from probes.artifacts import read_json, write_json
+from probes.artifacts import read_json, write_json, write_text
 from probes.emotions import DEFAULT_TOKEN_OFFSET, emotion_vectors, load_emotion_stories, load_neutral_texts
 from probes.emotions import valence_axis as _valence_axis
 from probes.extract import PAPER_SEED, aggregate, reward_activations
 from probes.geometry import analysis_layer, cosine
-from training import RunDirError, load_run_args
+from probes.report import subset_stories
+from training import RunDirError, load_base_model, load_checkpoint, load_run_args, make_policy, maze_config
 
 SERIES_FORMAT = 1
 """Bumped when the JSON layout of :class:`CheckpointSeries` changes."""
@@ -255,7 +256,6 @@ def load_checkpoint_model(
     Equals ``training.load_trained(run_dir, checkpoint=path.name, merge=True)`` without loading
     the base model from disk again.
     """
-    from training import load_checkpoint, make_policy
 
     args = dataclasses.replace(args, kl_coef=0.0, algo="sft")  # no reference copy needed
     policy = make_policy(args, model=copy.deepcopy(base), tokenizer=tokenizer)
@@ -330,9 +330,6 @@ def checkpoint_series(
         RunDirError: ``run_dir`` is not a run or has no checkpoints (the message names the fix).
     """
     from tqdm.auto import tqdm
-
-    from probes.report import subset_stories
-    from training import load_base_model, maze_config
 
     run_dir = Path(run_dir)
     args = load_run_args(run_dir)
@@ -530,8 +527,6 @@ def main(cli: Cli) -> CheckpointSeries:
     out = Path(cli.out) if cli.out else Path(cli.run_dir) / "checkpoint_series.json"
     series.save(out)
     if cli.html:
-        from probes.artifacts import write_text
-
         write_text(cli.html, checkpoint_series_figure(series).to_html(include_plotlyjs=True))
     for row in series.rows():
         print(

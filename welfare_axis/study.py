@@ -24,7 +24,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from maze_env.plots import episode_figure, training_curves
 from probes.artifacts import read_json, write_json, write_text
+from probes.concept_vector import ConceptVector
+from probes.plots import layer_cosine_curves
+from probes.report import ReportSettings, load_figures, readout_report
+from steering.evals.capability import general_texts, perplexity, qa_accuracy
+from steering.plots import dose_response_figure
+from steering.stats import dose_response_slopes, summarize_cells
+from steering.sweep import SweepConfig, load_records, run_sweep
+from training import Args, load_base_model, load_trained, main, preset_args
+from training.episodes import load_episodes
 from welfare_axis.report import export_figures, render_report
 from welfare_axis.stages import StageRunner
 
@@ -127,7 +137,6 @@ class StudyConfig:
     def train_args(self, out: Path):
         """The run's ``training.Args``: the preset (not its per-algorithm recipes), then the study's
         sizes (:data:`STUDY_TRAIN` or :data:`FAST_TRAIN`), then ``train_steps``, then ``train_overrides``."""
-        from training import preset_args
 
         overrides: dict[str, Any] = {"model": self.model, "algo": self.algo, "tiles": self.tiles,
                                      "finetune": self.finetune, "seed": self.seed, "out": str(out)}  # fmt: skip
@@ -230,7 +239,6 @@ def train_stage_settings(cfg: StudyConfig) -> dict[str, Any]:
 
 
 def stage_train(cfg: StudyConfig, work: Path) -> dict[str, Any]:
-    from training import main
 
     args = cfg.train_args(work / "run")
     args = dataclasses.replace(args, resume=(work / "run" / "config.json").is_file())
@@ -248,7 +256,6 @@ def stage_train(cfg: StudyConfig, work: Path) -> dict[str, Any]:
 
 def _load_models(runner: StageRunner) -> tuple[Any, Any, Any]:
     """(base model, trained model, tokenizer)."""
-    from training import Args, load_base_model, load_trained
 
     train = runner.outputs["train"]
     base, tok = load_base_model(Args(**train.result["train_args"]))
@@ -257,7 +264,6 @@ def _load_models(runner: StageRunner) -> tuple[Any, Any, Any]:
 
 
 def stage_forgetting(cfg: StudyConfig, runner: StageRunner, work: Path) -> dict[str, Any]:
-    from steering.evals.capability import general_texts, perplexity, qa_accuracy
 
     base, trained, tok = _load_models(runner)
     texts = general_texts(cfg.forgetting_texts)
@@ -277,7 +283,6 @@ def stage_forgetting(cfg: StudyConfig, runner: StageRunner, work: Path) -> dict[
 
 
 def _readout_settings(cfg: StudyConfig, out: Path):
-    from probes.report import ReportSettings
 
     if cfg.readout_scale not in ("study", "full", "fast", "smoke"):
         raise ValueError(f"readout_scale must be study, full, fast or smoke; got {cfg.readout_scale!r}")
@@ -296,7 +301,6 @@ def _readout_settings(cfg: StudyConfig, out: Path):
 
 def stage_readouts(cfg: StudyConfig, runner: StageRunner, work: Path) -> dict[str, Any]:
     """Vectors and every readout for the untrained (control u) and trained (v) model."""
-    from probes.report import readout_report
 
     base, trained, tok = _load_models(runner)
     results = {}
@@ -310,9 +314,6 @@ def stage_readouts(cfg: StudyConfig, runner: StageRunner, work: Path) -> dict[st
 
 def stage_steering(cfg: StudyConfig, runner: StageRunner, work: Path) -> dict[str, Any]:
     """Dose-response sweeps of v and norm-matched u at ℓ*, one sweep per tile class."""
-    from probes.concept_vector import ConceptVector
-    from steering.stats import dose_response_slopes
-    from steering.sweep import SweepConfig, run_sweep
 
     base, trained, tok = _load_models(runner)
     model = base if cfg.steer_model == "base" else trained
@@ -462,12 +463,6 @@ def report_sections(
     runner: StageRunner, cfg: StudyConfig, summary: dict[str, Any]
 ) -> tuple[str, list, list[str]]:
     """The report's title, sections (tables and plotly figures) and notes, from the stage outputs."""
-    from maze_env.plots import training_curves
-    from probes.plots import layer_cosine_curves
-    from probes.report import load_figures
-    from steering.plots import dose_response_figure
-    from steering.stats import summarize_cells
-    from steering.sweep import load_records
     from welfare_axis.report import Section, Table
 
     out = runner.outputs
@@ -590,8 +585,6 @@ def report_sections(
 
 def maze_view(run_dir: Path) -> list:
     """The trained model's first held-out evaluation episode drawn over its maze (runs that logged it)."""
-    from maze_env.plots import episode_figure
-    from training.episodes import load_episodes
 
     log = run_dir / "episodes" / "eval_after.safetensors"
     if not log.is_file():

@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from probes.artifacts import write_text
 
 DEFAULT_N = 200
 DEFAULT_SEED = 474747
@@ -376,12 +377,8 @@ def generate(n: int = DEFAULT_N, seed: int = DEFAULT_SEED) -> list[dict[str, Any
 
 def write(path: Path = OUTPUT, n: int = DEFAULT_N, seed: int = DEFAULT_SEED) -> Path:
     """Write :func:`generate`'s problems as JSONL atomically and return the path."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        for problem in generate(n, seed):
-            f.write(json.dumps(problem, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-    return path
+    lines = [json.dumps(problem, ensure_ascii=False) + "\n" for problem in generate(n, seed)]
+    return write_text(path, "".join(lines))
 
 
 def main() -> None:
