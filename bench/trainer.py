@@ -16,11 +16,11 @@ baselines alike, under bfloat16 autocast instead: about 2x faster on CPUs with A
     groups, whose shared first prompt the rollout feeds once per group (as in training; ~8% of a
     15-turn episode's tokens) and the naive loop once per episode.
 (b) Training step. ``TrainerStep`` (the slot for the trainer) times one optimisation step of ``training.train_step``
-    (Dr. GRPO with the CPU preset's LoRA: r=16, alpha=32, every linear layer of the top 8 decoder layers;
+    (Dr. GRPO with the CPU recipe's LoRA: r=16, alpha=32, every linear layer of the top 8 decoder layers;
     AdamW, micro-batch ``--micro-batch``) on ``--train-episodes`` rollout episodes. TRL's
     ``GRPOTrainer`` runs in this process on the same model with the same LoRA adapter (built by
     ``training.make_policy``), the same batch (``--train-episodes`` sequences per optimizer step,
-    the same micro-batch), loss (``dr_grpo``, beta=0: no reference pass, as in the preset), precision,
+    the same micro-batch), loss (``dr_grpo``, beta=0: no reference pass, as in the recipe), precision,
     no gradient checkpointing (TRL's default is on; ours never checkpoints), and sequence lengths: its
     prompt is one of our episodes' conversations up to the final assistant header and it generates
     ``--turns`` tokens (forced with ``min_new_tokens``), so its loss covers as many positions as ours.
@@ -160,13 +160,13 @@ def naive_rollout_seconds(model, tokenizer, episodes: EpisodeBatch, *, autocast:
 
 
 def trainer_args(train_episodes: int, micro_batch: int, n_layers: int, *, bf16: bool):
-    """The CPU preset's Dr. GRPO settings (the algorithm TRL's GRPOTrainer runs), sized for the benchmark batch."""
-    from training import PRESETS, preset_args
+    """The CPU recipe's Dr. GRPO settings (the algorithm TRL's GRPOTrainer runs), sized for the benchmark batch."""
+    from training import RECIPES, recipe_args
 
-    return preset_args(
+    return recipe_args(
         "cpu",
         algo="dr_grpo",
-        lora_layers=min(PRESETS["cpu"]["lora_layers"], n_layers),
+        lora_layers=min(RECIPES["cpu"]["lora_layers"], n_layers),
         lora_targets=LINEAR_LAYERS,
         episodes_per_step=train_episodes,
         group_size=train_episodes,

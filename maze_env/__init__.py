@@ -28,14 +28,14 @@ from maze_env.text import (
     render_chat,
     wind_sentence,
 )
-from maze_env.tiles import GLYPH_NAMES, PRESETS, Tile, TileSet
+from maze_env.tiles import GLYPH_NAMES, TILE_SETS, Tile, TileSet
 
 __all__ = [
     "ACTIONS",
     "DIRECTION_NAMES",
     "GLYPH_NAMES",
     "PAPER_BASE_SEED",
-    "PRESETS",
+    "TILE_SETS",
     "REGISTERED_IDS",
     "ActionParseError",
     "Expert",
@@ -48,7 +48,7 @@ __all__ = [
     "Trajectory",
     "action_values",
     "check_action",
-    "config_for_preset",
+    "config_for_tiles",
     "episode_messages",
     "final_action_balance",
     "generate_maze",
@@ -68,13 +68,13 @@ REGISTERED_IDS: dict[str, dict] = {
 }
 
 
-def config_for_preset(name: str = "office", **overrides) -> MazeConfig:
+def config_for_tiles(name: str = "office", **overrides) -> MazeConfig:
     """A MazeConfig with the named tile preset (office, swap, shuffle) and any rule overrides."""
-    return MazeConfig.from_dict({**MazeConfig().to_dict(), "tiles": TileSet.preset(name), **overrides})
+    return MazeConfig.from_dict({**MazeConfig().to_dict(), "tiles": TileSet.named(name), **overrides})
 
 
 def _make(tiles: str = "office", render_mode: str | None = None, **overrides) -> MazeEnv:
-    return MazeEnv(config_for_preset(tiles, **overrides), render_mode=render_mode)
+    return MazeEnv(config_for_tiles(tiles, **overrides), render_mode=render_mode)
 
 
 for _env_id, _kwargs in REGISTERED_IDS.items():

@@ -101,7 +101,7 @@ class MazeConfig:
             _check_number(name, getattr(self, name))
         if not isinstance(self.tiles, TileSet):
             raise TypeError(
-                f"tiles must be a TileSet (e.g. TileSet.preset('swap')); got {type(self.tiles).__name__}"
+                f"tiles must be a TileSet (e.g. TileSet.named('swap')); got {type(self.tiles).__name__}"
             )
 
     @property
@@ -128,5 +128,5 @@ class MazeConfig:
         if isinstance(d.get("tiles"), dict):
             d["tiles"] = TileSet(**d["tiles"])
         elif isinstance(d.get("tiles"), str):
-            d["tiles"] = TileSet.preset(d["tiles"])
+            d["tiles"] = TileSet.named(d["tiles"])
         return cls(**d)

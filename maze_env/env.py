@@ -12,7 +12,7 @@ from maze_env.config import MazeConfig
 from maze_env.dynamics import ACTIONS, DIRECTION_NAMES, check_action, move, neighbours
 from maze_env.generate import Maze, generate_maze
 from maze_env.text import IDENTITY_ORDER, INSTRUCTION, observation_text, wind_sentence
-from maze_env.tiles import PRESETS, Tile
+from maze_env.tiles import TILE_SETS, Tile
 
 
 def _charset(config: MazeConfig) -> frozenset[str]:
@@ -22,7 +22,7 @@ def _charset(config: MazeConfig) -> frozenset[str]:
         chars.update(wind_sentence(d))
     for glyph in config.tiles.glyphs:
         chars.update(glyph)
-    for preset in PRESETS.values():
+    for preset in TILE_SETS.values():
         for glyph in preset.glyphs:
             chars.update(glyph)
     return frozenset(chars)

@@ -5,7 +5,7 @@ paper's controls (Mold↔Gold swap, 3-way shuffle) change only what is shown, ne
 
 Example:
     >>> from maze_env.tiles import Tile, TileSet
-    >>> TileSet.preset("swap").glyph(Tile.MOLD) == TileSet.preset("office").glyph(Tile.GOLD)
+    >>> TileSet.named("swap").glyph(Tile.MOLD) == TileSet.named("office").glyph(Tile.GOLD)
     True
 """
 
@@ -87,15 +87,15 @@ class TileSet:
         return (self.path, self.mold, self.gold)
 
     @classmethod
-    def preset(cls, name: str) -> TileSet:
+    def named(cls, name: str) -> TileSet:
         """Named presets: ``office`` (paper default), ``swap`` (Mold↔Gold glyphs), ``shuffle`` (3-way)."""
         try:
-            return PRESETS[name]
+            return TILE_SETS[name]
         except KeyError:
-            raise ValueError(f"unknown tile preset {name!r}; choose one of {sorted(PRESETS)}") from None
+            raise ValueError(f"unknown tile set {name!r}; choose one of {sorted(TILE_SETS)}") from None
 
 
-PRESETS: dict[str, TileSet] = {
+TILE_SETS: dict[str, TileSet] = {
     "office": TileSet(),
     # Paper's tile-swap control: Mold shows 📐, Gold shows 🗂.
     "swap": TileSet(path=RECEIPT, mold=TRIANGULAR_RULER, gold=CARD_INDEX_DIVIDERS, name="swap"),

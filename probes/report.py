@@ -34,7 +34,7 @@ import plotly.io as pio
 import torch
 from torch import nn
 
-from maze_env import config_for_preset
+from maze_env import config_for_tiles
 from maze_env.scripted import scripted_trajectories
 from probes import layers as _layers
 from probes.artifacts import write_text
@@ -84,7 +84,7 @@ class ReportSettings:
     n_turns: int = 15
     """Turns per episode (the paper: 15); scripted trajectories have 1..n_turns steps."""
     tiles: str = "office"
-    """Tile glyph preset of the maze (office, swap, shuffle): read a model with the glyphs it was trained on."""
+    """tile set of the maze (office, swap, shuffle): read a model with the glyphs it was trained on."""
     batch_size: int = 8
     """Texts per forward."""
     lens_k: int = 5
@@ -198,7 +198,7 @@ def readout_report(
     """
     s = settings or ReportSettings()
     torch.manual_seed(s.split_seed)
-    config = config_for_preset(s.tiles, size=s.maze_size, n_turns=s.n_turns)
+    config = config_for_tiles(s.tiles, size=s.maze_size, n_turns=s.n_turns)
     n_layers = _layers.n_layers(model)
     timings: dict[str, float] = {}
     clock = time.perf_counter()

@@ -5,7 +5,8 @@ Recipe (the paper's "Prompt" sentiment vector, §A.4.6, on a small model):
 1. ``v = h(pos) − h(neg)`` at the last token of the chat-formatted prompts "Describe a book using positive
    sentiment" / "... negative sentiment" (generation prompt included, so the last token is the end of the
    assistant header), at every layer; we steer one middle layer.
-2. A random control ``u`` (seeded Gaussian) rescaled to ``‖v‖`` at that layer (β‖u‖ = α‖v‖ with β = α).
+2. A random control ``r`` (seeded Gaussian, named ``"random"`` in the records) rescaled to ``‖v‖`` at that
+   layer (β‖r‖ = α‖v‖ with β = α). (``u`` means the untrained model's vectors everywhere else.)
 3. By default v is the raw difference, as in the paper, and α ∈ {−4, −2, 0, 2, 4} multiplies it. On
    SmolLM2-135M-Instruct at layer 15 (of 30) ‖v‖ ≈ 5.7 ≈ 0.033 × the median residual norm (≈ 174; the
    mean, ≈ 800, is dominated by a few massive-activation tokens), so α = 4 pushes by ≈ 13 % of a typical
@@ -14,7 +15,7 @@ Recipe (the paper's "Prompt" sentiment vector, §A.4.6, on a small model):
 4. Sweep α over the self-report prompts (n prompts × k samples, paper's "assistant" rule), score with VADER.
 
 Pass criteria: v's mean sentiment rises monotonically with α and its slope's bootstrap CI excludes zero;
-u's slope CI contains zero (flat).
+r's slope CI contains zero (flat).
 
 Run: ``flock /tmp/wa/heavy.lock python -m steering.positive_control`` (``--help`` lists the settings).
 """
@@ -82,12 +83,12 @@ class PositiveControlResult:
     slopes: list[SlopeRow]
     monotonic: bool
     v_excludes_zero: bool
-    u_flat: bool
+    random_flat: bool
     elapsed_s: float
 
     @property
     def passed(self) -> bool:
-        return self.monotonic and self.v_excludes_zero and self.u_flat
+        return self.monotonic and self.v_excludes_zero and self.random_flat
 
     def markdown(self) -> str:
         """The per-α table and the slopes, as Markdown."""
@@ -96,16 +97,16 @@ class PositiveControlResult:
             f"layer {self.layer}; ‖v‖ = {self.vector_norm:.3f} (raw ‖μ+ − μ−‖ = {self.raw_norm:.3f}); "
             f"median ‖h‖ = {self.median_h_norm:.3f}; ‖v‖/‖h‖ = {self.vector_norm / self.median_h_norm:.3f}",
             "",
-            "| α | α‖v‖ | sentiment, v (95% CI) | sentiment, u control (95% CI) | incoherent v / u |",
+            "| α | α‖v‖ | sentiment, v (95% CI) | sentiment, random control (95% CI) | incoherent v / random |",
             "|---|---|---|---|---|",
         ]
         by = {(c.vector, c.alpha): c for c in self.cells}
         for alpha in alphas:
-            v, u = by[("v", alpha)], by[("u", alpha)]
+            v, r = by[("v", alpha)], by[("random", alpha)]
             lines.append(
                 f"| {alpha:+g} | {alpha * self.vector_norm:+.2f} | {v.mean:+.2f} [{v.ci_low:+.2f}, {v.ci_high:+.2f}] | "
-                f"{u.mean:+.2f} [{u.ci_low:+.2f}, {u.ci_high:+.2f}] | "
-                f"{v.incoherent_rate:.0%} / {u.incoherent_rate:.0%} |"
+                f"{r.mean:+.2f} [{r.ci_low:+.2f}, {r.ci_high:+.2f}] | "
+                f"{v.incoherent_rate:.0%} / {r.incoherent_rate:.0%} |"
             )
         lines += ["", "| vector | slope per unit α (± SE) | bootstrap 95% CI | n |", "|---|---|---|---|"]
         for s in sorted(self.slopes, key=lambda s: s.vector, reverse=True):
@@ -115,7 +116,7 @@ class PositiveControlResult:
         lines += [
             "",
             f"monotonic (v): {self.monotonic}; v slope CI excludes 0: {self.v_excludes_zero}; "
-            f"u flat (CI contains 0): {self.u_flat}; elapsed {self.elapsed_s / 60:.1f} min",
+            f"random flat (CI contains 0): {self.random_flat}; elapsed {self.elapsed_s / 60:.1f} min",
         ]
         return "\n".join(lines)
 
@@ -147,8 +148,8 @@ def median_residual_norm(model: Any, tokenizer: Any, layer: int, prompts: list[s
 
 def random_control(like: torch.Tensor, seed: int) -> torch.Tensor:
     """A seeded Gaussian direction with the norm of ``like``."""
-    u = torch.randn(like.shape[0], generator=torch.Generator().manual_seed(seed))
-    return u * (like.norm() / u.norm())
+    r = torch.randn(like.shape[0], generator=torch.Generator().manual_seed(seed))
+    return r * (like.norm() / r.norm())
 
 
 def run_positive_control(
@@ -162,7 +163,7 @@ def run_positive_control(
     raw = full.directions[layer]
     h_norm = median_residual_norm(model, tokenizer, layer, [p.prompt for p in prompts])
     v = raw if config.scale is None else raw * (config.scale * h_norm / raw.norm())
-    u = random_control(v, config.control_seed)
+    r = random_control(v, config.control_seed)
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     full.replace(metadata={"steer_layer": layer}).save(out / "sentiment_vector")
@@ -180,13 +181,13 @@ def run_positive_control(
         batch_size=config.batch_size,
     )
     records = run_sweep(
-        model, tokenizer, {"v": {layer: v}, "u": {layer: u}}, sweep, out / "sweep.jsonl", scorer=scorer
+        model, tokenizer, {"v": {layer: v}, "random": {layer: r}}, sweep, out / "sweep.jsonl", scorer=scorer
     )
     cells = summarize_cells(records)
     slopes = dose_response_slopes(records, n_boot=config.n_boot, seed=config.seed)
     by_vector = {s.vector: s for s in slopes}
     v_means = [c.mean for c in sorted((c for c in cells if c.vector == "v"), key=lambda c: c.alpha)]
-    u_slope = by_vector["u"]
+    random_slope = by_vector["random"]
     result = PositiveControlResult(
         layer=layer,
         raw_norm=float(raw.norm()),
@@ -196,7 +197,7 @@ def run_positive_control(
         slopes=slopes,
         monotonic=is_monotonic(v_means, increasing=True),
         v_excludes_zero=by_vector["v"].excludes_zero and by_vector["v"].slope > 0,
-        u_flat=u_slope.ci_low <= 0 <= u_slope.ci_high,
+        random_flat=random_slope.ci_low <= 0 <= random_slope.ci_high,
         elapsed_s=time.perf_counter() - started,
     )
     summary = {

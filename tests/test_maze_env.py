@@ -366,8 +366,8 @@ def test_invalid_configs_name_the_value_and_range(kwargs, exc, match):
 
 
 def test_unknown_preset_glyph_clash_and_unknown_keys():
-    with pytest.raises(ValueError, match="unknown tile preset 'disco'; choose one of"):
-        TileSet.preset("disco")
+    with pytest.raises(ValueError, match="unknown tile set 'disco'; choose one of"):
+        TileSet.named("disco")
     with pytest.raises(ValueError, match="glyph clash"):
         TileSet(path="a", mold="a", gold="b")
     with pytest.raises(KeyError, match="unknown maze config keys \\['colour'\\]"):
@@ -387,7 +387,7 @@ def test_actions_out_of_range_are_rejected(action, exc):
 
 
 def test_config_round_trips_through_dict():
-    cfg = maze_env.config_for_preset("swap", wind_prob=0.0)
+    cfg = maze_env.config_for_tiles("swap", wind_prob=0.0)
     assert MazeConfig.from_dict(copy.deepcopy(cfg.to_dict())) == cfg
     assert ACTIONS == ("N", "E", "S", "W")
 

@@ -131,16 +131,16 @@ def test_default_study_sizes_and_their_precedence(tmp_path):
     from welfare_axis import study
 
     args = StudyConfig().train_args(tmp_path)
-    assert (args.preset, args.steps, args.eval_episodes, args.lora_layers) == ("cpu", 3, 24, 16)
-    assert args.episodes_per_step == 16 and args.n_turns == 15  # the CPU preset's episodes
-    # the documented study runs' optimiser settings stay pinned while the CPU preset moves on
+    assert (args.recipe, args.steps, args.eval_episodes, args.lora_layers) == ("cpu", 3, 24, 16)
+    assert args.episodes_per_step == 16 and args.n_turns == 15  # the CPU recipe's episodes
+    # the documented study runs' optimiser settings stay pinned while the CPU recipe moves on
     pinned = (args.lr, args.temperature, args.entropy_coef, args.minibatches, args.curriculum_steps)
     assert pinned == (2e-4, 0.7, 0.05, 1, 0) and args.checkpoint_every == 8
     fast = StudyConfig.preset("fast").train_args(tmp_path)
     assert (fast.checkpoint_every, fast.lr, fast.curriculum_steps, fast.n_turns) == (1, 2e-4, 0, 5)
     sft = StudyConfig.from_overrides(StudyConfig(), {"algo": "sft"}).train_args(tmp_path)
     assert (sft.lr, sft.minibatches, sft.sft_targets) == (2e-4, 1, "expert")
-    tbrm = StudyConfig.preset("tbrm").train_args(tmp_path)  # not the CPU preset's single-turn TBRM recipe
+    tbrm = StudyConfig.preset("tbrm").train_args(tmp_path)  # not the CPU recipe's single-turn TBRM recipe
     assert (tbrm.algo, tbrm.curriculum_scale, tbrm.update_epochs, tbrm.tbrm_beta) == (
         "tbrm",
         None,

@@ -118,8 +118,8 @@ def test_cli_rejects_bad_input_with_clear_errors(tmp_path, capsys):
         cli_main([*base, "--algo", "not_an_algo"])
     assert cli_main(["train", "--model", str(tmp_path / "no_such_model"), "--out", str(tmp_path / "m")]) == 2
     assert "no_such_model" in capsys.readouterr().err
-    assert cli_main([*base, "--preset", "gpu9000"]) == 2
-    assert "unknown preset 'gpu9000'" in capsys.readouterr().err
+    assert cli_main([*base, "--recipe", "gpu9000"]) == 2
+    assert "unknown recipe 'gpu9000'" in capsys.readouterr().err
 
 
 def test_every_algorithm_is_a_command_line_choice():
@@ -191,25 +191,33 @@ def test_sft_best_targets_train_on_the_planner_best_set(tmp_path):
     assert torch.allclose(hard, L.sft_loss(logits, batch.actions))
 
 
-def test_preset_sets_defaults_and_explicit_flags_win():
-    args = T.parse_args(["--preset", "cpu", "--algo", "sft", "--lr", "1e-3"])
-    assert args.preset == "cpu" and args.algo == "sft" and args.lr == 1e-3
-    assert args.lora_layers == T.PRESETS["cpu"]["lora_layers"]
-    assert args.episodes_per_step == T.PRESETS["cpu"]["episodes_per_step"]
-    assert T.parse_args(["--steps", "3"]).preset is None
-    # the preset's per-algorithm values follow --algo; explicit flags still win
-    sft_values = T.PRESET_ALGO_OVERRIDES["cpu"]["sft"]
-    sft = T.parse_args(["--preset", "cpu", "--algo", "sft"])
+def test_documented_run_records_load_under_the_current_names():
+    from pathlib import Path
+
+    run = Path(__file__).resolve().parents[1] / "docs" / "training_runs" / "tbrm_cpu_preset"
+    args = T.load_run_args(run)  # its config.json says "preset": "cpu", the name before "recipe"
+    assert args.recipe == "cpu" and args.algo == "tbrm" and args.steps == 6
+
+
+def test_recipe_sets_defaults_and_explicit_flags_win():
+    args = T.parse_args(["--recipe", "cpu", "--algo", "sft", "--lr", "1e-3"])
+    assert args.recipe == "cpu" and args.algo == "sft" and args.lr == 1e-3
+    assert args.lora_layers == T.RECIPES["cpu"]["lora_layers"]
+    assert args.episodes_per_step == T.RECIPES["cpu"]["episodes_per_step"]
+    assert T.parse_args(["--steps", "3"]).recipe is None
+    # the recipe's per-algorithm values follow --algo; explicit flags still win
+    sft_values = T.RECIPE_ALGO_OVERRIDES["cpu"]["sft"]
+    sft = T.parse_args(["--recipe", "cpu", "--algo", "sft"])
     assert all(getattr(sft, k) == v for k, v in sft_values.items())
-    assert T.preset_args("cpu", algo="sft") == sft
-    grpo = T.parse_args(["--preset", "cpu", "--algo", "dr_grpo"])
-    assert all(getattr(grpo, k) == T.PRESETS["cpu"][k] for k in sft_values)
+    assert T.recipe_args("cpu", algo="sft") == sft
+    grpo = T.parse_args(["--recipe", "cpu", "--algo", "dr_grpo"])
+    assert all(getattr(grpo, k) == T.RECIPES["cpu"][k] for k in sft_values)
     assert (grpo.curriculum_scale, grpo.update_epochs, grpo.tbrm_beta) == (None, None, 10.0)
-    # the preset's own algorithm is TBRM, with its values
-    tbrm = T.parse_args(["--preset", "cpu"])
-    assert tbrm.algo == "tbrm" and tbrm == T.preset_args("cpu", algo="tbrm")
-    assert all(getattr(tbrm, k) == v for k, v in T.PRESET_ALGO_OVERRIDES["cpu"]["tbrm"].items())
-    assert T.parse_args(["--preset", "cpu", "--algo", "sft", "--minibatches", "2"]).minibatches == 2
+    # the recipe's own algorithm is TBRM, with its values
+    tbrm = T.parse_args(["--recipe", "cpu"])
+    assert tbrm.algo == "tbrm" and tbrm == T.recipe_args("cpu", algo="tbrm")
+    assert all(getattr(tbrm, k) == v for k, v in T.RECIPE_ALGO_OVERRIDES["cpu"]["tbrm"].items())
+    assert T.parse_args(["--recipe", "cpu", "--algo", "sft", "--minibatches", "2"]).minibatches == 2
 
 
 # -- resume ----------------------------------------------------------------------------------------------
@@ -612,8 +620,8 @@ def test_load_trained_gives_the_trained_policy(tmp_path):
 
 
 @pytest.mark.slow
-def test_cpu_preset_smoke_on_smollm2(tmp_path):
-    args = T.preset_args(
+def test_cpu_recipe_smoke_on_smollm2(tmp_path):
+    args = T.recipe_args(
         "cpu",
         out=str(tmp_path / "smoke"),
         steps=2,

@@ -5,7 +5,7 @@ The package reads in the order of a run:
 ==================  ================================================================================
 module              what it holds
 ==================  ================================================================================
-``config``          ``Args`` (every setting, saved as ``config.json``), presets, validation, seeds
+``config``          ``Args`` (every setting, saved as ``config.json``), recipes, validation, seeds
 ``rollout``         the episode record and the KV-reusing, action-masked sampler
 ``policy``          the model with LoRA adapters (or all weights), its reference, optimizer, precision
 ``losses``          the algorithms' maths (advantages, surrogates, entropy, KL, TBRM, SFT)
@@ -33,12 +33,12 @@ from training.checkpoints import (
 from training.config import (
     ALGOS,
     HELDOUT_BASE_SEED,
-    PRESET_ALGO_OVERRIDES,
-    PRESETS,
+    RECIPE_ALGO_OVERRIDES,
+    RECIPES,
     Args,
     heldout_seeds,
     maze_config,
-    preset_args,
+    recipe_args,
     step_turns,
     train_seeds,
     validate,
@@ -51,8 +51,8 @@ from training.update import NonFiniteLossError, compute_advantages, select_top_e
 __all__ = [
     "ALGOS",
     "HELDOUT_BASE_SEED",
-    "PRESETS",
-    "PRESET_ALGO_OVERRIDES",
+    "RECIPES",
+    "RECIPE_ALGO_OVERRIDES",
     "Args",
     "EvalResult",
     "NonFiniteLossError",
@@ -75,7 +75,7 @@ __all__ = [
     "make_policy",
     "maze_config",
     "parse_args",
-    "preset_args",
+    "recipe_args",
     "save_checkpoint",
     "select_top_episodes",
     "step_turns",

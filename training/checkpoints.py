@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from probes.artifacts import atomic_directory, write_json
 from training import distributed as D
-from training.config import Args
+from training.config import Args, upgrade_config
 from training.policy import Policy, make_policy, quiet_peft
 
 CHECKPOINT_FORMAT = 1
@@ -199,7 +199,7 @@ def load_run_args(run_dir: str | os.PathLike[str]) -> Args:
             f"{run_dir} has no config.json, so it is not a training run directory; pass the --out of a "
             f"run (welfare-axis train --out {run_dir} ...), or its parent if this is a checkpoint folder"
         )
-    saved = json.loads(config_path.read_text())
+    saved = upgrade_config(json.loads(config_path.read_text()))
     known = {f.name for f in dataclasses.fields(Args)}
     unknown = sorted(set(saved) - known)
     if unknown:

@@ -1,4 +1,4 @@
-"""Training configuration: ``Args`` (every setting, saved as ``config.json``), the presets, validation,
+"""Training configuration: ``Args`` (every setting, saved as ``config.json``), the recipes, validation,
 the curriculum and the seeds of the training and held-out mazes."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from maze_env import config_for_preset
+from maze_env import config_for_tiles
 from maze_env.config import MazeConfig
 from training.algorithms import ALGORITHMS
 
@@ -38,8 +38,8 @@ class Args:
     """Algorithm: dr_grpo (paper), grpo, reinforce (paper's token-level), rloo, ppo, tbrm, sft, iterative_sft."""
     model: str = "smollm2-135m-instruct"
     """A probes.models.load_model name or path, or tiny-llama / tiny-gemma3 (random tiny model, for tests)."""
-    preset: str | None = None
-    """The preset these defaults came from (``--preset cpu``); recorded for provenance."""
+    recipe: str | None = None
+    """The recipe these defaults came from (``--recipe cpu``); recorded for provenance."""
     seed: int = 0
     """Seeds torch/numpy/python, the training mazes and the sampling."""
     steps: int = 100
@@ -160,7 +160,7 @@ class Args:
     wind_prob: float = 0.1
     """Wind probability per turn (paper 0.1)."""
     tiles: str = "office"
-    """Tile glyph preset: office, swap, shuffle."""
+    """tile set: office, swap, shuffle."""
     maze_size: int = 100
     """Grid side (paper 100)."""
 
@@ -185,10 +185,10 @@ class Args:
     token ids, actions, per-turn rewards, log-probs; ``training.episodes.load_episodes`` reads them back)."""
 
 
-PRESETS: dict[str, dict[str, Any]] = {
+RECIPES: dict[str, dict[str, Any]] = {
     # 2 CPU cores, SmolLM2-135M-Instruct, LoRA on the top 8 layers. The RL algorithm is TBRM: from the
     # untrained model it learns the maze in 15.6 minutes of training (6 single-turn steps of 192 states,
-    # PRESET_ALGO_OVERRIDES), +25.5 return on 64 held-out mazes (4.1 SE paired, 3.0 unpaired). Dr. GRPO
+    # RECIPE_ALGO_OVERRIDES), +25.5 return on 64 held-out mazes (4.1 SE paired, 3.0 unpaired). Dr. GRPO
     # does not learn from scratch at this size (its policy gradient collapses onto one direction before
     # the model reads the tiles); it learns from an SFT warm start (--init-from). SFT: 12 steps of 240
     # decisions, 8 single-turn then 4 of 15 turns, +36.6. All measured in docs/training_results.md.
@@ -219,7 +219,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-PRESET_ALGO_OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
+RECIPE_ALGO_OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
     "cpu": {
         # SFT's targets are exact, so it takes a 4x larger step than RL's noisy advantages allow
         "sft": {"lr": 2e-3, "minibatches": 16},
@@ -238,22 +238,36 @@ PRESET_ALGO_OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
         },
     },
 }
-"""Per-algorithm values of a preset, applied on top of :data:`PRESETS` for that algorithm."""
+"""Per-algorithm values of a recipe, applied on top of :data:`RECIPES` for that algorithm."""
 
 
-def preset_args(name: str, *, per_algorithm: bool = True, **overrides: Any) -> Args:
-    """``Args`` with a preset's values (and, with ``per_algorithm``, its values for the chosen algorithm),
+def recipe_args(name: str, *, per_algorithm: bool = True, **overrides: Any) -> Args:
+    """``Args`` with a recipe's values (and, with ``per_algorithm``, its values for the chosen algorithm),
     then ``overrides``.
 
     Example:
-        >>> preset_args("cpu", algo="sft").lora_layers
+        >>> recipe_args("cpu", algo="sft").lora_layers
         8
     """
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
-    algo = overrides.get("algo", PRESETS[name].get("algo", Args.algo))
-    per_algo = PRESET_ALGO_OVERRIDES.get(name, {}).get(algo, {}) if per_algorithm else {}
-    return Args(**{**PRESETS[name], **per_algo, "preset": name, **overrides})
+    if name not in RECIPES:
+        raise ValueError(f"unknown recipe {name!r}; choose one of {sorted(RECIPES)}")
+    algo = overrides.get("algo", RECIPES[name].get("algo", Args.algo))
+    per_algo = RECIPE_ALGO_OVERRIDES.get(name, {}).get(algo, {}) if per_algorithm else {}
+    return Args(**{**RECIPES[name], **per_algo, "recipe": name, **overrides})
+
+
+RENAMED_SETTINGS = {"preset": "recipe"}
+"""Settings renamed since runs were first recorded: ``{old name: new name}``."""
+
+
+def upgrade_config(saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved ``config.json`` with renamed settings under their current names.
+
+    Example:
+        >>> upgrade_config({"preset": "cpu", "steps": 6})
+        {'recipe': 'cpu', 'steps': 6}
+    """
+    return {RENAMED_SETTINGS.get(key, key): value for key, value in saved.items()}
 
 
 def check_positive_int(name: str, value: Any, minimum: int = 1) -> None:
@@ -353,7 +367,7 @@ def validate(args: Args) -> Args:
 def maze_config(args: Args) -> MazeConfig:
     """The maze rules of a run."""
 
-    return config_for_preset(args.tiles, n_turns=args.n_turns, wind_prob=args.wind_prob, size=args.maze_size)
+    return config_for_tiles(args.tiles, n_turns=args.n_turns, wind_prob=args.wind_prob, size=args.maze_size)
 
 
 def step_turns(args: Args, step: int) -> tuple[int, int]:

@@ -137,7 +137,7 @@ def eval_settings(args: Args) -> dict[str, Any]:
     """The keyword arguments of :func:`evaluate` for a run's held-out evaluation (all but the model's).
 
     Example:
-        >>> eval_settings(preset_args("cpu"))["chunk_size"]
+        >>> eval_settings(recipe_args("cpu"))["chunk_size"]
         32
     """
     return {

@@ -18,10 +18,10 @@ its advantages and loss); the loop below never branches on its name.
 
 Run it:
 
-    welfare-axis train --preset cpu --algo sft --out runs/sft_cpu      # learns the maze in ~14 min on 2 cores
-    welfare-axis train --preset cpu --algo dr_grpo --out runs/grpo_cpu
+    welfare-axis train --recipe cpu --algo sft --out runs/sft_cpu      # learns the maze in ~14 min on 2 cores
+    welfare-axis train --recipe cpu --algo dr_grpo --out runs/grpo_cpu
     python -m training.train --model smollm2-135m-instruct --algo sft --steps 50 --out runs/sft
-    welfare-axis train --out runs/grpo_cpu --preset cpu --algo dr_grpo --resume   # continue exactly
+    welfare-axis train --out runs/grpo_cpu --recipe cpu --algo dr_grpo --resume   # continue exactly
 
 A run directory holds ``config.json`` (every argument), ``metrics.jsonl`` (one line per step),
 ``checkpoints/step_NNNNNN/`` (trainable weights, optimizer state and RNG states as safetensors + JSON;
@@ -56,15 +56,16 @@ from training import distributed as D
 from training.algorithms import ALGORITHMS
 from training.checkpoints import RunDirError, latest_checkpoint, load_checkpoint, save_checkpoint, save_final
 from training.config import (
-    PRESETS,
+    RECIPES,
     Args,
     heldout_seeds,
     maze_config,
-    preset_args,
+    recipe_args,
     sampling_generator,
     scaled_for_step,
     step_turns,
     train_seeds,
+    upgrade_config,
     validate,
 )
 from training.episodes import save_episodes
@@ -148,7 +149,7 @@ def _main(args: Args, ctx: D.DistContext) -> RunResult:
             raise FileNotFoundError(
                 f"nothing to resume: {config_path} does not exist; drop --resume to start a run"
             )
-        _check_same_config(json.loads(config_path.read_text()), args, run_dir)
+        _check_same_config(upgrade_config(json.loads(config_path.read_text())), args, run_dir)
     elif config_path.is_file():
         raise FileExistsError(
             f"{run_dir} already holds a run; pass --resume to continue it or choose another --out"
@@ -172,7 +173,7 @@ def _main(args: Args, ctx: D.DistContext) -> RunResult:
         if warm is None:
             raise RunDirError(
                 f"--init-from {args.init_from}: no checkpoint there; point it at a finished run's directory "
-                "(one with checkpoints/, e.g. from welfare-axis train --preset cpu --algo sft)"
+                "(one with checkpoints/, e.g. from welfare-axis train --recipe cpu --algo sft)"
             )
         try:
             load_checkpoint(warm, policy)
@@ -398,16 +399,16 @@ def _eval_mode(policy: Policy) -> Iterator[None]:
 # ====================================================================================================
 
 
-def _pop_preset(argv: list[str]) -> tuple[str | None, list[str]]:
+def _pop_recipe(argv: list[str]) -> tuple[str | None, list[str]]:
     rest, name, i = [], None, 0
     while i < len(argv):
         token = argv[i]
-        if token == "--preset":
+        if token == "--recipe":
             if i + 1 >= len(argv):
-                raise ValueError(f"--preset needs a value: one of {sorted(PRESETS)}")
+                raise ValueError(f"--recipe needs a value: one of {sorted(RECIPES)}")
             name, i = argv[i + 1], i + 2
             continue
-        if token.startswith("--preset="):
+        if token.startswith("--recipe="):
             name = token.split("=", 1)[1]
         else:
             rest.append(token)
@@ -416,17 +417,17 @@ def _pop_preset(argv: list[str]) -> tuple[str | None, list[str]]:
 
 
 def parse_args(argv: Sequence[str] | None = None, prog: str = "python -m training.train") -> Args:
-    """Parse command-line flags (tyro; ``--help`` lists every field). ``--preset NAME`` sets the defaults."""
+    """Parse command-line flags (tyro; ``--help`` lists every field). ``--recipe NAME`` sets the defaults."""
     import tyro
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    name, rest = _pop_preset(argv)
+    name, rest = _pop_recipe(argv)
     description = __doc__.splitlines()[0]
     if not name:
         return tyro.cli(Args, args=rest, default=Args(), prog=prog, description=description)
-    # the preset's per-algorithm values depend on --algo: parse once to learn it, then with its defaults
-    algo = tyro.cli(Args, args=rest, default=preset_args(name), prog=prog, description=description).algo
-    return tyro.cli(Args, args=rest, default=preset_args(name, algo=algo), prog=prog, description=description)
+    # the recipe's per-algorithm values depend on --algo: parse once to learn it, then with its defaults
+    algo = tyro.cli(Args, args=rest, default=recipe_args(name), prog=prog, description=description).algo
+    return tyro.cli(Args, args=rest, default=recipe_args(name, algo=algo), prog=prog, description=description)
 
 
 def cli(argv: Sequence[str] | None = None, prog: str = "python -m training.train") -> int:

@@ -16,14 +16,14 @@ Handler = Callable[[argparse.Namespace], int]
 
 
 def _maze_config(args: argparse.Namespace):
-    from maze_env import config_for_preset
+    from maze_env import config_for_tiles
 
     overrides = {}
     if args.no_wind:
         overrides["wind_prob"] = 0.0
     if args.size is not None:
         overrides["size"] = args.size
-    return config_for_preset(args.tiles, **overrides)
+    return config_for_tiles(args.tiles, **overrides)
 
 
 def _maze_show(args: argparse.Namespace) -> int:
@@ -99,9 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         p = maze.add_parser(name, help=help_text)
         p.add_argument("--seed", type=int, default=0, help="maze seed")
-        p.add_argument(
-            "--tiles", default="office", choices=["office", "swap", "shuffle"], help="tile glyph preset"
-        )
+        p.add_argument("--tiles", default="office", choices=["office", "swap", "shuffle"], help="tile set")
         p.add_argument("--size", type=int, default=None, help="grid size (default 100)")
         p.add_argument("--no-wind", action="store_true", help="turn the wind off")
         p.add_argument("--radius", type=int, default=5, help="radius of the ASCII view")

@@ -2,12 +2,12 @@
 
 ``welfare-axis train ...`` takes exactly the flags of ``python -m training.train`` (every field of
 :class:`training.Args`, parsed by tyro; ``welfare-axis train --help`` lists them), plus
-``--preset cpu`` for the 2-core CPU defaults.
+``--recipe cpu`` for the 2-core CPU defaults.
 
 Examples:
-    welfare-axis train --preset cpu --out runs/tbrm_cpu
+    welfare-axis train --recipe cpu --out runs/tbrm_cpu
     welfare-axis train --model smollm2-135m-instruct --algo sft --steps 50 --out runs/sft
-    welfare-axis train --preset cpu --out runs/tbrm_cpu --resume
+    welfare-axis train --recipe cpu --out runs/tbrm_cpu --resume
 """
 
 from __future__ import annotations

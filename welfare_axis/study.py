@@ -33,7 +33,7 @@ from steering.evals.capability import general_texts, perplexity, qa_accuracy
 from steering.plots import dose_response_figure
 from steering.stats import dose_response_slopes, summarize_cells
 from steering.sweep import SweepConfig, load_records, run_sweep
-from training import Args, load_base_model, load_trained, main, preset_args
+from training import Args, load_base_model, load_trained, main, recipe_args
 from training.episodes import load_episodes
 from welfare_axis.report import export_figures, render_report
 from welfare_axis.stages import StageRunner
@@ -74,10 +74,10 @@ class StudyConfig:
     algo: str = "dr_grpo"
     """Training algorithm (training.train: dr_grpo, grpo, reinforce, rloo, ppo, tbrm, sft, iterative_sft)."""
     tiles: str = "office"
-    """Tile glyph preset: office, swap (Mold↔Gold) or shuffle (3-way)."""
+    """tile set: office, swap (Mold↔Gold) or shuffle (3-way)."""
     finetune: str = "lora"
     """lora or full fine-tuning."""
-    train_preset: str = "cpu"
+    train_recipe: str = "cpu"
     """training.train preset the run starts from."""
     train_steps: int | None = None
     """Override the preset's number of optimisation steps."""
@@ -144,13 +144,13 @@ class StudyConfig:
         if self.train_steps is not None:
             overrides["steps"] = self.train_steps
         overrides.update(self.train_overrides)
-        return preset_args(self.train_preset, per_algorithm=False, **overrides)
+        return recipe_args(self.train_recipe, per_algorithm=False, **overrides)
 
 
 _STUDY_OPTIMISER = {"lr": 2e-4, "anneal_fraction": 1.0, "minibatches": 1, "temperature": 0.7,
                     "entropy_coef": 0.05, "curriculum_turns": None, "curriculum_steps": 0,
                     "sft_targets": "expert"}  # fmt: skip
-"""The optimiser settings the documented study runs were made with (the CPU preset's before it gained its
+"""The optimiser settings the documented study runs were made with (the CPU recipe's before it gained its
 curriculum); pinned so that the study keeps them; ``StudyConfig.train_overrides`` changes them."""
 STUDY_TRAIN = {
     "steps": 3,
@@ -159,12 +159,12 @@ STUDY_TRAIN = {
     "checkpoint_every": 8,
     **_STUDY_OPTIMISER,
 }
-"""The default study trains 3 steps of the CPU preset (16 fifteen-turn episodes each) with LoRA on the top 16
+"""The default study trains 3 steps of the CPU recipe (16 fifteen-turn episodes each) with LoRA on the top 16
 layers and evaluates 24 held-out mazes before and after (about 11 minutes on 2 CPU cores), so that the
 whole study fits 30 minutes (measured: 26.4 minutes). 16 layers cover the layers the paper's selection rule
 picks for SmolLM2 with 150 trajectories per class (Mold L22, Gold L14 of 30), where v can differ from u.
 With the default's 24 per class the rule is noisy and can pick a lower layer (the measured run: L9); the
-report says so when it does. ``--set train_steps=12`` trains as many steps as the CPU preset."""
+report says so when it does. ``--set train_steps=12`` trains as many steps as the CPU recipe."""
 FAST_TRAIN = {
     "steps": 3,
     "episodes_per_step": 4,

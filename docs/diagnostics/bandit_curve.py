@@ -1,6 +1,6 @@
 """Single-turn learning curves of SFT and of policy gradients (docs/training_results.md).
 
-Every arm trains the CPU preset's LoRA (top 8 layers of SmolLM2-135M-Instruct) on the same pool of
+Every arm trains the CPU recipe's LoRA (top 8 layers of SmolLM2-135M-Instruct) on the same pool of
 single-turn maze states, ``STATES`` per update, and prints the probability the policy (T = 1) puts on
 Mold and on Gold directions in 96 held-out states every 10 updates. The activations entering the adapted
 layers are computed once (the layers below are frozen), so an update costs only the top 8 layers.
@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from training import heldout_seeds, make_optimizer, make_policy, maze_config, preset_args
+from training import heldout_seeds, make_optimizer, make_policy, maze_config, recipe_args
 from training import losses as L
 from training.expert_data import expert_episodes
 from training.top_layers import capture_below, top_action_logits
@@ -44,7 +44,7 @@ CACHE_DIR = Path(os.environ.get("BANDIT_CACHE", "/tmp/bandit_curve_cache"))
 CACHE_DIR.mkdir(parents=True, exist_ok=True)
 torch.manual_seed(v.get("seed", 0))
 torch.set_num_threads(2)
-args = preset_args("cpu", algo="dr_grpo", n_turns=1, lr=v.get("lr", 1e-3))
+args = recipe_args("cpu", algo="dr_grpo", n_turns=1, lr=v.get("lr", 1e-3))
 policy = make_policy(args)
 optimizer = make_optimizer(policy, args)
 config = maze_config(args)

@@ -1,6 +1,6 @@
-"""Evaluate the untrained model, or a run's latest checkpoint, on the CPU preset's held-out mazes.
+"""Evaluate the untrained model, or a run's latest checkpoint, on the CPU recipe's held-out mazes.
 
-The same evaluation a ``--preset cpu`` run does before and after training (64 held-out mazes, 15 turns,
+The same evaluation a ``--recipe cpu`` run does before and after training (64 held-out mazes, 15 turns,
 T = 1.0, sampling seed 0, chunks of 32), so its episodes pair with those runs' ``eval.json``. With
 ``--compare BEFORE AFTER`` it prints the paired comparison of two results: this script's files, or a
 run's ``eval.json:before`` / ``eval.json:after``.
@@ -25,7 +25,7 @@ from training import (
     evaluate,
     load_trained,
     make_policy,
-    preset_args,
+    recipe_args,
 )
 
 
@@ -41,7 +41,7 @@ if sys.argv[1] == "--compare":
     sys.exit(0)
 
 torch.set_num_threads(2)
-args = preset_args("cpu")
+args = recipe_args("cpu")
 if sys.argv[1] == "untrained":
     policy = make_policy(args)
     model, tokenizer = policy.model, policy.tokenizer

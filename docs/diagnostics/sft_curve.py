@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from training import heldout_seeds, make_optimizer, make_policy, maze_config, preset_args
+from training import heldout_seeds, make_optimizer, make_policy, maze_config, recipe_args
 from training import losses as L
 from training.expert_data import expert_episodes
 from training.rollout import action_logits
@@ -24,7 +24,7 @@ v = json.loads(sys.argv[1])
 budget = float(sys.argv[2])
 torch.manual_seed(0)
 torch.set_num_threads(2)
-args = preset_args("cpu", algo="sft", lora_layers=v.get("layers", 8), lr=v.get("lr", 2e-3))
+args = recipe_args("cpu", algo="sft", lora_layers=v.get("layers", 8), lr=v.get("lr", 2e-3))
 policy = make_policy(args)
 optimizer = make_optimizer(policy, args)
 tok = policy.tokenizer

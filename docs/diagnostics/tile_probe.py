@@ -11,11 +11,11 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import cross_val_score
 
-from training import load_base_model, maze_config, preset_args
+from training import load_base_model, maze_config, recipe_args
 from training.expert_data import expert_episodes
 
 torch.set_num_threads(2)
-args = preset_args("cpu")
+args = recipe_args("cpu")
 model, tok = load_base_model(args)
 model.eval()
 eps = expert_episodes(tok, seeds=list(range(5000, 5024)), config=maze_config(args), horizon=1, expert_seed=1)
