@@ -1,5 +1,8 @@
 """Load the language models the toolkit studies: bundled GGUF models, HF ids, local dirs, tiny test models.
 
+(Over 600 lines: one loader for every source, with the cache, the tokenizer conventions and the tiny test
+models it shares with them; each part is short, and splitting them would split one contract.)
+
 Every part of the toolkit gets its model through :func:`load_model` (real weights) or :func:`tiny_model`
 (random weights, real tokenizer; the test fixture).
 

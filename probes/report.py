@@ -60,6 +60,24 @@ from probes.plots import (
     q_scatter,
 )
 from probes.q_readout import lens_direction_logits, q_correlation, readout_from_logits, true_q
+from probes.readouts import (
+    CentredCosines,
+    CosineCurve,
+    Emotions,
+    EmotionScatterSummary,
+    EnvProbes,
+    Extraction,
+    Geometry,
+    LensList,
+    LogitLensReadout,
+    PathReference,
+    ProbeSummary,
+    QReadoutSummary,
+    ReadoutReport,
+    SentimentAlignment,
+    Tracking,
+    ValenceAxisSummary,
+)
 from probes.selection import best_mean_auroc_layer, select_layer
 from probes.sentiment import labelled_sentiment_axis, load_sentiment, prompt_sentiment_axis
 from probes.tracking import HELD_OUT_SEED, feedback_tracking, maze_tracking
@@ -187,7 +205,7 @@ def readout_report(
     settings: ReportSettings | None = None,
     *,
     vectors_dir: str | os.PathLike[str] | None = None,
-) -> dict[str, Any]:
+) -> ReadoutReport:
     """Extract the reward vectors of ``model`` and run every readout on them (see the module docstring).
 
     With ``vectors_dir``, the extracted vectors are also saved there as ``Mold``, ``Gold`` and ``Path``
@@ -209,12 +227,7 @@ def readout_report(
         timings[name] = round(now - clock, 2)
         clock = now
 
-    report: dict[str, Any] = {
-        "model": _layers.model_name(model),
-        "n_layers": n_layers,
-        "d_model": _layers.d_model(model),
-        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(s).items()},
-    }
+    sections: dict[str, Any] = {}
 
     # EXTRACTION: Eq. 1 vectors on the train split, l* on the held-out split
     acts = reward_activations(
@@ -229,20 +242,20 @@ def readout_report(
     sel_mold, sel_gold = select_layer(v_mold, held), select_layer(v_gold, held)
     layer_mold, layer_gold = sel_mold.layer, sel_gold.layer
     emotion_layer = best_mean_auroc_layer(sel_mold, sel_gold)
-    report["extraction"] = {
-        "n_per_class": train.n_per_class,
-        "n_held_out": held.n_per_class,
-        "layer_star": {"Mold": layer_mold, "Gold": layer_gold},
-        "auroc_at_layer_star": {
+    sections["extraction"] = Extraction(
+        n_per_class=train.n_per_class,
+        n_held_out=held.n_per_class,
+        layer_star={"Mold": layer_mold, "Gold": layer_gold},
+        auroc_at_layer_star={
             "Mold": _round(float(sel_mold.auroc[sel_mold.layers.index(layer_mold)])),
             "Gold": _round(float(sel_gold.auroc[sel_gold.layers.index(layer_gold)])),
         },
-        "norm_at_layer_star": {
+        norm_at_layer_star={
             "Mold": _round(v_mold.norms()[layer_mold]),
             "Gold": _round(v_gold.norms()[layer_gold]),
         },
-        "best_mean_auroc_layer": emotion_layer,
-    }
+        best_mean_auroc_layer=emotion_layer,
+    )
     lap("extraction")
 
     # GEOMETRY
@@ -250,27 +263,27 @@ def readout_report(
     path_ref = path_reference_cosines(train)
     centred = centred_class_cosines(train, n_layers=n_layers)
     figures: dict[str, go.Figure] = {"centred_geometry": centred_geometry_heatmap(centred)}
-    report["geometry"] = {
-        "cos_mold_gold": {
-            "avg": _round(cosines.avg),
-            "min": _round(cosines.min),
-            "argmin": cosines.argmin,
-            "by_layer": _curve(cosines.cosines),
-        },
-        "path_reference": {
-            "avg": _round(path_ref.avg),
-            "min": _round(path_ref.min),
-            "argmin": path_ref.argmin,
-            "last_layer": _round(path_ref.cosines[n_layers - 1]),
-            "by_layer": _curve(path_ref.cosines),
-        },
-        "centred": {"layer": centred.layer, **{k: _round(v) for k, v in centred.pairs().items()}},
-    }
+    sections["geometry"] = Geometry(
+        cos_mold_gold=CosineCurve(
+            avg=_round(cosines.avg),
+            min=_round(cosines.min),
+            argmin=cosines.argmin,
+            by_layer=_curve(cosines.cosines),
+        ),
+        path_reference=PathReference(
+            avg=_round(path_ref.avg),
+            min=_round(path_ref.min),
+            argmin=path_ref.argmin,
+            last_layer=_round(path_ref.cosines[n_layers - 1]),
+            by_layer=_curve(path_ref.cosines),
+        ),
+        centred=CentredCosines(layer=centred.layer, pairs={k: _round(v) for k, v in centred.pairs().items()}),
+    )
     lap("geometry")
 
     # LOGIT LENS at floor(5L/6)
     lens_layer = analysis_layer(n_layers, 5, 6)
-    lens: dict[str, Any] = {"layer": lens_layer}
+    lens: dict[str, LensList] = {}
     lists = {}
     for name, vector in (("Mold", v_mold), ("Gold", v_gold)):
         for through_norm in (False, True):
@@ -278,16 +291,19 @@ def readout_report(
             result = logit_lens(model, tokenizer, vector, lens_layer, k=s.lens_k, through_norm=through_norm)
             lists[(name, mode)] = result
             score = failure_score(model, tokenizer, vector, lens_layer, through_norm=through_norm)
-            lens[f"{name}_{mode}"] = {
-                "top": result.top_tokens,
-                "bottom": result.bottom_tokens,
-                "failure_auroc": _round(score.auroc),
-                "failure_standardized": _round(score.standardized),
-            }
-    lens["overlap_mold_top_gold_bottom"] = {
-        mode: overlap(lists[("Mold", mode)].top, lists[("Gold", mode)].bottom) for mode in ("raw", "norm")
-    }
-    report["logit_lens"] = lens
+            lens[f"{name}_{mode}"] = LensList(
+                top=list(result.top_tokens),
+                bottom=list(result.bottom_tokens),
+                failure_auroc=_round(score.auroc),
+                failure_standardized=_round(score.standardized),
+            )
+    sections["logit_lens"] = LogitLensReadout(
+        layer=lens_layer,
+        lists=lens,
+        overlap_mold_top_gold_bottom={
+            mode: overlap(lists[("Mold", mode)].top, lists[("Gold", mode)].bottom) for mode in ("raw", "norm")
+        },
+    )
     figures["logit_lens_mold"] = logit_lens_bars(lists[("Mold", "raw")])
     figures["logit_lens_gold"] = logit_lens_bars(lists[("Gold", "raw")])
     lap("logit_lens")
@@ -308,34 +324,30 @@ def readout_report(
     figures["emotion_scatter"] = emotion_scatter_plot(scatter)
     geometry_layer = analysis_layer(n_layers)
     axes = {layer: valence_axis(ev, layer) for layer in sorted({emotion_layer, geometry_layer})}
-    report["emotions"] = {
-        "n_emotions": len(ev.emotions),
-        "n_short_texts": ev.n_short,
-        "neutral_pcs_removed": {str(k): v for k, v in sorted(ev.n_components_removed.items()) if k in axes},
-        "scatter": {
-            "layer": emotion_layer,
-            "slope": _round(scatter.slope),
-            "r": _round(scatter.r),
-            "top_gold": [(e, _round(c)) for e, c in scatter.top("y", 5)],
-            "top_mold": [(e, _round(c)) for e, c in scatter.top("x", 5)],
-            "max_abs_cos": _round(float(max(np.abs(scatter.x).max(), np.abs(scatter.y).max()))),
-        },
-        "valence_axis": {
-            str(layer): {
-                "r_valence": _round(axis.r_valence),
-                "r_arousal_pc2": _round(axis.r_arousal),
-                "explained_pc1": _round(axis.explained[0]),
-                "explained_pc2": _round(axis.explained[1]),
-                "cos_pc1_gold": _round(
-                    float(axis.pc1 @ v_gold[layer].double() / v_gold[layer].double().norm())
-                ),
-                "cos_pc1_mold": _round(
-                    float(axis.pc1 @ v_mold[layer].double() / v_mold[layer].double().norm())
-                ),
-            }
+    sections["emotions"] = Emotions(
+        n_emotions=len(ev.emotions),
+        n_short_texts=ev.n_short,
+        neutral_pcs_removed={str(k): v for k, v in sorted(ev.n_components_removed.items()) if k in axes},
+        scatter=EmotionScatterSummary(
+            layer=emotion_layer,
+            slope=_round(scatter.slope),
+            r=_round(scatter.r),
+            top_gold=[(e, _round(c)) for e, c in scatter.top("y", 5)],
+            top_mold=[(e, _round(c)) for e, c in scatter.top("x", 5)],
+            max_abs_cos=_round(float(max(np.abs(scatter.x).max(), np.abs(scatter.y).max()))),
+        ),
+        valence_axis={
+            str(layer): ValenceAxisSummary(
+                r_valence=_round(axis.r_valence),
+                r_arousal_pc2=_round(axis.r_arousal),
+                explained_pc1=_round(axis.explained[0]),
+                explained_pc2=_round(axis.explained[1]),
+                cos_pc1_gold=_round(float(axis.pc1 @ v_gold[layer].double() / v_gold[layer].double().norm())),
+                cos_pc1_mold=_round(float(axis.pc1 @ v_mold[layer].double() / v_mold[layer].double().norm())),
+            )
             for layer, axis in axes.items()
         },
-    }
+    )
     lap("emotions")
 
     # SENTIMENT axes
@@ -355,13 +367,13 @@ def readout_report(
         ),
     ):
         with_mold, with_gold = axis.cosine(v_mold), axis.cosine(v_gold)
-        sentiment[name] = {
-            "cos_mold_at_emotion_layer": _round(with_mold[emotion_layer]),
-            "cos_gold_at_emotion_layer": _round(with_gold[emotion_layer]),
-            "max_abs_cos_mold": _round(max(abs(c) for c in with_mold.values())),
-            "max_abs_cos_gold": _round(max(abs(c) for c in with_gold.values())),
-        }
-    report["sentiment"] = sentiment
+        sentiment[name] = SentimentAlignment(
+            cos_mold_at_emotion_layer=_round(with_mold[emotion_layer]),
+            cos_gold_at_emotion_layer=_round(with_gold[emotion_layer]),
+            max_abs_cos_mold=_round(max(abs(c) for c in with_mold.values())),
+            max_abs_cos_gold=_round(max(abs(c) for c in with_gold.values())),
+        )
+    sections["sentiment"] = sentiment
     lap("sentiment")
 
     # TRACKING
@@ -379,14 +391,14 @@ def readout_report(
         seed=s.split_seed,
         batch_size=s.batch_size,
     )
-    report["tracking"] = {
-        "maze_d_gold_vector_at_layer_star": _round(maze_gold.d[layer_gold]),
-        "maze_d_mold_vector_at_layer_star": _round(maze_mold.d[layer_mold]),
-        "maze_d_gold_vector_max_abs": _round(max(abs(d) for d in maze_gold.d.values())),
-        "maze_d_gold_vector_by_layer": _curve(maze_gold.d),
-        "feedback_d_gold_vector_at_layer_star": _round(feedback["Gold"].d[layer_gold]),
-        "feedback_d_mold_vector_at_layer_star": _round(feedback["Mold"].d[layer_mold]),
-    }
+    sections["tracking"] = Tracking(
+        maze_d_gold_vector_at_layer_star=_round(maze_gold.d[layer_gold]),
+        maze_d_mold_vector_at_layer_star=_round(maze_mold.d[layer_mold]),
+        maze_d_gold_vector_max_abs=_round(max(abs(d) for d in maze_gold.d.values())),
+        maze_d_gold_vector_by_layer=_curve(maze_gold.d),
+        feedback_d_gold_vector_at_layer_star=_round(feedback["Gold"].d[layer_gold]),
+        feedback_d_mold_vector_at_layer_star=_round(feedback["Mold"].d[layer_mold]),
+    )
     lap("tracking")
 
     # LOGIT-AS-Q on held-out scripted walks
@@ -401,17 +413,17 @@ def readout_report(
     lens_logits = lens_direction_logits(model, read.activations[lens_layer], read.token_ids)
     lens_correlation = q_correlation(readout_from_logits(lens_logits, read.token_ids, beta=s.beta), q)
     policy = readout.log_policy.exp()
-    report["q_readout"] = {
-        "n_states": correlation.n_states,
-        "n_states_used": correlation.n_states_used,
-        "spearman_pooled_centred": _round(correlation.pooled),
-        "spearman_mean_per_state": _round(correlation.mean_per_state),
-        "lens_layer_spearman_pooled_centred": _round(lens_correlation.pooled),
-        "policy_entropy_nats": _round(float(-(policy * readout.log_policy).sum(1).mean())),
-        "action_share": [_round(float(x)) for x in policy.mean(0)],
-        "horizon": s.q_horizon,
-        "beta": s.beta,
-    }
+    sections["q_readout"] = QReadoutSummary(
+        n_states=correlation.n_states,
+        n_states_used=correlation.n_states_used,
+        spearman_pooled_centred=_round(correlation.pooled),
+        spearman_mean_per_state=_round(correlation.mean_per_state),
+        lens_layer_spearman_pooled_centred=_round(lens_correlation.pooled),
+        policy_entropy_nats=_round(float(-(policy * readout.log_policy).sum(1).mean())),
+        action_share=[_round(float(x)) for x in policy.mean(0)],
+        horizon=s.q_horizon,
+        beta=s.beta,
+    )
     figures["q_scatter"] = q_scatter(readout, q)
     lap("q_readout")
 
@@ -424,33 +436,40 @@ def readout_report(
         model, tokenizer, walks_states, probe_layers, batch_size=max(1, s.batch_size // 2)
     )
     table = run_probes(decisions.activations, walks_states, seed=s.split_seed)
-    probes: dict[str, Any] = {"layers": probe_layers, "n_states": len(walks_states)}
+    tasks: dict[str, ProbeSummary | None] = {}
     for task in table.tasks:
         finite = [r for r in table.results if r.task == task and math.isfinite(r.score)]
         if not finite:  # tiny runs: a class missing from every training split leaves the score undefined
-            probes[task] = None
+            tasks[task] = None
             continue
         best = table.best(task)
-        probes[task] = {
-            "best_layer": best.layer,
-            "metric": best.metric,
-            "score": _round(best.score),
-            "control": _round(best.control_score) if math.isfinite(best.control_score) else None,
-            "selectivity": _round(best.selectivity) if math.isfinite(best.selectivity) else None,
-            "baseline": _round(best.baseline),
-        }
-    report["env_probes"] = probes
+        tasks[task] = ProbeSummary(
+            best_layer=best.layer,
+            metric=best.metric,
+            score=_round(best.score),
+            control=_round(best.control_score) if math.isfinite(best.control_score) else None,
+            selectivity=_round(best.selectivity) if math.isfinite(best.selectivity) else None,
+            baseline=_round(best.baseline),
+        )
+    sections["env_probes"] = EnvProbes(layers=probe_layers, n_states=len(walks_states), tasks=tasks)
     figures["probe_accuracy"] = probe_accuracy(table)
     lap("env_probes")
 
-    report["timings_s"] = timings
-    _finite_tree({k: v for k, v in report.items() if k != "timings_s"})
+    report = ReadoutReport(
+        model=_layers.model_name(model),
+        n_layers=n_layers,
+        d_model=_layers.d_model(model),
+        settings={k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(s).items()},
+        timings_s=timings,
+        **sections,
+    )
+    _finite_tree({k: v for k, v in report.to_dict().items() if k != "timings_s"})
     if s.out is not None:
         out = Path(s.out)
         figures_path = out.with_name(out.stem + ".figures.json")
         save_report(figures_path, {name: json.loads(pio.to_json(fig)) for name, fig in figures.items()})
-        report["figures"] = figures_path.name
-        save_report(out, report)
+        report = dataclasses.replace(report, figures=figures_path.name)
+        save_report(out, report.to_dict())
     return report
 
 
@@ -469,91 +488,89 @@ def load_figures(report_path: str | os.PathLike[str]) -> dict[str, go.Figure]:
     return {key: go.Figure(value) for key, value in json.loads((path.parent / name).read_text()).items()}
 
 
-def markdown_tables(report: dict[str, Any]) -> str:
+def markdown_tables(report: ReadoutReport) -> str:
     """The headline numbers of a report as Markdown tables (for ``docs/``).
 
     Example:
         >>> print(markdown_tables(report))  # doctest: +SKIP
     """
-    g, x, lens = report["geometry"], report["extraction"], report["logit_lens"]
-    e, t, q = report["emotions"], report["tracking"], report["q_readout"]
+    g, x, lens = report.geometry, report.extraction, report.logit_lens
+    e, t, q = report.emotions, report.tracking, report.q_readout
+    cos, path, centred = g.cos_mold_gold, g.path_reference, g.centred.pairs
     lines = [
         "| readout | value |",
         "|---|---|",
-        f"| layer* (Mold, Gold), held-out AUROC there | {x['layer_star']['Mold']}, {x['layer_star']['Gold']}; "
-        f"{x['auroc_at_layer_star']['Mold']:.3f}, {x['auroc_at_layer_star']['Gold']:.3f} |",
-        f"| norm at layer* (Mold, Gold) | {x['norm_at_layer_star']['Mold']:.2f}, {x['norm_at_layer_star']['Gold']:.2f} |",
-        f"| cos(u_Mold, u_Gold): avg, min (argmin layer) | {g['cos_mold_gold']['avg']:+.3f}, "
-        f"{g['cos_mold_gold']['min']:+.3f} (L{g['cos_mold_gold']['argmin']}) |",
-        f"| Path-reference cosine: avg, min (argmin), last layer | {g['path_reference']['avg']:+.3f}, "
-        f"{g['path_reference']['min']:+.3f} (L{g['path_reference']['argmin']}), {g['path_reference']['last_layer']:+.3f} |",
-        f"| centred class means at L{g['centred']['layer']}: Mold·Gold, Mold·Path, Gold·Path | "
-        f"{g['centred']['Mold·Gold']:+.3f}, {g['centred']['Mold·Path']:+.3f}, {g['centred']['Gold·Path']:+.3f} |",
+        f"| layer* (Mold, Gold), held-out AUROC there | {x.layer_star['Mold']}, {x.layer_star['Gold']}; "
+        f"{x.auroc_at_layer_star['Mold']:.3f}, {x.auroc_at_layer_star['Gold']:.3f} |",
+        f"| norm at layer* (Mold, Gold) | {x.norm_at_layer_star['Mold']:.2f}, {x.norm_at_layer_star['Gold']:.2f} |",
+        f"| cos(u_Mold, u_Gold): avg, min (argmin layer) | {cos.avg:+.3f}, {cos.min:+.3f} (L{cos.argmin}) |",
+        f"| Path-reference cosine: avg, min (argmin), last layer | {path.avg:+.3f}, "
+        f"{path.min:+.3f} (L{path.argmin}), {path.last_layer:+.3f} |",
+        f"| centred class means at L{g.centred.layer}: Mold·Gold, Mold·Path, Gold·Path | "
+        f"{centred['Mold·Gold']:+.3f}, {centred['Mold·Path']:+.3f}, {centred['Gold·Path']:+.3f} |",
     ]
     for name in ("Mold", "Gold"):
         for mode in ("raw", "norm"):
-            entry = lens[f"{name}_{mode}"]
+            entry = lens.of(name, mode)
             lines.append(
-                f"| logit lens L{lens['layer']} u_{name} ({mode}): top-5 / bottom-5 | "
-                f"{' '.join(repr(tok) for tok in entry['top'])} / {' '.join(repr(tok) for tok in entry['bottom'])} |"
+                f"| logit lens L{lens.layer} u_{name} ({mode}): top-5 / bottom-5 | "
+                f"{' '.join(repr(tok) for tok in entry.top)} / {' '.join(repr(tok) for tok in entry.bottom)} |"
             )
             lines.append(
                 f"| failure-token AUROC / standardized difference, u_{name} ({mode}) | "
-                f"{entry['failure_auroc']:.3f} / {entry['failure_standardized']:+.3f} |"
+                f"{entry.failure_auroc:.3f} / {entry.failure_standardized:+.3f} |"
             )
-    overlap_counts = lens["overlap_mold_top_gold_bottom"]
+    overlap_counts = lens.overlap_mold_top_gold_bottom
     lines += [
         f"| overlap u_Mold top-5 vs u_Gold bottom-5 (raw, norm) | {overlap_counts['raw']}/5, {overlap_counts['norm']}/5 |",
-        f"| emotion scatter at L{e['scatter']['layer']} ({e['n_emotions']} emotions): OLS slope, r | "
-        f"{e['scatter']['slope']:+.3f}, {e['scatter']['r']:+.3f} |",
-        f"| largest cos(e, u_Gold) | {', '.join(f'{n} {c:+.3f}' for n, c in e['scatter']['top_gold'][:3])} |",
-        f"| largest cos(e, u_Mold) | {', '.join(f'{n} {c:+.3f}' for n, c in e['scatter']['top_mold'][:3])} |",
+        f"| emotion scatter at L{e.scatter.layer} ({e.n_emotions} emotions): OLS slope, r | "
+        f"{e.scatter.slope:+.3f}, {e.scatter.r:+.3f} |",
+        f"| largest cos(e, u_Gold) | {', '.join(f'{n} {c:+.3f}' for n, c in e.scatter.top_gold[:3])} |",
+        f"| largest cos(e, u_Mold) | {', '.join(f'{n} {c:+.3f}' for n, c in e.scatter.top_mold[:3])} |",
     ]
-    for layer, axis in e["valence_axis"].items():
+    for layer, axis in e.valence_axis.items():
         lines.append(
             f"| emotion PC1 at L{layer}: r with valence, var. explained; PC2 r with arousal; "
-            f"cos(PC1, u_Gold), cos(PC1, u_Mold) | {axis['r_valence']:+.3f}, {axis['explained_pc1']:.3f}; "
-            f"{axis['r_arousal_pc2']:+.3f}; {axis['cos_pc1_gold']:+.3f}, {axis['cos_pc1_mold']:+.3f} |"
+            f"cos(PC1, u_Gold), cos(PC1, u_Mold) | {axis.r_valence:+.3f}, {axis.explained_pc1:.3f}; "
+            f"{axis.r_arousal_pc2:+.3f}; {axis.cos_pc1_gold:+.3f}, {axis.cos_pc1_mold:+.3f} |"
         )
-    for name, axis in report["sentiment"].items():
+    for name, sentiment in report.sentiment.items():
         lines.append(
-            f"| {name} sentiment axis: cos with u_Mold, u_Gold at L{e['scatter']['layer']}; max abs over layers | "
-            f"{axis['cos_mold_at_emotion_layer']:+.3f}, {axis['cos_gold_at_emotion_layer']:+.3f}; "
-            f"{axis['max_abs_cos_mold']:.3f}, {axis['max_abs_cos_gold']:.3f} |"
+            f"| {name} sentiment axis: cos with u_Mold, u_Gold at L{e.scatter.layer}; max abs over layers | "
+            f"{sentiment.cos_mold_at_emotion_layer:+.3f}, {sentiment.cos_gold_at_emotion_layer:+.3f}; "
+            f"{sentiment.max_abs_cos_mold:.3f}, {sentiment.max_abs_cos_gold:.3f} |"
         )
     lines += [
-        f"| maze tracking d (Gold-final − Mold-final): u_Gold at L{x['layer_star']['Gold']}, u_Mold at "
-        f"L{x['layer_star']['Mold']}, max abs d of u_Gold | {t['maze_d_gold_vector_at_layer_star']:+.3f}, "
-        f"{t['maze_d_mold_vector_at_layer_star']:+.3f}, {t['maze_d_gold_vector_max_abs']:.3f} |",
+        f"| maze tracking d (Gold-final − Mold-final): u_Gold at L{x.layer_star['Gold']}, u_Mold at "
+        f"L{x.layer_star['Mold']}, max abs d of u_Gold | {t.maze_d_gold_vector_at_layer_star:+.3f}, "
+        f"{t.maze_d_mold_vector_at_layer_star:+.3f}, {t.maze_d_gold_vector_max_abs:.3f} |",
         f"| feedback tracking d (correct − incorrect): u_Gold, u_Mold at layer* | "
-        f"{t['feedback_d_gold_vector_at_layer_star']:+.3f}, {t['feedback_d_mold_vector_at_layer_star']:+.3f} |",
-        f"| logit-as-Q Spearman ({q['n_states']} states, h={q['horizon']}): pooled centred, mean per state, "
-        f"lens L{lens['layer']} pooled | {q['spearman_pooled_centred']:+.3f}, {q['spearman_mean_per_state']:+.3f}, "
-        f"{q['lens_layer_spearman_pooled_centred']:+.3f} |",
-        f"| policy over N/E/S/W: entropy (nats), mean shares | {q['policy_entropy_nats']:.3f}, "
-        f"{' '.join(f'{v:.2f}' for v in q['action_share'])} |",
+        f"{t.feedback_d_gold_vector_at_layer_star:+.3f}, {t.feedback_d_mold_vector_at_layer_star:+.3f} |",
+        f"| logit-as-Q Spearman ({q.n_states} states, h={q.horizon}): pooled centred, mean per state, "
+        f"lens L{lens.layer} pooled | {q.spearman_pooled_centred:+.3f}, {q.spearman_mean_per_state:+.3f}, "
+        f"{q.lens_layer_spearman_pooled_centred:+.3f} |",
+        f"| policy over N/E/S/W: entropy (nats), mean shares | {q.policy_entropy_nats:.3f}, "
+        f"{' '.join(f'{v:.2f}' for v in q.action_share)} |",
     ]
-    probes = report["env_probes"]
+    probes = report.env_probes
     lines += [
         "",
-        f"Environment probes ({probes['n_states']} random-walk states, layers {probes['layers']}):",
+        f"Environment probes ({probes.n_states} random-walk states, layers {probes.layers}):",
         "",
         "| task | best layer | metric | score | control | selectivity | baseline |",
         "|---|---|---|---|---|---|---|",
     ]
-    for task, row in probes.items():
-        if task in ("layers", "n_states"):
-            continue
+
+    def fmt(v: float | None) -> str:
+        return "—" if v is None else f"{v:.3f}"
+
+    for task, row in probes.tasks.items():
         if row is None:
             lines.append(f"| {task} | — | — | undefined | — | — | — |")
             continue
-
-        def fmt(v: float | None) -> str:
-            return "—" if v is None else f"{v:.3f}"
-
         lines.append(
-            f"| {task} | {row['best_layer']} | {row['metric']} | {fmt(row['score'])} | {fmt(row['control'])} | "
-            f"{fmt(row['selectivity'])} | {fmt(row['baseline'])} |"
+            f"| {task} | {row.best_layer} | {row.metric} | {fmt(row.score)} | {fmt(row.control)} | "
+            f"{fmt(row.selectivity)} | {fmt(row.baseline)} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -563,16 +580,15 @@ def save_report(path: str | os.PathLike[str], report: dict[str, Any]) -> Path:
     return write_text(Path(path), json.dumps(report, indent=1, ensure_ascii=False))
 
 
-def main(settings: ReportSettings) -> dict[str, Any]:
+def main(settings: ReportSettings) -> ReadoutReport:
     """Load ``settings.model`` on the CPU (2 threads) and run :func:`readout_report`."""
     from probes.models import load_model
 
     torch.set_num_threads(2)
     model, tokenizer = load_model(settings.model, device="cpu")
     report = readout_report(model, tokenizer, settings)
-    print(
-        json.dumps({k: v for k, v in report.items() if k not in ("settings",)}, indent=1, ensure_ascii=False)
-    )
+    shown = {k: v for k, v in report.to_dict().items() if k != "settings"}
+    print(json.dumps(shown, indent=1, ensure_ascii=False))
     return report
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from probes.models import tiny_model
+from probes.readouts import ReadoutReport
 from probes.report import ReportSettings, load_figures, markdown_tables, readout_report
 
 SECTIONS = [
@@ -35,26 +36,28 @@ def _array(values):
 
 
 def _without_timings(report):
-    return {k: v for k, v in report.items() if k != "timings_s"}
+    return dataclasses.replace(report, timings_s={})
 
 
 def test_report_on_a_tiny_model_has_every_section_and_writes_json(tmp_path):
     model, tok = tiny_model("llama", n_layers=3)
     report = readout_report(model, tok, dataclasses.replace(TINY, out=tmp_path / "r.json"))
-    assert [k for k in SECTIONS if k in report] == SECTIONS
-    assert report["geometry"]["centred"]["layer"] == 2  # floor(2 * 3 / 3) clipped to L - 1
-    assert len(report["geometry"]["cos_mold_gold"]["by_layer"]) == 3
-    assert json.loads((tmp_path / "r.json").read_text(encoding="utf-8"))["n_layers"] == 3
+    saved = json.loads((tmp_path / "r.json").read_text(encoding="utf-8"))
+    assert [k for k in SECTIONS if k in saved] == SECTIONS
+    assert saved == report.to_dict() and ReadoutReport.load(tmp_path / "r.json") == report  # typed round trip
+    assert report.geometry.centred.layer == 2  # floor(2 * 3 / 3) clipped to L - 1
+    assert len(report.geometry.cos_mold_gold.by_layer) == 3
+    assert saved["n_layers"] == 3 and saved["geometry"]["centred"]["layer"] == 2
     figures = load_figures(tmp_path / "r.json")  # written beside the JSON, plotly JSON (no pickle)
     assert sorted(figures) == ["centred_geometry", "emotion_scatter", "logit_lens_gold", "logit_lens_mold",
                                "probe_accuracy", "q_scatter"]  # fmt: skip
     centred = _array(figures["centred_geometry"].data[0].z)
-    assert centred[0, 1] == pytest.approx(report["geometry"]["centred"]["Mold·Gold"], abs=1e-6)
-    assert len(_array(figures["emotion_scatter"].data[0].x)) == report["emotions"]["n_emotions"]
+    assert centred[0, 1] == pytest.approx(report.geometry.centred.pairs["Mold·Gold"], abs=1e-6)
+    assert len(_array(figures["emotion_scatter"].data[0].x)) == report.emotions.n_emotions
     (tmp_path / "old.json").write_text('{"n_layers": 3}')  # written before reports had figures
     assert load_figures(tmp_path / "old.json") == {}
     table = markdown_tables(report)
-    assert f"{report['geometry']['cos_mold_gold']['min']:+.3f}" in table
+    assert f"{report.geometry.cos_mold_gold.min:+.3f}" in table
     assert "| neighbour_N |" in table
 
 
@@ -66,12 +69,12 @@ def test_readouts_on_smollm2_are_finite_and_seeded():
     first = readout_report(model, tok, TINY)  # raises on any non-finite number
     second = readout_report(model, tok, TINY)
     assert _without_timings(first) == _without_timings(second)
-    assert first["n_layers"] == 30 and first["d_model"] == 576
-    assert first["geometry"]["centred"]["layer"] == 20
-    assert first["logit_lens"]["layer"] == 25
-    assert len(first["logit_lens"]["Mold_raw"]["top"]) == 5
-    assert first["emotions"]["n_emotions"] == TINY.n_emotions
-    assert -1.0 <= first["geometry"]["cos_mold_gold"]["min"] <= 1.0
+    assert first.n_layers == 30 and first.d_model == 576
+    assert first.geometry.centred.layer == 20
+    assert first.logit_lens.layer == 25
+    assert len(first.logit_lens.of("Mold", "raw").top) == 5
+    assert first.emotions.n_emotions == TINY.n_emotions
+    assert -1.0 <= first.geometry.cos_mold_gold.min <= 1.0
 
 
 def test_report_reads_the_maze_with_the_settings_tile_glyphs(monkeypatch):

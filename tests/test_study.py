@@ -119,12 +119,12 @@ def test_train_cache_key_is_the_resolved_training_config(monkeypatch):
 def test_frozen_layers_note_only_when_a_selected_layer_is_below_the_adapted_ones():
     from welfare_axis.study import frozen_layers_note
 
-    readout = {"n_layers": 30, "extraction": {"layer_star": {"Mold": 21, "Gold": 25}}}
-    note = frozen_layers_note({"finetune": "lora", "lora_layers": 8}, readout)
+    readout = (30, {"Mold": 21, "Gold": 25})  # n_layers, layer_star
+    note = frozen_layers_note({"finetune": "lora", "lora_layers": 8}, *readout)
     assert "layers 22-29" in note and "Mold L21" in note and "Gold" not in note.split("(")[1]
-    assert frozen_layers_note({"finetune": "lora", "lora_layers": 9}, readout) is None  # 21..29 adapted
-    assert frozen_layers_note({"finetune": "lora", "lora_layers": None}, readout) is None
-    assert frozen_layers_note({"finetune": "full", "lora_layers": 8}, readout) is None
+    assert frozen_layers_note({"finetune": "lora", "lora_layers": 9}, *readout) is None  # 21..29 adapted
+    assert frozen_layers_note({"finetune": "lora", "lora_layers": None}, *readout) is None
+    assert frozen_layers_note({"finetune": "full", "lora_layers": 8}, *readout) is None
 
 
 def test_default_study_sizes_and_their_precedence(tmp_path):

@@ -639,3 +639,12 @@ def test_cpu_recipe_smoke_on_smollm2(tmp_path):
     lines = metrics(result.run_dir)
     assert len(lines) == 2 and all(math.isfinite(r["loss"]) for r in lines)
     assert (result.run_dir / "final" / "adapter_model.safetensors").is_file()
+
+
+def test_the_package_exports_resolve_to_their_modules():
+    assert sorted(T.__all__) == sorted(T._EXPORTS)
+    assert all(
+        getattr(T, name).__module__.startswith("training.")
+        for name in T.__all__
+        if callable(getattr(T, name))
+    )

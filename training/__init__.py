@@ -22,31 +22,57 @@ Example:
     >>> result = main(Args(model="tiny-llama", steps=1, out="runs/tiny"))  # doctest: +SKIP
 """
 
-from training.checkpoints import (
-    RunDirError,
-    latest_checkpoint,
-    load_checkpoint,
-    load_run_args,
-    load_trained,
-    save_checkpoint,
-)
-from training.config import (
-    ALGOS,
-    HELDOUT_BASE_SEED,
-    RECIPE_ALGO_OVERRIDES,
-    RECIPES,
-    Args,
-    heldout_seeds,
-    maze_config,
-    recipe_args,
-    step_turns,
-    train_seeds,
-    validate,
-)
-from training.evaluation import EvalResult, compare_evals, eval_settings, evaluate
-from training.policy import Policy, load_base_model, make_optimizer, make_policy
-from training.train import RunResult, cli, main, parse_args
-from training.update import NonFiniteLossError, compute_advantages, select_top_episodes, train_step
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "ALGOS": "training.config",
+    "Args": "training.config",
+    "EvalResult": "training.evaluation",
+    "HELDOUT_BASE_SEED": "training.config",
+    "NonFiniteLossError": "training.update",
+    "Policy": "training.policy",
+    "RECIPES": "training.config",
+    "RECIPE_ALGO_OVERRIDES": "training.config",
+    "RunDirError": "training.checkpoints",
+    "RunResult": "training.train",
+    "cli": "training.train",
+    "compare_evals": "training.evaluation",
+    "compute_advantages": "training.update",
+    "eval_settings": "training.evaluation",
+    "evaluate": "training.evaluation",
+    "heldout_seeds": "training.config",
+    "latest_checkpoint": "training.checkpoints",
+    "load_base_model": "training.policy",
+    "load_checkpoint": "training.checkpoints",
+    "load_run_args": "training.checkpoints",
+    "load_trained": "training.checkpoints",
+    "main": "training.train",
+    "make_optimizer": "training.policy",
+    "make_policy": "training.policy",
+    "maze_config": "training.config",
+    "parse_args": "training.train",
+    "recipe_args": "training.config",
+    "save_checkpoint": "training.checkpoints",
+    "select_top_episodes": "training.update",
+    "step_turns": "training.config",
+    "train_seeds": "training.config",
+    "train_step": "training.update",
+    "validate": "training.config",
+}
+"""Public name -> the module that defines it; imported on first use (PEP 562), so a worker that only
+needs ``training.distributed`` does not load the whole trainer."""
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'training' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
+
 
 __all__ = [
     "ALGOS",

@@ -1,5 +1,8 @@
 """LM rollouts in the maze: batched multi-turn chat episodes with the KV cache reused across turns.
 
+(Over 600 lines on purpose: the episode record, the sampler that fills it and the teacher-forced
+recomputation the update uses must agree token for token, and they share the layout helpers below.)
+
 One call plays ``len(seeds)`` mazes (a :class:`~maze_env.batch.MazeBatch`, one maze per seed, the paper's
 rules including wind) for ``config.n_turns`` turns. Every turn the model reads the whole conversation,
 rendered with its own chat template and no system message of ours, and answers with one direction letter

@@ -1,5 +1,8 @@
 """The whole study in one call: train → vectors (u untrained, v trained) → readouts → steering → report.
 
+(Over 600 lines: the study's settings, its presets and the stages that read them stay together, so a
+preset and the stage it changes are read side by side; the report itself is ``welfare_axis.report``.)
+
 Each stage is cached by a hash of its settings and inputs (``welfare_axis.stages``), so a rerun skips
 what is done and an interrupted run resumes (training from its last checkpoint). The result is
 ``<out>/report.html`` (self-contained) and ``<out>/summary.json`` with the headline numbers next to the
@@ -28,6 +31,7 @@ from maze_env.plots import episode_figure, training_curves
 from probes.artifacts import read_json, write_json, write_text
 from probes.concept_vector import ConceptVector
 from probes.plots import layer_cosine_curves
+from probes.readouts import ReadoutReport
 from probes.report import ReportSettings, load_figures, readout_report
 from steering.evals.capability import general_texts, perplexity, qa_accuracy
 from steering.plots import dose_response_figure
@@ -309,7 +313,7 @@ def stage_readouts(cfg: StudyConfig, runner: StageRunner, work: Path) -> dict[st
         results[name] = readout_report(model, tok, settings, vectors_dir=work / f"vectors_{name}")
     return {"control": "readouts_control.json", "trained": "readouts_trained.json",
             "vectors": {"control": "vectors_control", "trained": "vectors_trained"},
-            "layer_star": results["trained"]["extraction"]["layer_star"]}  # fmt: skip
+            "layer_star": results["trained"].extraction.layer_star}  # fmt: skip
 
 
 def stage_steering(cfg: StudyConfig, runner: StageRunner, work: Path) -> dict[str, Any]:
@@ -405,11 +409,15 @@ def summarize(runner: StageRunner, cfg: StudyConfig) -> dict[str, Any]:
     out = runner.outputs
     train = out["train"].result
     rd = out["readouts"]
-    ctrl = read_json(rd.dir / rd.result["control"])
-    trn = read_json(rd.dir / rd.result["trained"])
+    ctrl = ReadoutReport.load(rd.dir / rd.result["control"])
+    trn = ReadoutReport.load(rd.dir / rd.result["trained"])
 
-    def pair(path: Callable[[dict[str, Any]], Any]) -> dict[str, Any]:
-        return {"trained": path(trn), "control": path(ctrl)}
+    def pair(read: Callable[[ReadoutReport], Any]) -> dict[str, Any]:
+        return {"trained": read(trn), "control": read(ctrl)}
+
+    def probe_score(report: ReadoutReport, task: str) -> float | None:
+        row = report.env_probes.tasks.get(task)
+        return None if row is None else row.score
 
     summary: dict[str, Any] = {
         "config": dataclasses.asdict(cfg),
@@ -417,32 +425,32 @@ def summarize(runner: StageRunner, cfg: StudyConfig) -> dict[str, Any]:
         "model": cfg.model,
         "training": {k: train.get(k) for k in ("steps", "before", "after", "return_gain")},
         "geometry": {
-            "cos_min": pair(lambda r: r["geometry"]["cos_mold_gold"]["min"]),
-            "cos_argmin": pair(lambda r: r["geometry"]["cos_mold_gold"]["argmin"]),
-            "cos_avg": pair(lambda r: r["geometry"]["cos_mold_gold"]["avg"]),
-            "centred_mold_gold": pair(lambda r: r["geometry"]["centred"].get("Mold·Gold")),
-            "path_reference_last_layer": pair(lambda r: r["geometry"]["path_reference"]["last_layer"]),
+            "cos_min": pair(lambda r: r.geometry.cos_mold_gold.min),
+            "cos_argmin": pair(lambda r: r.geometry.cos_mold_gold.argmin),
+            "cos_avg": pair(lambda r: r.geometry.cos_mold_gold.avg),
+            "centred_mold_gold": pair(lambda r: r.geometry.centred.pairs.get("Mold·Gold")),
+            "path_reference_last_layer": pair(lambda r: r.geometry.path_reference.last_layer),
         },
         "logit_lens": {
-            "v_mold_top_raw": pair(lambda r: r["logit_lens"]["Mold_raw"]["top"]),
-            "v_gold_bottom_raw": pair(lambda r: r["logit_lens"]["Gold_raw"]["bottom"]),
-            "v_mold_failure_auroc": pair(lambda r: r["logit_lens"]["Mold_raw"]["failure_auroc"]),
+            "v_mold_top_raw": pair(lambda r: r.logit_lens.of("Mold").top),
+            "v_gold_bottom_raw": pair(lambda r: r.logit_lens.of("Gold").bottom),
+            "v_mold_failure_auroc": pair(lambda r: r.logit_lens.of("Mold").failure_auroc),
         },
         "emotions": {
-            "slope": pair(lambda r: r["emotions"]["scatter"]["slope"]),
-            "r": pair(lambda r: r["emotions"]["scatter"]["r"]),
-        },  # fmt: skip
-        "tracking": {
-            "maze_d_gold_vector": pair(lambda r: r["tracking"]["maze_d_gold_vector_at_layer_star"]),
-            "feedback_d": pair(lambda r: r["tracking"]["feedback_d_gold_vector_at_layer_star"]),
-        },  # fmt: skip
-        "q_readout": {"spearman_pooled_centred": pair(lambda r: r["q_readout"]["spearman_pooled_centred"])},
-        "env_probes": {
-            task: pair(lambda r, t=task: r["env_probes"][t]["score"])
-            for task in trn["env_probes"]
-            if isinstance(trn["env_probes"][task], dict)
+            "slope": pair(lambda r: r.emotions.scatter.slope),
+            "r": pair(lambda r: r.emotions.scatter.r),
         },
-        "layer_star": trn["extraction"]["layer_star"],
+        "tracking": {
+            "maze_d_gold_vector": pair(lambda r: r.tracking.maze_d_gold_vector_at_layer_star),
+            "feedback_d": pair(lambda r: r.tracking.feedback_d_gold_vector_at_layer_star),
+        },
+        "q_readout": {"spearman_pooled_centred": pair(lambda r: r.q_readout.spearman_pooled_centred)},
+        "env_probes": {
+            task: pair(lambda r, t=task: probe_score(r, t))
+            for task, row in trn.env_probes.tasks.items()
+            if row is not None
+        },
+        "layer_star": trn.extraction.layer_star,
         "paper": PAPER,
     }
     if "forgetting" in out:
@@ -467,8 +475,8 @@ def report_sections(
 
     out = runner.outputs
     rd = out["readouts"]
-    ctrl = read_json(rd.dir / rd.result["control"])
-    trn = read_json(rd.dir / rd.result["trained"])
+    ctrl = ReadoutReport.load(rd.dir / rd.result["control"])
+    trn = ReadoutReport.load(rd.dir / rd.result["trained"])
     train = out["train"]
     metrics_path = train.dir / train.result["run"] / "metrics.jsonl"
     metrics = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
@@ -524,8 +532,8 @@ def report_sections(
             figures=[
                 layer_cosine_curves(
                     {
-                        "trained v": dict(enumerate(trn["geometry"]["cos_mold_gold"]["by_layer"])),
-                        "control u": dict(enumerate(ctrl["geometry"]["cos_mold_gold"]["by_layer"])),
+                        "trained v": dict(enumerate(trn.geometry.cos_mold_gold.by_layer)),
+                        "control u": dict(enumerate(ctrl.geometry.cos_mold_gold.by_layer)),
                     }
                 )
             ] + readout_figures(("trained", "centred_geometry"), ("control", "centred_geometry")),
@@ -539,8 +547,8 @@ def report_sections(
                 figures=readout_figures(("trained", "emotion_scatter"), ("control", "emotion_scatter"))),
         Section("Tracking", tables=[Table("Cohen's d", rows(summary["tracking"]))],
                 figures=[layer_cosine_curves(
-                    {"trained v_Gold": dict(enumerate(trn["tracking"]["maze_d_gold_vector_by_layer"])),
-                     "control u_Gold": dict(enumerate(ctrl["tracking"]["maze_d_gold_vector_by_layer"]))},
+                    {"trained v_Gold": dict(enumerate(trn.tracking.maze_d_gold_vector_by_layer)),
+                     "control u_Gold": dict(enumerate(ctrl.tracking.maze_d_gold_vector_by_layer))},
                     title="maze tracking: Cohen's d of Gold-final vs Mold-final projections, by layer",
                     y_title="Cohen's d", y_range=None)]),
         Section("Logits as Q-values", tables=[Table("Spearman(Q̂, true Q)", rows(summary["q_readout"]))],
@@ -577,7 +585,7 @@ def report_sections(
         if cfg.fast
         else []
     )
-    frozen = frozen_layers_note(train.result.get("train_args", {}), trn)
+    frozen = frozen_layers_note(train.result.get("train_args", {}), trn.n_layers, trn.extraction.layer_star)
     if frozen:
         notes.append(frozen)
     return f"welfare-axis study: {cfg.model}, {cfg.algo}, tiles {cfg.tiles}", sections, notes
@@ -594,23 +602,23 @@ def maze_view(run_dir: Path) -> list:
                                             f"return {float(batch.rewards[0].sum()):+.1f}")]  # fmt: skip
 
 
-def frozen_layers_note(train_args: Mapping[str, Any], readout: Mapping[str, Any]) -> str | None:
+def frozen_layers_note(
+    train_args: Mapping[str, Any], n_layers: int, layer_star: Mapping[str, int]
+) -> str | None:
     """A warning when LoRA adapted only the top layers and a selected layer lies below them.
 
     Below the lowest adapted layer the trained model computes exactly what the untrained one does, so
     v equals u there: readouts and steering at those layers cannot differ between trained and control.
 
     Example:
-        >>> frozen_layers_note({"finetune": "lora", "lora_layers": 8}, {"n_layers": 30,
-        ...     "extraction": {"layer_star": {"Mold": 21, "Gold": 19}}}).split(":")[0]
+        >>> frozen_layers_note({"finetune": "lora", "lora_layers": 8}, 30, {"Mold": 21, "Gold": 19}).split(":")[0]
         'LoRA adapted only layers 22-29'
     """
     k = train_args.get("lora_layers")
     if train_args.get("finetune") != "lora" or not k:
         return None
-    n_layers = int(readout["n_layers"])
     lowest = max(0, n_layers - int(k))
-    below = {c: layer for c, layer in readout["extraction"]["layer_star"].items() if layer < lowest}
+    below = {c: layer for c, layer in layer_star.items() if layer < lowest}
     if not below:
         return None
     chosen = ", ".join(f"{c} L{layer}" for c, layer in sorted(below.items()))
