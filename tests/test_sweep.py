@@ -111,9 +111,9 @@ def test_plan_shares_the_alpha_zero_baseline() -> None:
 def test_prepare_vectors_norm_matches_controls(small_llama) -> None:
     model, _ = small_llama
     prepared = prepare_vectors(model, _vectors(), _config())
-    assert prepared["random"][1].norm() == pytest.approx(float(prepared["v"][1].norm()), rel=1e-6)
-    direction = _vectors()["random"][1]
-    cosine = torch.nn.functional.cosine_similarity(prepared["random"][1], direction, dim=0)
+    assert prepared["u"][1].norm() == pytest.approx(float(prepared["v"][1].norm()), rel=1e-6)
+    direction = _vectors()["u"][1]
+    cosine = torch.nn.functional.cosine_similarity(prepared["u"][1], direction, dim=0)
     assert float(cosine) == pytest.approx(1.0, abs=1e-6)
     with pytest.raises(KeyError, match="norm_match_to='w'"):
         prepare_vectors(model, _vectors(), _config(norm_match_to="w"))
