@@ -318,7 +318,9 @@ def run_trl_interleaved(ours: TrainerStep, tokenizer, *, reps: int, bf16: bool) 
 
     num_generations = 2
     n = len(episodes)
-    prompt = render_chat(tokenizer, episodes.messages[0][:-1])  # up to the final assistant header
+    prompt = render_chat(
+        tokenizer, episodes.messages[0][:-1], close_final=False
+    )  # up to the final assistant header
     with tempfile.TemporaryDirectory() as tmp:
         config = GRPOConfig(
             output_dir=str(Path(tmp) / "trl"),

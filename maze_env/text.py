@@ -86,19 +86,28 @@ def episode_messages(observations: Sequence[str], actions: Sequence[int]) -> lis
     return messages
 
 
-def render_chat(tokenizer: Any, messages: list[dict[str, str]], *, close_final: bool = False) -> str:
-    """The chat-template text of ``messages`` for any HF tokenizer.
+def render_chat(
+    tokenizer: Any,
+    messages: Sequence[dict[str, str]],
+    *,
+    close_final: bool,
+    generation_prompt: bool | None = None,
+) -> str:
+    """The chat-template text of ``messages`` for any HF tokenizer: the toolkit's one chat renderer.
 
-    With ``close_final=False`` and a final assistant message, that message is left open (no end-of-turn
-    token after the final move), so the last token is the final direction letter: the paper's read
-    position for vector extraction. With a final user message, the assistant header is appended
-    (a generation prompt), ready for the model's next move.
+    Args:
+        close_final: with a final assistant message, ``False`` leaves it open (no end-of-turn token after
+            it), so the last token is its last token: after a move, the direction letter, the paper's read
+            position for vector extraction. ``True`` closes it. Required: the two uses differ.
+        generation_prompt: append the assistant header, ready for the model's next answer. ``None``: when
+            the last message is the user's.
     """
     if not messages:
         raise ValueError("messages is empty")
+    messages = list(messages)
     last_is_assistant = messages[-1]["role"] == "assistant"
     if last_is_assistant and not close_final:
         return tokenizer.apply_chat_template(messages, tokenize=False, continue_final_message=True)
-    return tokenizer.apply_chat_template(
-        messages, tokenize=False, add_generation_prompt=not last_is_assistant
-    )
+    if generation_prompt is None:
+        generation_prompt = not last_is_assistant
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)

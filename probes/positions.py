@@ -30,6 +30,8 @@ import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
 
+from maze_env.text import render_chat
+
 PositionRule = Literal["last", "all", "assistant"]
 Position = PositionRule | int | slice | tuple[int | None, int | None] | Tensor
 
@@ -193,21 +195,10 @@ def gather_positions(
 # --------------------------------------------------------------------------------------------------
 
 
-def _render(
-    tokenizer: Any, messages: Sequence[Message], *, continue_final: bool, generation_prompt: bool
-) -> str:
-    kwargs: dict[str, Any] = {"tokenize": False}
-    if continue_final:
-        kwargs["continue_final_message"] = True
-    elif generation_prompt:
-        kwargs["add_generation_prompt"] = True
-    return tokenizer.apply_chat_template(list(messages), **kwargs)
-
-
-def render_messages(tokenizer: Any, messages: Sequence[Message], *, close_final: bool = True) -> str:
-    """Chat-template text; with ``close_final=False`` a final assistant message is left open."""
-    open_final = not close_final and bool(messages) and messages[-1].get("role") == "assistant"
-    return _render(tokenizer, messages, continue_final=open_final, generation_prompt=False)
+def render_messages(tokenizer: Any, messages: Sequence[Message], *, close_final: bool) -> str:
+    """Chat-template text of a captured chat, never with a generation prompt (the text ends where the chat
+    does): :func:`maze_env.text.render_chat` with ``generation_prompt=False``."""
+    return render_chat(tokenizer, messages, close_final=close_final, generation_prompt=False)
 
 
 def assistant_char_spans(
@@ -224,7 +215,7 @@ def assistant_char_spans(
     for i, message in enumerate(messages):
         if message.get("role") != "assistant":
             continue
-        prefix = _render(tokenizer, messages[:i], continue_final=False, generation_prompt=True) if i else ""
+        prefix = render_chat(tokenizer, messages[:i], close_final=True, generation_prompt=True) if i else ""
         if not text.startswith(prefix):
             raise PositionError(
                 "the chat template does not render prefixes consistently (turn "

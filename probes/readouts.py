@@ -1,4 +1,4 @@
-"""Typed results of :func:`probes.report.readout_report`: one dataclass per readout, read by attribute.
+"""Typed results of :func:`probes.readout_report.readout_report`: one dataclass per readout, read by attribute.
 
 ``ReadoutReport.to_dict()`` is the report's JSON (the file ``readout_report`` writes) and
 ``ReadoutReport.load(path)`` reads it back, so code that compares runs (the study, its report, compare)
@@ -282,7 +282,7 @@ class EnvProbes(Readout):
 
 @dataclass(frozen=True)
 class ReadoutReport(Readout):
-    """Every readout of one model's reward vectors (see :func:`probes.report.readout_report`)."""
+    """Every readout of one model's reward vectors (see :func:`probes.readout_report.readout_report`)."""
 
     model: str
     n_layers: int

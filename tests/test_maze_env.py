@@ -420,7 +420,7 @@ def test_render_chat_leaves_the_final_move_open_for_every_bundled_template(famil
 
     tok = load_tokenizer(family)
     trajs = maze_env.scripted_trajectories("gold", 3)
-    text = maze_env.render_chat(tok, trajs[2].messages)
+    text = maze_env.render_chat(tok, trajs[2].messages, close_final=False)
     ids = tok(text, add_special_tokens=False)["input_ids"]
     # The read position -1 is the final direction letter itself (paper §A.3).
     assert tok.decode(ids[-1:]).strip() == ACTIONS[trajs[2].final_action]
@@ -430,5 +430,5 @@ def test_render_chat_leaves_the_final_move_open_for_every_bundled_template(famil
     pos = 0
     for m in trajs[2].messages:
         pos = text.index(m["content"], pos)
-    prompt = maze_env.render_chat(tok, trajs[2].messages[:-1])
+    prompt = maze_env.render_chat(tok, trajs[2].messages[:-1], close_final=False)
     assert text.startswith(prompt)  # ends with the assistant header, ready for the next move

@@ -42,7 +42,7 @@ def tiny(request):
 def _prefix_logits(model, tok, states, index):
     """Output logits at the last token of the episode truncated to state ``index`` (independent forward)."""
     e, t = int(states.episode[index]), int(states.turn[index])
-    text = render_chat(tok, list(states.messages[e][: 2 * t + 1]))
+    text = render_chat(tok, list(states.messages[e][: 2 * t + 1]), close_final=False)
     encoded = tok(text, return_tensors="pt", add_special_tokens=False)
     with torch.no_grad():
         out = model(**encoded, output_hidden_states=True)

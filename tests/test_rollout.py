@@ -127,7 +127,9 @@ def test_tokens_are_the_rendered_conversation(llama, episodes):
     _, tok = llama
     for i, messages in enumerate(episodes.messages):
         ids = episode_token_ids(tok, messages)
-        assert ids == tok(render_chat(tok, messages), add_special_tokens=False)["input_ids"]
+        assert (
+            ids == tok(render_chat(tok, messages, close_final=False), add_special_tokens=False)["input_ids"]
+        )
         length = int(episodes.attention_mask[i].sum())
         assert episodes.input_ids[i, :length].tolist() == ids
         assert (episodes.input_ids[i, length:] == tok.pad_token_id).all()

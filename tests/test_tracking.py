@@ -76,7 +76,11 @@ def test_maze_tracking_equals_manual_projection(llama):
     result = maze_tracking(model, tok, vector, gold=gold, mold=mold, batch_size=2)
 
     def final_token(trajectory):
-        encoded = tok(render_chat(tok, trajectory.messages), return_tensors="pt", add_special_tokens=False)
+        encoded = tok(
+            render_chat(tok, trajectory.messages, close_final=False),
+            return_tensors="pt",
+            add_special_tokens=False,
+        )
         with torch.no_grad():
             return model(**encoded, output_hidden_states=True).hidden_states[1][0, -1]
 

@@ -80,7 +80,7 @@ class EpisodeBatch:
     Tensors are on the CPU. ``input_ids`` hold the exact tokens the model saw, right-padded; the token at
     ``action_positions[i, t] + 1`` is the sampled letter of turn ``t`` and the logits at
     ``action_positions[i, t]`` produced it. Row ``i``'s real tokens equal the tokenization of
-    ``maze_env.render_chat(tokenizer, messages[i])`` (final assistant letter left open).
+    ``maze_env.render_chat(tokenizer, messages[i], close_final=False)`` (final assistant letter left open).
 
     Attributes:
         input_ids: (B, T) token ids, right-padded with ``pad_token_id``.

@@ -13,7 +13,7 @@ this for a training run directory:
    scripted trajectories are the same seeded chats at every checkpoint, so every difference between
    checkpoints comes from the weights alone.
 3. Per checkpoint, at the analysis layer (default ``floor(2L/3)``, the geometry layer of
-   ``probes.report``): ``cos(v_Mold, v_Gold)`` (and its minimum over all layers, the paper's headline),
+   ``probes.readout_report``): ``cos(v_Mold, v_Gold)`` (and its minimum over all layers, the paper's headline),
    ``cos(v_c(t), v_c(base))`` (rotation away from the untrained control vectors ``u``), the norms, and
    ``cos(v_c(t), valence)``.
 
@@ -63,7 +63,7 @@ from probes.emotions import DEFAULT_TOKEN_OFFSET, emotion_vectors, load_emotion_
 from probes.emotions import valence_axis as _valence_axis
 from probes.extract import PAPER_SEED, aggregate, reward_activations
 from probes.geometry import analysis_layer, cosine
-from probes.report import subset_stories
+from probes.readout_report import subset_stories
 from training import RunDirError, load_base_model, load_checkpoint, load_run_args, make_policy, maze_config
 
 SERIES_FORMAT = 1
@@ -321,7 +321,7 @@ def checkpoint_series(
         batch_size: texts per forward.
         n_emotions, stories_per_emotion, n_neutral: emotion subset for the fixed valence axis (evenly
             spaced emotions, the first stories of each, the first neutral texts; None: all), as
-            ``probes.report.ReportSettings``.
+            ``probes.readout_report.ReportSettings``.
         token_offset: story-mean offset of the emotion stories.
         device: overrides the run's ``device`` (auto, cpu, cuda, ...).
         progress: show a progress bar over the checkpoints.

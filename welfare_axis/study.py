@@ -31,8 +31,8 @@ from maze_env.plots import episode_figure, training_curves
 from probes.artifacts import read_json, write_json, write_text
 from probes.concept_vector import ConceptVector
 from probes.plots import layer_cosine_curves
+from probes.readout_report import ReportSettings, load_figures, readout_report
 from probes.readouts import ReadoutReport
-from probes.report import ReportSettings, load_figures, readout_report
 from steering.evals.capability import general_texts, perplexity, qa_accuracy
 from steering.plots import dose_response_figure
 from steering.stats import dose_response_slopes, summarize_cells
@@ -90,7 +90,7 @@ class StudyConfig:
     n_per_class: int = 24
     """Scripted trajectories per class (Mold, Gold, Path) for the vectors (paper: 5,000)."""
     readout_scale: str = "study"
-    """Readout sizes: study (:data:`STUDY_READOUTS`, sized for the 30-minute run), full (probes.report
+    """Readout sizes: study (:data:`STUDY_READOUTS`, sized for the 30-minute run), full (probes.readout_report
     defaults), fast (a few texts each, full maze) or smoke (tiny mazes)."""
     steer_model: str = "base"
     """Which model is steered: base (maze-naive, the paper's main setting) or trained."""
@@ -190,7 +190,7 @@ STUDY_READOUTS = {
     "probe_layer_stride": 3,
 }
 """Readout sizes of ``readout_scale="study"`` (the default, about 4.5 minutes per model on 2 CPU cores): the
-paper's 100×100 maze and 15-turn trajectories, fewer texts and episodes per readout than probes.report's
+paper's 100×100 maze and 15-turn trajectories, fewer texts and episodes per readout than probes.readout_report's
 defaults (``readout_scale="full"``, about 22 minutes per model)."""
 SERIES_EMOTIONS = {"n_emotions": None, "stories_per_emotion": None, "n_neutral": None}
 """Emotion subset of the checkpoint series' fixed valence axis (None: every shipped story and neutral text)."""

@@ -1,4 +1,4 @@
-"""probes.report: every readout in one call (tiny model: fast; SmolLM2-135M-Instruct: slow)."""
+"""probes.readout_report: every readout in one call (tiny model: fast; SmolLM2-135M-Instruct: slow)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from probes.models import tiny_model
+from probes.readout_report import ReportSettings, load_figures, markdown_tables, readout_report
 from probes.readouts import ReadoutReport
-from probes.report import ReportSettings, load_figures, markdown_tables, readout_report
 
 SECTIONS = [
     "extraction",
@@ -78,7 +78,7 @@ def test_readouts_on_smollm2_are_finite_and_seeded():
 
 
 def test_report_reads_the_maze_with_the_settings_tile_glyphs(monkeypatch):
-    import probes.report as report
+    import probes.readout_report as report
 
     seen = []
 

@@ -7,7 +7,7 @@ probes. Everything is seeded; the result is a JSON-ready dict.
 
 Run it from the command line (slow on a CPU: wrap it in ``flock /tmp/wa/heavy.lock``)::
 
-    python -m probes.report --model smollm2-135m-instruct --n-per-class 150 --out runs/readouts.json
+    python -m probes.readout_report --model smollm2-135m-instruct --n-per-class 150 --out runs/readouts.json
 
 Example:
     >>> from probes.models import tiny_model
