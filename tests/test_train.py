@@ -218,6 +218,8 @@ def test_recipe_sets_defaults_and_explicit_flags_win():
     assert tbrm.algo == "tbrm" and tbrm == T.recipe_args("cpu", algo="tbrm")
     assert all(getattr(tbrm, k) == v for k, v in T.RECIPE_ALGO_OVERRIDES["cpu"]["tbrm"].items())
     assert T.parse_args(["--recipe", "cpu", "--algo", "sft", "--minibatches", "2"]).minibatches == 2
+    assert T.parse_args(["--recipe=cpu", "--algo=sft"]) == sft  # the = spellings
+    assert T.parse_args(["--algo", "sft", "--recipe", "cpu"]) == sft  # in any order
 
 
 # -- resume ----------------------------------------------------------------------------------------------

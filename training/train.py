@@ -399,35 +399,41 @@ def _eval_mode(policy: Policy) -> Iterator[None]:
 # ====================================================================================================
 
 
-def _pop_recipe(argv: list[str]) -> tuple[str | None, list[str]]:
-    rest, name, i = [], None, 0
+def _flag(argv: list[str], flag: str, *, remove: bool) -> tuple[str | None, list[str]]:
+    """The value of ``flag`` (``--flag V`` or ``--flag=V``; the last one wins) and ``argv`` without it when
+    ``remove`` (else unchanged)."""
+    rest, value, i = [], None, 0
     while i < len(argv):
         token = argv[i]
-        if token == "--recipe":
-            if i + 1 >= len(argv):
-                raise ValueError(f"--recipe needs a value: one of {sorted(RECIPES)}")
-            name, i = argv[i + 1], i + 2
+        if token == flag and i + 1 < len(argv):
+            value, i = argv[i + 1], i + 2
+            if not remove:
+                rest += [token, value]
             continue
-        if token.startswith("--recipe="):
-            name = token.split("=", 1)[1]
-        else:
-            rest.append(token)
+        if token == flag and remove:
+            raise ValueError(f"{flag} needs a value: one of {sorted(RECIPES)}")
+        if token.startswith(flag + "="):
+            value = token.split("=", 1)[1]
+            if remove:
+                i += 1
+                continue
+        rest.append(token)
         i += 1
-    return name, rest
+    return value, rest
 
 
 def parse_args(argv: Sequence[str] | None = None, prog: str = "python -m training.train") -> Args:
-    """Parse command-line flags (tyro; ``--help`` lists every field). ``--recipe NAME`` sets the defaults."""
+    """Parse command-line flags (tyro; ``--help`` lists every field). ``--recipe NAME`` sets the defaults:
+    the recipe's values, and its values for the ``--algo`` given (``RECIPE_ALGO_OVERRIDES``)."""
     import tyro
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    name, rest = _pop_recipe(argv)
-    description = __doc__.splitlines()[0]
-    if not name:
-        return tyro.cli(Args, args=rest, default=Args(), prog=prog, description=description)
-    # the recipe's per-algorithm values depend on --algo: parse once to learn it, then with its defaults
-    algo = tyro.cli(Args, args=rest, default=recipe_args(name), prog=prog, description=description).algo
-    return tyro.cli(Args, args=rest, default=recipe_args(name, algo=algo), prog=prog, description=description)
+    name, rest = _flag(argv, "--recipe", remove=True)
+    defaults = Args()
+    if name:
+        algo, _ = _flag(rest, "--algo", remove=False)
+        defaults = recipe_args(name, **({"algo": algo} if algo else {}))
+    return tyro.cli(Args, args=rest, default=defaults, prog=prog, description=__doc__.splitlines()[0])
 
 
 def cli(argv: Sequence[str] | None = None, prog: str = "python -m training.train") -> int:
