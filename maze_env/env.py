@@ -108,19 +108,30 @@ class MazeEnv(gym.Env):
     def step(self, action: int) -> tuple[str, float, bool, bool, dict[str, Any]]:
         if self.grid is None:
             raise RuntimeError("call reset() before step()")
+        wind: int | None = None
+        if self.config.wind_prob > 0 and self.np_random.random() < self.config.wind_prob:
+            wind = int(self.np_random.integers(4))
+        return self.replay(action, wind)
+
+    def replay(self, action: int, wind: int | None) -> tuple[str, float, bool, bool, dict[str, Any]]:
+        """:meth:`step` with a given wind push (a logged one; None: calm) instead of a drawn one.
+
+        ``info["path"]`` lists the positions the turn visited: after the move, then after the push.
+        """
+        if self.grid is None:
+            raise RuntimeError("call reset() before step()")
         if self.turn >= self.config.n_turns:
             raise RuntimeError(
                 f"episode finished after {self.config.n_turns} turns (truncated=True was returned); call reset()"
             )
         action = check_action(action)
         entered: list[Tile] = []
-        self.position, tile = move(self.grid, self.position, action, melt=self.config.melt)
-        if tile is not None:
-            entered.append(tile)
-        wind: int | None = None
-        if self.config.wind_prob > 0 and self.np_random.random() < self.config.wind_prob:
-            wind = int(self.np_random.integers(4))
-            self.position, tile = move(self.grid, self.position, wind, melt=self.config.melt)
+        path = []
+        for direction in (action,) if wind is None else (action, check_action(wind)):
+            self.position, tile = move(
+                self.grid, self.position, direction, melt=self.config.melt
+            )  # move, then push
+            path.append(self.position)
             if tile is not None:
                 entered.append(tile)
         self._wind = wind
@@ -133,7 +144,7 @@ class MazeEnv(gym.Env):
             reward,
             False,
             truncated,
-            self._info(entered=tuple(entered), wind=wind, reward_parts=parts),
+            {**self._info(entered=tuple(entered), wind=wind, reward_parts=parts), "path": path},
         )
 
     def reward_parts(self, entered: list[Tile]) -> dict[str, float]:

@@ -80,24 +80,18 @@ def episode_positions(batch: Any, index: int = 0) -> tuple[np.ndarray, list[tupl
     its own position). The moves and the logged wind pushes must reproduce the logged rewards; otherwise the
     batch came from other maze rules and this raises.
     """
-    from maze_env.dynamics import move
     from maze_env.env import MazeEnv
 
     if not 0 <= index < len(batch):
         raise IndexError(f"episode {index} out of range: the batch has {len(batch)} episodes")
     env = MazeEnv(batch.config)
     env.reset(seed=int(batch.seeds[index]))
-    grid, position = env.grid, env.position  # env.grid is the episode's own copy of the layout
-    layout, positions = grid.copy(), [position]
+    layout, positions = env.grid.copy(), [env.position]
     for turn, action in enumerate(batch.actions[index].tolist()):
-        entered = []
-        pushes = [int(action)] + ([int(batch.wind[index, turn])] if int(batch.wind[index, turn]) >= 0 else [])
-        for direction in pushes:  # the chosen move, then the logged wind push (paper App. K)
-            position, tile = move(grid, position, direction, melt=batch.config.melt)
-            positions.append(position)
-            if tile is not None:
-                entered.append(tile)
-        reward, logged = sum(env.reward_parts(entered).values()), float(batch.rewards[index, turn])
+        wind = int(batch.wind[index, turn])
+        _, reward, _, _, info = env.replay(int(action), wind if wind >= 0 else None)  # the logged wind push
+        positions += info["path"]
+        logged = float(batch.rewards[index, turn])
         if abs(reward - logged) > 1e-4:
             raise ValueError(
                 f"episode {index} does not replay: turn {turn} gives reward {reward} here but {logged} in the log "

@@ -157,9 +157,19 @@ class Expert:
         self.horizon = horizon
         self.rng = np.random.default_rng(seed)
 
-    def act(self, env) -> int:
+    TIE_TOLERANCE = 1e-9
+    """Directions whose value is within this of the best are tied (float64 values)."""
+
+    def plan(self, env) -> tuple[np.ndarray, np.ndarray]:
+        """``(Q_h(s, ·), the tied best directions)`` at the env's state; the horizon is capped by the turns left."""
         env = env.unwrapped
         h = min(self.horizon, env.config.n_turns - env.turn)
         q = action_values(env.grid, env.position, max(h, 1), env.config)
-        best = np.flatnonzero(q >= q.max() - 1e-9)
+        return q, np.flatnonzero(q >= q.max() - self.TIE_TOLERANCE)
+
+    def choose(self, best: np.ndarray) -> int:
+        """One of the tied best directions, at random (this planner's RNG)."""
         return int(self.rng.choice(best))
+
+    def act(self, env) -> int:
+        return self.choose(self.plan(env)[1])

@@ -432,3 +432,22 @@ def test_render_chat_leaves_the_final_move_open_for_every_bundled_template(famil
         pos = text.index(m["content"], pos)
     prompt = maze_env.render_chat(tok, trajs[2].messages[:-1], close_final=False)
     assert text.startswith(prompt)  # ends with the assistant header, ready for the next move
+
+
+def test_replay_with_the_drawn_wind_repeats_step_exactly():
+    from maze_env.env import MazeEnv
+
+    config = maze_env.MazeConfig(size=20, wind_prob=0.5, n_turns=8)
+    live, again = MazeEnv(config), MazeEnv(config)
+    live.reset(seed=3)
+    again.reset(seed=3)
+    pushed = 0
+    for action in [0, 1, 1, 2, 3, 3, 0, 2]:
+        _, reward, _, truncated, info = live.step(action)
+        wind = None if info["wind"] is None else info["wind"]["direction"]
+        pushed += wind is not None
+        _, replayed, _, replay_truncated, replay_info = again.replay(action, wind)
+        assert (replayed, replay_truncated, replay_info["path"]) == (reward, truncated, info["path"])
+        assert again.position == live.position and (again.grid == live.grid).all()
+        assert len(info["path"]) == (1 if wind is None else 2)
+    assert pushed > 0  # the wind blew at least once, so the push was replayed too

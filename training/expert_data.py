@@ -24,13 +24,12 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
 
 from maze_env.config import MazeConfig
 from maze_env.dynamics import ACTIONS
 from maze_env.env import MazeEnv
-from maze_env.search import Expert, action_values
+from maze_env.search import Expert
 from maze_env.text import episode_messages
 from probes.tokens import direction_token_ids
 from training.rollout import EpisodeBatch
@@ -123,10 +122,8 @@ def expert_episodes(
         observations, chosen = [obs], []
         for t in range(turns):
             neighbours[i, t] = torch.tensor([int(x) for x in env.neighbours()])
-            h = max(1, min(horizon, turns - t))
-            q = action_values(env.grid, env.position, h, config)
-            action = expert.act(env)
-            ties = int(np.sum(q >= q.max() - 1e-9))
+            q, best = expert.plan(env)
+            action, ties = expert.choose(best), len(best)
             obs, reward, _, _, info = env.step(action)
             actions[i, t], q_values[i, t], logprobs[i, t] = (
                 action,
