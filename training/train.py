@@ -161,7 +161,6 @@ def _main(args: Args, ctx: D.DistContext) -> RunResult:
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
-    config = maze_config(args)
 
     # MODEL
     policy = make_policy(dataclasses.replace(args, device=str(ctx.device)) if ctx.distributed else args)
@@ -230,115 +229,27 @@ def _main(args: Args, ctx: D.DistContext) -> RunResult:
     last_checkpoint = latest_checkpoint(run_dir)
     for step in bar:
         t_step = time.perf_counter()
-        turns, _ = step_turns(args, step)
-        step_config = dataclasses.replace(config, n_turns=turns)
         step_args = scaled_for_step(args, step)
-        n_groups = step_args.episodes_per_step // args.group_size
 
         # ROLLOUT (SFT: the expert plays instead; every episode gets its own maze)
         t0 = time.perf_counter()
-        # One call per rollout shard; this rank collects D.rank_shard_ids (all of them in one process).
-        sharded = args.rollout_shards > 1
-        parts, hiddens = [], []
-        if algo.plays == "expert":
-            blocks = D.shard_seeds(
-                train_seeds(args.seed, step, step_args.episodes_per_step, 1), args.rollout_shards
-            )
-            for shard in D.rank_shard_ids(args.rollout_shards, ctx):
-                expert_seed = args.seed + step
-                if sharded:
-                    expert_seed = int(np.random.SeedSequence([args.seed, step, shard]).generate_state(1)[0])
-                parts.append(
-                    expert_episodes(
-                        policy.tokenizer,
-                        seeds=blocks[shard],
-                        config=step_config,
-                        horizon=args.expert_horizon,
-                        expert_seed=expert_seed,
-                    )
-                )
-        else:
-            seeds = train_seeds(args.seed, step, n_groups, args.group_size)
-            blocks = D.shard_seeds(seeds, args.rollout_shards, args.group_size)
-            for shard in D.rank_shard_ids(args.rollout_shards, ctx):
-                capture = (
-                    capture_below(policy.model, start_layer) if start_layer else contextlib.nullcontext([])
-                )
-                with capture as captured:
-                    parts.append(
-                        policy.call_no_grad(
-                            collect_episodes,
-                            policy.tokenizer,
-                            seeds=blocks[shard],
-                            config=step_config,
-                            temperature=args.temperature,
-                            generator=sampling_generator(
-                                args.seed, step, torch.device("cpu"), shard if sharded else None
-                            ),
-                            autocast=use_autocast(args, policy.model),
-                            batch_size=step_args.rollout_batch_size,
-                        )
-                    )
-                if start_layer:
-                    hiddens.append(assemble(captured, parts[-1], step_args.rollout_batch_size))
-        episodes = parts[0] if len(parts) == 1 else EpisodeBatch.cat(parts)
-        hidden = None
-        if hiddens:  # right-padded (B, P, d) per shard: pad to the widest, then stack the rows
-            width = max(h.shape[1] for h in hiddens)
-            hidden = torch.cat([torch.nn.functional.pad(h, (0, 0, 0, width - h.shape[1])) for h in hiddens])
+        episodes, hidden = play_step(policy, args, step, ctx, start_layer)
         rollout_seconds = time.perf_counter() - t0
-        everyone = D.gather_objects(episodes, ctx)  # rank 0 summarises the global batch
-        summary = None
-        if everyone is not None:
-            global_batch = everyone[0] if len(everyone) == 1 else EpisodeBatch.cat(everyone)
-            summary = global_batch.summary()
-            if args.log_episodes:
-                save_episodes(
-                    global_batch,
-                    run_dir / "episodes" / f"step_{step:06d}",
-                    extra={"step": step, "algo": args.algo},
-                )
+        summary = _summarise(episodes, args, step, ctx, run_dir)  # rank 0: the global batch, logged
 
-        # ADVANTAGES + UPDATE (advantages are computed inside train_step, per algorithm)
+        # ADVANTAGES + UPDATE (the algorithm's entry says which episodes train; train_step does the rest)
         t0 = time.perf_counter()
-        train_batch = episodes
-        if algo.keep is not None:
-            rows = algo.keep(episodes, args)
-            train_batch = episodes.select(rows)
-            hidden = None if hidden is None else hidden[rows]
-        try:
-            stats = train_step(policy, optimizer, train_batch, step_args, step, hidden=hidden)
-        except NonFiniteLossError as err:
-            where = (
-                f"{last_checkpoint} (step {_checkpoint_step(last_checkpoint)})"
-                if last_checkpoint
-                else "none yet"
-            )
-            raise NonFiniteLossError(
-                f"{err}; training stopped without applying this update. The last good checkpoint is {where}. "
-                f"Lower --lr (now {args.lr}) or --entropy-coef, then rerun (with --resume to continue from it)"
-            ) from None
+        rows = algo.keep(episodes, args) if algo.keep is not None else None
+        train_batch = episodes if rows is None else episodes.select(rows)
+        hidden = None if hidden is None else hidden if rows is None else hidden[rows]
+        stats = _update(policy, optimizer, train_batch, step_args, step, hidden, last_checkpoint)
         update_seconds = time.perf_counter() - t0
 
         # LOG
-        step_seconds = time.perf_counter() - t_step
-        record: dict[str, Any] = {"step": step, "episodes": step_args.episodes_per_step, "turns": turns}
-        if summary is not None:  # rank 0: statistics of the global batch
-            record.update({key: summary[key] for key in SUMMARY_KEYS})
-        rollout_tokens = D.global_count(episodes.n_tokens, ctx)
-        record.update(
-            **stats,
-            rollout_tokens=int(rollout_tokens),
-            rollout_seconds=rollout_seconds,
-            update_seconds=update_seconds,
-            step_seconds=step_seconds,
-            tokens_per_s=(rollout_tokens + stats["update_tokens"]) / step_seconds,
-        )
-        if algo.plays == "expert":
-            record["data"] = "expert"  # the returns above are the expert's, not the policy's
-        if algo.keep is not None:
-            kept = D.mean_metrics({"r": float(train_batch.returns.mean())}, ctx, weight=len(train_batch))
-            record["kept_mean_return"] = kept["r"]
+        record = _step_record(step, step_args, summary, stats, episodes, train_batch, ctx)
+        seconds = {"rollout": rollout_seconds, "update": update_seconds, "step": time.perf_counter() - t_step}
+        record.update({f"{k}_seconds": v for k, v in seconds.items()})
+        record["tokens_per_s"] = (record["rollout_tokens"] + stats["update_tokens"]) / seconds["step"]
         done = step + 1
         if args.eval_every and done % args.eval_every == 0 and eval_seeds and done < args.steps:
             with _eval_mode(policy):
@@ -378,6 +289,134 @@ def _main(args: Args, ctx: D.DistContext) -> RunResult:
         if ctx.is_main:
             write_json(eval_path, evals)
     return RunResult(run_dir=run_dir, steps_done=steps_done, metrics=history, before=before, after=after)
+
+
+def _summarise(
+    episodes: EpisodeBatch, args: Args, step: int, ctx: D.DistContext, run_dir: Path
+) -> dict[str, Any] | None:
+    """The global batch's summary on rank 0 (None elsewhere), its episodes logged when asked."""
+    everyone = D.gather_objects(episodes, ctx)
+    if everyone is None:
+        return None
+    global_batch = everyone[0] if len(everyone) == 1 else EpisodeBatch.cat(everyone)
+    if args.log_episodes:
+        save_episodes(
+            global_batch, run_dir / "episodes" / f"step_{step:06d}", extra={"step": step, "algo": args.algo}
+        )
+    return global_batch.summary()
+
+
+def _update(
+    policy: Policy,
+    optimizer: torch.optim.Optimizer,
+    batch: EpisodeBatch,
+    args: Args,
+    step: int,
+    hidden: torch.Tensor | None,
+    last_checkpoint: Path | None,
+) -> dict[str, float]:
+    """:func:`train_step`, with a non-finite loss reported next to the last good checkpoint."""
+    try:
+        return train_step(policy, optimizer, batch, args, step, hidden=hidden)
+    except NonFiniteLossError as err:
+        where = (
+            f"{last_checkpoint} (step {_checkpoint_step(last_checkpoint)})" if last_checkpoint else "none yet"
+        )
+        raise NonFiniteLossError(
+            f"{err}; training stopped without applying this update. The last good checkpoint is {where}. "
+            f"Lower --lr (now {args.lr}) or --entropy-coef, then rerun (with --resume to continue from it)"
+        ) from None
+
+
+def _step_record(
+    step: int,
+    step_args: Args,
+    summary: dict[str, Any] | None,
+    stats: dict[str, float],
+    episodes: EpisodeBatch,
+    train_batch: EpisodeBatch,
+    ctx: D.DistContext,
+) -> dict[str, Any]:
+    """One line of ``metrics.jsonl`` (its timings are added by the loop)."""
+    algo = ALGORITHMS[step_args.algo]
+    record: dict[str, Any] = {
+        "step": step,
+        "episodes": step_args.episodes_per_step,
+        "turns": step_turns(step_args, step)[0],
+    }
+    if summary is not None:  # rank 0: statistics of the global batch
+        record.update({key: summary[key] for key in SUMMARY_KEYS})
+    record.update(**stats, rollout_tokens=int(D.global_count(episodes.n_tokens, ctx)))
+    if algo.plays == "expert":
+        record["data"] = "expert"  # the returns above are the expert's, not the policy's
+    if algo.keep is not None:
+        kept = D.mean_metrics({"r": float(train_batch.returns.mean())}, ctx, weight=len(train_batch))
+        record["kept_mean_return"] = kept["r"]
+    return record
+
+
+def play_step(
+    policy: Policy, args: Args, step: int, ctx: D.DistContext, start_layer: int | None
+) -> tuple[EpisodeBatch, torch.Tensor | None]:
+    """A step's episodes (this rank's rollout shards) and, with ``start_layer``, the rollout's activations
+    entering that layer (right-padded ``(B, P, d)``), which the update reuses.
+
+    The policy plays seeded GRPO groups (``train_seeds``); for SFT the expert plays instead, one maze per
+    episode. One call per rollout shard, each with its own sampling generator, so a run is the same on any
+    world size that divides ``rollout_shards``.
+    """
+    turns, _ = step_turns(args, step)
+    step_config = dataclasses.replace(maze_config(args), n_turns=turns)
+    step_args = scaled_for_step(args, step)
+    n_groups = step_args.episodes_per_step // args.group_size
+    # One call per rollout shard; this rank collects D.rank_shard_ids (all of them in one process).
+    sharded = args.rollout_shards > 1
+    parts, hiddens = [], []
+    if ALGORITHMS[args.algo].plays == "expert":
+        blocks = D.shard_seeds(
+            train_seeds(args.seed, step, step_args.episodes_per_step, 1), args.rollout_shards
+        )
+        for shard in D.rank_shard_ids(args.rollout_shards, ctx):
+            expert_seed = args.seed + step
+            if sharded:
+                expert_seed = int(np.random.SeedSequence([args.seed, step, shard]).generate_state(1)[0])
+            parts.append(
+                expert_episodes(
+                    policy.tokenizer,
+                    seeds=blocks[shard],
+                    config=step_config,
+                    horizon=args.expert_horizon,
+                    expert_seed=expert_seed,
+                )
+            )
+    else:
+        seeds = train_seeds(args.seed, step, n_groups, args.group_size)
+        blocks = D.shard_seeds(seeds, args.rollout_shards, args.group_size)
+        for shard in D.rank_shard_ids(args.rollout_shards, ctx):
+            capture = capture_below(policy.model, start_layer) if start_layer else contextlib.nullcontext([])
+            with capture as captured:
+                parts.append(
+                    policy.call_no_grad(
+                        collect_episodes,
+                        policy.tokenizer,
+                        seeds=blocks[shard],
+                        config=step_config,
+                        temperature=args.temperature,
+                        generator=sampling_generator(
+                            args.seed, step, torch.device("cpu"), shard if sharded else None
+                        ),
+                        autocast=use_autocast(args, policy.model),
+                        batch_size=step_args.rollout_batch_size,
+                    )
+                )
+            if start_layer:
+                hiddens.append(assemble(captured, parts[-1], step_args.rollout_batch_size))
+    episodes = parts[0] if len(parts) == 1 else EpisodeBatch.cat(parts)
+    hidden = None
+    if hiddens:  # right-padded (B, P, d) per shard: pad to the widest, then stack the rows
+        width = max(h.shape[1] for h in hiddens)
+        hidden = torch.cat([torch.nn.functional.pad(h, (0, 0, 0, width - h.shape[1])) for h in hiddens])
+    return episodes, hidden
 
 
 def _checkpoint_step(path: Path | None) -> int | None:
