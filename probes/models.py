@@ -70,6 +70,8 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from probes.artifacts import atomic_directory
+
 __all__ = [
     "BUNDLED_MODELS",
     "DEFAULT_MODEL",
@@ -385,20 +387,17 @@ def _build_atomically(final: Path, write: Callable[[Path], dict[str, Any]]) -> P
     with _file_lock(final.parent / f".{final.name}.lock"):
         if _is_complete(final):
             return final
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-        try:
+
+        def fill(tmp: Path) -> None:
             metadata = write(tmp)
             (tmp / _MARKER_FILE).write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
             tmp.chmod(0o755)  # mkdtemp makes it private; the cache is meant to be shared
-            if final.exists() and not _is_complete(final):
-                shutil.rmtree(final)  # a leftover from an interrupted manual copy; ours replaces it
-            try:
-                os.replace(tmp, final)
-            except OSError:
-                if not _is_complete(final):
-                    raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+
+        try:  # replaces a leftover (an interrupted manual copy) that has no marker
+            atomic_directory(final, fill)
+        except OSError:
+            if not _is_complete(final):  # lost a rename race to a builder without the lock: theirs is whole
+                raise
     return final
 
 
