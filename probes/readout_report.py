@@ -52,6 +52,7 @@ from probes.extract import aggregate, reward_activations
 from probes.geometry import analysis_layer, centred_class_cosines, layer_cosines, path_reference_cosines
 from probes.logit_lens import failure_score, logit_lens, overlap
 from probes.maze_states import MazeStates, read_decisions
+from probes.nulls import eq1_cosine_null
 from probes.plots import (
     centred_geometry_heatmap,
     emotion_scatter_plot,
@@ -70,6 +71,7 @@ from probes.readouts import (
     Geometry,
     LensList,
     LogitLensReadout,
+    NullSummary,
     PathReference,
     ProbeSummary,
     QReadoutSummary,
@@ -133,6 +135,10 @@ class ReportSettings:
     """Turns per random-walk episode."""
     probe_layer_stride: int = 3
     """Probe every this many layers (and the last)."""
+    null_shuffles: int = 200
+    """Label shuffles within matched triplets for the null of cos(v_Mold, v_Gold) (0: no null)."""
+    matched_split: bool = True
+    """Hold out the same indices in every class, letters balanced (False: each class split at random)."""
     out: Path | None = None
     """Write the report JSON here (atomically)."""
 
@@ -233,7 +239,7 @@ def readout_report(
     acts = reward_activations(
         model, tokenizer, n_per_class=s.n_per_class, config=config, seed=s.seed, batch_size=s.batch_size
     )
-    train, held = acts.split(s.held_out, seed=s.split_seed)
+    train, held = acts.split(s.held_out, seed=s.split_seed, matched=s.matched_split)
     vectors = aggregate(train, "mean_diff")
     v_mold, v_gold = vectors["Mold"], vectors["Gold"]
     if vectors_dir is not None:
@@ -278,6 +284,11 @@ def readout_report(
             by_layer=_curve(path_ref.cosines),
         ),
         centred=CentredCosines(layer=centred.layer, pairs={k: _round(v) for k, v in centred.pairs().items()}),
+        cos_mold_gold_null=(
+            NullSummary.of(eq1_cosine_null(train, n_shuffles=s.null_shuffles, seed=s.split_seed))
+            if s.null_shuffles
+            else None
+        ),
     )
     lap("geometry")
 
@@ -504,6 +515,16 @@ def markdown_tables(report: ReadoutReport) -> str:
         f"{x.auroc_at_layer_star['Mold']:.3f}, {x.auroc_at_layer_star['Gold']:.3f} |",
         f"| norm at layer* (Mold, Gold) | {x.norm_at_layer_star['Mold']:.2f}, {x.norm_at_layer_star['Gold']:.2f} |",
         f"| cos(u_Mold, u_Gold): avg, min (argmin layer) | {cos.avg:+.3f}, {cos.min:+.3f} (L{cos.argmin}) |",
+        *(
+            [
+                f"| permutation null ({g.cos_mold_gold_null.n_shuffles} shuffles within triplets): avg, min "
+                f"(mean ± sd; p) | {g.cos_mold_gold_null.avg_null_mean:+.3f} ± {g.cos_mold_gold_null.avg_null_sd:.3f} "
+                f"(p {g.cos_mold_gold_null.p_avg:.3f}), {g.cos_mold_gold_null.min_null_mean:+.3f} ± "
+                f"{g.cos_mold_gold_null.min_null_sd:.3f} (p {g.cos_mold_gold_null.p_min:.3f}) |"
+            ]
+            if g.cos_mold_gold_null is not None
+            else []
+        ),
         f"| Path-reference cosine: avg, min (argmin), last layer | {path.avg:+.3f}, "
         f"{path.min:+.3f} (L{path.argmin}), {path.last_layer:+.3f} |",
         f"| centred class means at L{g.centred.layer}: Mold·Gold, Mold·Path, Gold·Path | "

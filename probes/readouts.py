@@ -125,10 +125,39 @@ class CentredCosines(Readout):
 
 
 @dataclass(frozen=True)
+class NullSummary(Readout):
+    """A statistic's permutation null: mean ± sd of the shuffled values and the one-sided p of the observed
+    (``probes.nulls``), for the average and the minimum over layers."""
+
+    n_shuffles: int
+    avg_null_mean: float
+    avg_null_sd: float
+    p_avg: float
+    min_null_mean: float
+    min_null_sd: float
+    p_min: float
+
+    @classmethod
+    def of(cls, null: Any) -> NullSummary:
+        """From a ``probes.nulls.CosineNull``."""
+        return cls(
+            n_shuffles=int(null.null_avg.size),
+            avg_null_mean=round(float(null.null_avg.mean()), 6),
+            avg_null_sd=round(float(null.null_avg.std(ddof=1)), 6),
+            p_avg=round(float(null.p_avg), 6),
+            min_null_mean=round(float(null.null_min.mean()), 6),
+            min_null_sd=round(float(null.null_min.std(ddof=1)), 6),
+            p_min=round(float(null.p_min), 6),
+        )
+
+
+@dataclass(frozen=True)
 class Geometry(Readout):
     cos_mold_gold: CosineCurve
     path_reference: PathReference
     centred: CentredCosines
+    cos_mold_gold_null: NullSummary | None = None
+    """cos(v_Mold, v_Gold)'s null from labels shuffled within matched triplets (None: not computed)."""
 
 
 @dataclass(frozen=True)

@@ -123,6 +123,30 @@ def test_split_is_disjoint_and_keeps_provenance(tiny):
         acts.split(0.01)
 
 
+@pytest.mark.parametrize("seed", [0, 1, 7])
+def test_matched_split_holds_out_the_same_indices_in_every_class_with_balanced_letters(seed):
+    n = 100  # the scripted design: sample i of every class ends with letter i % 4
+    index = torch.arange(n, dtype=torch.float32)[:, None]
+    acts = ClassActivations({name: {0: index + k * 1000} for k, name in enumerate(("Mold", "Gold", "Path"))})
+    train, held = acts.split(0.2, seed=seed)
+    held_idx = {name: (held.at_layer(0)[name][:, 0] % 1000).long().tolist() for name in acts.classes}
+    assert held_idx["Mold"] == held_idx["Gold"] == held_idx["Path"] and len(held_idx["Mold"]) == 20
+    for part, expected in ((train, 20), (held, 5)):  # every final letter equally often in each part
+        letters = (part.at_layer(0)["Gold"][:, 0] % 1000).long() % 4
+        assert torch.bincount(letters, minlength=4).tolist() == [expected] * 4
+    assert held.metadata["split"]["matched"] is True
+    # the per-class random split (the option) holds out other indices per class
+    _, per_class = acts.split(0.2, seed=seed, matched=False)
+    others = {
+        name: sorted((per_class.at_layer(0)[name][:, 0] % 1000).long().tolist()) for name in acts.classes
+    }
+    assert len({tuple(v) for v in others.values()}) > 1
+    uneven = ClassActivations({"Mold": {0: index}, "Gold": {0: index[:90]}})
+    with pytest.raises(ExtractionError, match="one size"):
+        uneven.split(0.2)
+    assert uneven.split(0.2, matched=False)[1].n_per_class == {"Mold": 20, "Gold": 18}
+
+
 def test_errors(tiny):
     model, tok = tiny
     with pytest.raises(ExtractionError, match="'Gold' is empty"):

@@ -46,6 +46,13 @@ def test_report_on_a_tiny_model_has_every_section_and_writes_json(tmp_path):
     assert [k for k in SECTIONS if k in saved] == SECTIONS
     assert saved == report.to_dict() and ReadoutReport.load(tmp_path / "r.json") == report  # typed round trip
     assert report.geometry.centred.layer == 2  # floor(2 * 3 / 3) clipped to L - 1
+    null = report.geometry.cos_mold_gold_null  # Eq. 1's cosine beside its permutation null
+    assert (
+        null.n_shuffles == TINY.null_shuffles
+        and 0 < null.p_min <= 1
+        and null.min_null_mean <= null.avg_null_mean
+    )
+    assert report.settings["matched_split"] is True and "permutation null" in markdown_tables(report)
     assert len(report.geometry.cos_mold_gold.by_layer) == 3
     assert saved["n_layers"] == 3 and saved["geometry"]["centred"]["layer"] == 2
     figures = load_figures(tmp_path / "r.json")  # written beside the JSON, plotly JSON (no pickle)

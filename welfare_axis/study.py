@@ -428,6 +428,12 @@ def summarize(runner: StageRunner, cfg: StudyConfig) -> dict[str, Any]:
             "cos_min": pair(lambda r: r.geometry.cos_mold_gold.min),
             "cos_argmin": pair(lambda r: r.geometry.cos_mold_gold.argmin),
             "cos_avg": pair(lambda r: r.geometry.cos_mold_gold.avg),
+            "cos_min_p": pair(
+                lambda r: r.geometry.cos_mold_gold_null and r.geometry.cos_mold_gold_null.p_min
+            ),
+            "cos_avg_p": pair(
+                lambda r: r.geometry.cos_mold_gold_null and r.geometry.cos_mold_gold_null.p_avg
+            ),
             "centred_mold_gold": pair(lambda r: r.geometry.centred.pairs.get("Mold·Gold")),
             "path_reference_last_layer": pair(lambda r: r.geometry.path_reference.last_layer),
         },
