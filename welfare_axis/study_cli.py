@@ -32,9 +32,13 @@ def _run(args: argparse.Namespace) -> int:
     summary = run_study(cfg, out)
     g = summary["geometry"]
     print(f"\nreport: {out / 'report.html'}\nsummary: {out / 'summary.json'}")
-    print(
-        f"min cos(v_Mold, v_Gold): trained {g['cos_min']['trained']:+.3f}, control {g['cos_min']['control']:+.3f}"
-    )
+    p = g.get("cos_min_p", {})
+
+    def with_p(which: str) -> str:
+        value = f"{g['cos_min'][which]:+.3f}"
+        return value if p.get(which) is None else f"{value} (permutation p {p[which]:.3f})"
+
+    print(f"min cos(v_Mold, v_Gold): trained {with_p('trained')}, control {with_p('control')}")
     return 0
 
 
