@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -169,6 +170,9 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+ABORT_AT_EXIT = "terminate called without an active exception"
+
+
 def launch_two_processes(out: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     command = [
@@ -176,6 +180,16 @@ def launch_two_processes(out: Path) -> None:
         f"--master_port={_free_port()}", str(Path(__file__).resolve()), "--worker", str(out),
     ]  # fmt: skip
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    if done.returncode != 0 and ABORT_AT_EXIT in done.stderr:
+        # Seen twice in session 7 on the 2 shared cores (SIGABRT in a gloo worker, cause not found; not
+        # since the trainer package stopped importing everything eagerly): launch once more, and fail
+        # for real on anything else or on a second abort.
+        for leftover in out.iterdir():  # the first attempt's run directories would refuse a new run
+            shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
+        command[command.index(next(a for a in command if a.startswith("--master_port=")))] = (
+            f"--master_port={_free_port()}"
+        )
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     if done.returncode != 0:
         raise AssertionError(
             f"torchrun failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
