@@ -106,8 +106,6 @@ class MazeEnv(gym.Env):
         return self._observation(), self._info(entered=(), wind=None, reward_parts=None)
 
     def step(self, action: int) -> tuple[str, float, bool, bool, dict[str, Any]]:
-        if self.grid is None:
-            raise RuntimeError("call reset() before step()")
         wind: int | None = None
         if self.config.wind_prob > 0 and self.np_random.random() < self.config.wind_prob:
             wind = int(self.np_random.integers(4))

@@ -383,6 +383,15 @@ class ConceptVector:
     __hash__ = object.__hash__
 
     # ---- models -------------------------------------------------------------------------------
+    def check_family(self, model: nn.Module) -> None:
+        """Raise :class:`FamilyMismatchError` unless ``model`` is of this vector's family (any, when unknown)."""
+        family = _layers.model_family(model)
+        if self.model_family and family != self.model_family:
+            raise FamilyMismatchError(
+                f"vector comes from model family {self.model_family!r} ({self.model_name}); the model is "
+                f"{family!r} ({_layers.model_name(model)})"
+            )
+
     def check_model(self, model: nn.Module) -> None:
         """Raise unless this vector fits ``model`` (width, family, layers in range)."""
         width = _layers.d_model(model)
@@ -391,12 +400,7 @@ class ConceptVector:
                 f"vector width {self.d_model} ({self.model_name}) does not match the model's d_model {width} "
                 f"({_layers.model_name(model)})"
             )
-        family = _layers.model_family(model)
-        if self.model_family and family != self.model_family:
-            raise FamilyMismatchError(
-                f"vector comes from model family {self.model_family!r} ({self.model_name}); the model is "
-                f"{family!r} ({_layers.model_name(model)})"
-            )
+        self.check_family(model)
         total = _layers.n_layers(model)
         bad = [layer for layer in self.layers if layer >= total]
         if bad:

@@ -139,15 +139,17 @@ class NullSummary(Readout):
 
     @classmethod
     def of(cls, null: Any) -> NullSummary:
-        """From a ``probes.nulls.CosineNull``."""
+        """From a ``probes.nulls.CosineNull`` (its :meth:`summary`, rounded like every report number)."""
+        s = null.summary()
+        avg, low = s["avg"], s["min"]
         return cls(
-            n_shuffles=int(null.null_avg.size),
-            avg_null_mean=round(float(null.null_avg.mean()), 6),
-            avg_null_sd=round(float(null.null_avg.std(ddof=1)), 6),
-            p_avg=round(float(null.p_avg), 6),
-            min_null_mean=round(float(null.null_min.mean()), 6),
-            min_null_sd=round(float(null.null_min.std(ddof=1)), 6),
-            p_min=round(float(null.p_min), 6),
+            n_shuffles=s["n_shuffles"],
+            avg_null_mean=round(avg["null_mean"], 6),
+            avg_null_sd=round(avg["null_sd"], 6),
+            p_avg=round(avg["p"], 6),
+            min_null_mean=round(low["null_mean"], 6),
+            min_null_sd=round(low["null_sd"], 6),
+            p_min=round(low["p"], 6),
         )
 
 

@@ -48,8 +48,8 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
-from probes.concept_vector import ConceptVector, FamilyMismatchError
-from probes.layers import blocks, check_layer, d_model, layer_template, model_family, model_name, unwrap
+from probes.concept_vector import ConceptVector
+from probes.layers import blocks, check_layer, d_model, layer_template, unwrap
 from steering.operators import Operator, add
 
 PositionRule = Literal["assistant", "generated", "all"]
@@ -87,13 +87,8 @@ def resolve_directions(
         TypeError / ValueError / IndexError / KeyError: with the bad value and what is allowed.
         probes.concept_vector.FamilyMismatchError: a ConceptVector from another model family.
     """
-    if isinstance(directions, ConceptVector) and directions.model_family:
-        family = model_family(model)
-        if family != directions.model_family:
-            raise FamilyMismatchError(
-                f"vector comes from model family {directions.model_family!r} ({directions.model_name}); "
-                f"the model is {family!r} ({model_name(model)})"
-            )
+    if isinstance(directions, ConceptVector):
+        directions.check_family(model)
     by_layer = _directions_by_layer(directions)
     if layers is None:
         if isinstance(by_layer, Tensor):
