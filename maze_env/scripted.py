@@ -4,7 +4,13 @@ For class c ∈ {Mold, Gold, Path}, trajectory i has n = 1 + (i mod n_turns) ste
 1..15) and final direction ACTIONS[i mod 4] (so each final direction is ≈25%). The first n−1 steps are a
 constrained random walk over adjacent Path tiles (randomised depth-first: each step draws uniformly among
 unvisited Path neighbours and a dead end backtracks); the last step enters a tile of class c that was never
-visited (moving back onto the melted tile just left is not allowed, so Mold never means "turned back").
+visited. Whether a Mold trajectory may instead end by stepping back onto the tile it has just left (which
+has melted into Mold) is a choice the paper's text leaves open: ``mold_reversal=False`` (the default) forbids it,
+``mold_reversal=True`` allows it. The default keeps the design matched: in every class the last step is a move
+forward onto a never-visited tile, so the classes differ only in the tile entered. With reversals allowed,
+Mold's last step is also, often, a U-turn that no Gold or Path step can be, and Eq. 1's v_Mold then mixes
+"entered Mold" with "turned back" (measured on the untrained SmolLM2 in ``docs/probes_smollm2.md``: the
+choice alone reorders the centred class geometry). Gold and Path are the same under both settings.
 Every maze is fresh: mazes are generated from ``base_seed``, ``base_seed+1``, … (474747 in the paper),
 with the same seeds for every class, without wind. A maze where no valid walk is found within ``budget``
 expanded cells is discarded and the next seed is used. Walks are searched on the bare grid, then replayed
@@ -62,11 +68,13 @@ def _sample_walk(
     n_steps: int,
     final: int,
     budget: int,
+    mold_reversal: bool = False,
 ) -> list[int] | None:
     """Randomised depth-first search for n−1 Path steps then ``final`` onto an unvisited ``tile``.
 
     At each step the next Path neighbour is drawn uniformly from the unvisited ones (the constrained random
     walk); a dead end backtracks instead of throwing the maze away. ``budget`` caps the cells expanded.
+    With ``mold_reversal`` and ``tile`` Mold, ``final`` may also step back onto the tile just left (melted).
     """
     size_y, size_x = grid.shape
     visited = {start}
@@ -90,6 +98,8 @@ def _sample_walk(
 
     def final_ok(x: int, y: int) -> bool:
         tx, ty = x + _DX[final], y + _DY[final]
+        if mold_reversal and tile == Tile.MOLD and len(path) >= 2 and (tx, ty) == path[-2]:
+            return True  # back onto the tile just left, which has melted into Mold
         return 0 <= tx < size_x and 0 <= ty < size_y and (tx, ty) not in visited and grid[ty, tx] == tile
 
     if n_steps == 1:
@@ -155,8 +165,13 @@ def scripted_trajectories(
     config: MazeConfig | None = None,
     base_seed: int = PAPER_BASE_SEED,
     budget: int = 2000,
+    mold_reversal: bool = False,
 ) -> list[Trajectory]:
-    """``n`` trajectories whose last step enters ``tile`` (see module docstring for the rules)."""
+    """``n`` trajectories whose last step enters ``tile`` (see module docstring for the rules).
+
+    ``mold_reversal``: a Mold trajectory may end by stepping back onto the tile it just left (melted into Mold);
+    no effect on Gold and Path.
+    """
     tile = Tile.parse(tile)
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be a positive integer; got {n!r}")
@@ -174,7 +189,7 @@ def scripted_trajectories(
         while True:
             maze = generate_maze(seeding.np_random(seed)[0], config)
             rng = np.random.default_rng([seed, int(tile), n_steps, final])
-            actions = _sample_walk(maze.grid, maze.start, rng, tile, n_steps, final, budget)
+            actions = _sample_walk(maze.grid, maze.start, rng, tile, n_steps, final, budget, mold_reversal)
             seed += 1
             if actions is not None:
                 out.append(_replay(env, maze, seed - 1, tile, actions))

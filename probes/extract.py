@@ -370,15 +370,21 @@ def _jsonable(value: Any) -> Any:
 
 
 def reward_trajectories(
-    n_per_class: int, *, config: Any = None, seed: int = PAPER_SEED
+    n_per_class: int, *, config: Any = None, seed: int = PAPER_SEED, mold_reversal: bool = False
 ) -> dict[str, list[list[Message]]]:
-    """Scripted chats per tile class (``maze_env.scripted_trajectories``; same seeds for each class)."""
+    """Scripted chats per tile class (``maze_env.scripted_trajectories``; same seeds for each class).
+
+    ``mold_reversal``: Mold trajectories may end by stepping back onto the tile just left (melted); see
+    ``maze_env.scripted`` for why the default forbids it.
+    """
 
     if isinstance(n_per_class, bool) or not isinstance(n_per_class, int) or n_per_class < 1:
         raise ExtractionError(f"n_per_class must be a positive int, got {n_per_class!r}")
     out: dict[str, list[list[Message]]] = {}
     for name in REWARD_CLASSES:
-        trajectories = maze_env.scripted_trajectories(name, n_per_class, config=config, base_seed=seed)
+        trajectories = maze_env.scripted_trajectories(
+            name, n_per_class, config=config, base_seed=seed, mold_reversal=mold_reversal
+        )
         out[name] = [list(t.messages) for t in trajectories]
     return out
 
@@ -390,6 +396,7 @@ def reward_activations(
     n_per_class: int = 300,
     config: Any = None,
     seed: int = PAPER_SEED,
+    mold_reversal: bool = False,
     layers: int | Sequence[int] | str = "all",
     batch_size: int = 16,
     backend: Backend = "hooks",
@@ -397,11 +404,12 @@ def reward_activations(
 ) -> ClassActivations:
     """Final-direction-token activations of scripted Mold / Gold / Path trajectories (paper §A.3)."""
 
-    chats = reward_trajectories(n_per_class, config=config, seed=seed)
+    chats = reward_trajectories(n_per_class, config=config, seed=seed, mold_reversal=mold_reversal)
     used_config = config if config is not None else maze_env.MazeConfig()
     metadata = {
         "recipe": "reward_vectors",
         "seed": seed,
+        "mold_reversal": mold_reversal,
         "maze_config": _jsonable(used_config.to_dict())
         if hasattr(used_config, "to_dict")
         else str(used_config),
@@ -428,6 +436,7 @@ def reward_vectors(
     n_per_class: int = 300,
     config: Any = None,
     seed: int = PAPER_SEED,
+    mold_reversal: bool = False,
     method: str | Aggregator = "mean_diff",
     layers: int | Sequence[int] | str = "all",
     batch_size: int = 16,
@@ -444,6 +453,7 @@ def reward_vectors(
         n_per_class=n_per_class,
         config=config,
         seed=seed,
+        mold_reversal=mold_reversal,
         layers=layers,
         batch_size=batch_size,
         backend=backend,

@@ -19,8 +19,18 @@ module also centres ``v`` and adds its bias; the bias shifts every token's logit
 compare rankings, not values, across models there.
 
 The failure/impossibility score (:func:`failure_score`) asks whether a vector promotes failure words over
-success words: each word list is resolved to token ids (:func:`resolve_words`: the first token of the
-word, with and without a leading space, and capitalised), then
+success words. Each word list is resolved to token ids by :func:`resolve_words`, which by default keeps
+only **whole words**: the spellings of a word (``w``, ``" w"``, capitalised, and for a phrase its
+CamelCase identifier, ``"does not exist"`` -> ``"DoesNotExist"``) that encode to exactly one token of
+this tokenizer's vocabulary. Words with no such spelling are dropped and listed
+(``ResolvedWords.not_in_vocabulary``). Why: taking the *first* token of a multi-token word (the
+``whole_words=False`` option, the old rule) turns ``"forbidden"`` into ``"for"``, ``"isn't"`` into
+``"is"`` and ``"Stuck"`` into ``"St"``; on SmolLM2 the shipped list then resolved to 246 ids, mostly such
+generic subwords, whose lens values say nothing about failure and dilute the score towards 0.5. The
+shipped lists (``probes/data/failure_words.txt`` / ``success_words.txt``, provenance in
+``probes/data/README.md``) hold English words and the Chinese tokens the paper found in v_Mold's and
+v_Gold's lens (不存在, 是不可能, 不行, 失败, ...); each tokenizer keeps those it holds whole (Gemma 3 holds most
+Chinese ones, SmolLM2 none). :class:`FailureScore` lists the tokens it used. Then
 
 - ``difference``: mean lens value of failure tokens minus mean over success tokens,
 - ``standardized``: that difference divided by the standard deviation of the lens over the whole
@@ -203,15 +213,24 @@ class ResolvedWords:
 
     Attributes:
         token_ids: distinct ids, in first-seen order.
-        tokens: the decoded token of each id.
-        whole: words (in some spelling) that are exactly one token.
-        first_token_only: words none of whose spellings is a single token (their first token is used).
+        tokens: the decoded token of each id (``" cannot"``, with its leading space).
+        whole: words with at least one spelling that is exactly one token (of ``min_chars`` or more
+            characters) of this vocabulary.
+        not_in_vocabulary: the other words: no spelling is a single token. With ``whole_words=True``
+            they contribute nothing; with ``whole_words=False`` they contribute their first tokens.
+        whole_words: the rule used (see :func:`resolve_words`).
     """
 
     token_ids: tuple[int, ...]
     tokens: tuple[str, ...]
     whole: tuple[str, ...]
-    first_token_only: tuple[str, ...]
+    not_in_vocabulary: tuple[str, ...]
+    whole_words: bool = True
+
+    @property
+    def first_token_only(self) -> tuple[str, ...]:
+        """Words scored by the first token of a longer encoding (empty unless ``whole_words=False``)."""
+        return () if self.whole_words else self.not_in_vocabulary
 
 
 def _spellings(word: str) -> list[str]:
@@ -219,46 +238,108 @@ def _spellings(word: str) -> list[str]:
     return [form for base in forms for form in (base, " " + base)]
 
 
-def resolve_words(tokenizer: Any, words: Iterable[str], *, min_chars: int = 2) -> ResolvedWords:
-    """Token ids for a word list: the first token of each spelling (``w``, ``" w"``, and capitalised).
+def _identifier(word: str) -> str | None:
+    """CamelCase identifier of a phrase (``"does not exist"`` -> ``"DoesNotExist"``), else None."""
+    parts = word.split()
+    if len(parts) < 2 or not all(part.isascii() and part.isalpha() for part in parts):
+        return None
+    return "".join(part[:1].upper() + part[1:] for part in parts)
 
-    A spelling whose first token decodes to fewer than ``min_chars`` non-space characters (``" "``,
-    ``"un"`` is kept, ``"u"`` is not) is dropped: such pieces start thousands of unrelated words.
+
+def _tokenizer_name(tokenizer: Any) -> str:
+    return str(getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__)
+
+
+def resolve_words(
+    tokenizer: Any, words: Iterable[str], *, min_chars: int = 2, whole_words: bool = True
+) -> ResolvedWords:
+    """Token ids for a word list: the spellings of each word that are whole tokens of the vocabulary.
+
+    Spellings tried: ``w`` and ``" w"``, the same capitalised when ``w`` starts lower case, and for a
+    phrase of ASCII words its CamelCase identifier with and without a leading space (``"DoesNotExist"``;
+    code tokens like this appear in the paper's v_Mold lens). A token that decodes to fewer than
+    ``min_chars`` non-space characters is never used (``"un"`` is kept, ``"u"`` is not): such pieces
+    start thousands of unrelated words.
+
+    Args:
+        tokenizer: encodes the spellings (``add_special_tokens=False``) and decodes the ids.
+        words: the word list (blank entries are skipped).
+        min_chars: shortest usable token, in non-space characters.
+        whole_words: ``True`` (default): keep only spellings that encode to exactly one token, so every
+            id is a whole word of this vocabulary; words with no such spelling are dropped and listed in
+            ``not_in_vocabulary``. ``False``: the old rule, the *first* token of every spelling, even
+            when the spelling needs several tokens (``"forbidden"`` -> ``"for"``); the CamelCase
+            identifier is still taken only when it is a single token (its first piece would repeat
+            the capitalised first word). Use it for a tokenizer that holds too few of the words whole.
 
     Raises:
-        LogitLensError: the list is empty or no spelling yields a usable token.
+        LogitLensError: the list is empty, or no spelling yields a usable token (the message names
+            the tokenizer and the fix).
+
+    Example:
+        >>> resolve_words(tok, ["cannot", "impossibility"]).not_in_vocabulary  # doctest: +SKIP
+        ('impossibility',)
     """
     words = [w.strip() for w in words if w and w.strip()]
     if not words:
         raise LogitLensError("the word list is empty")
     ids: list[int] = []
-    whole, partial = [], []
+    whole, missing = [], []
+
+    def usable(token_id: int) -> bool:
+        return len(tokenizer.decode([token_id]).strip()) >= min_chars
+
     for word in words:
         single = False
-        for spelling in _spellings(word):
-            encoded = tokenizer.encode(spelling, add_special_tokens=False)
-            if not encoded:
+        spellings = [(s, False) for s in _spellings(word)]
+        identifier = _identifier(word)
+        if identifier is not None:
+            spellings += [(identifier, True), (" " + identifier, True)]
+        for spelling, whole_only in spellings:
+            encoded = [int(i) for i in tokenizer.encode(spelling, add_special_tokens=False)]
+            if not encoded or not usable(encoded[0]):
                 continue
-            first = int(encoded[0])
-            if len(tokenizer.decode([first]).strip()) < min_chars:
+            if len(encoded) == 1:
+                single = True
+            elif whole_words or whole_only:
                 continue
-            single = single or len(encoded) == 1
-            if first not in ids:
-                ids.append(first)
-        (whole if single else partial).append(word)
+            if encoded[0] not in ids:
+                ids.append(encoded[0])
+        (whole if single else missing).append(word)
     if not ids:
-        raise LogitLensError(f"no word of {words[:5]}... resolves to a usable token")
+        shown = ", ".join(repr(w) for w in words[:8]) + (", ..." if len(words) > 8 else "")
+        if whole_words:
+            raise LogitLensError(
+                f"none of the {len(words)} words ({shown}) is a single token of at least {min_chars} "
+                f"characters in the vocabulary of {_tokenizer_name(tokenizer)}: pass words this "
+                "tokenizer holds whole, or whole_words=False to score the first token of each word"
+            )
+        raise LogitLensError(
+            f"no word of ({shown}) resolves to a token of at least {min_chars} characters "
+            f"with {_tokenizer_name(tokenizer)}: pass other words or a smaller min_chars"
+        )
     return ResolvedWords(
         token_ids=tuple(ids),
         tokens=tuple(tokenizer.decode([i]) for i in ids),
         whole=tuple(whole),
-        first_token_only=tuple(partial),
+        not_in_vocabulary=tuple(missing),
+        whole_words=whole_words,
     )
 
 
 @dataclass(frozen=True)
 class FailureScore:
-    """How much a direction promotes failure tokens over success tokens (see the module docstring)."""
+    """How much a direction promotes failure tokens over success tokens (see the module docstring).
+
+    Attributes:
+        difference / standardized / auroc: the scores (module docstring).
+        n_failure_tokens / n_success_tokens: tokens scored on each side.
+        mode: ``"raw"`` or ``"norm"``.
+        layer: the vector's layer, when known.
+        failure_tokens / success_tokens: the decoded tokens scored (``" cannot"``), in the order of the
+            word lists, after dropping tokens the two lists share; show them next to the score.
+        failure_ids / success_ids: their ids, same order.
+    """
 
     difference: float
     standardized: float
@@ -267,6 +348,10 @@ class FailureScore:
     n_success_tokens: int
     mode: Mode
     layer: int | None = None
+    failure_tokens: tuple[str, ...] = ()
+    success_tokens: tuple[str, ...] = ()
+    failure_ids: tuple[int, ...] = ()
+    success_ids: tuple[int, ...] = ()
 
 
 def failure_score(
@@ -278,22 +363,34 @@ def failure_score(
     failure_words: Sequence[str] | None = None,
     success_words: Sequence[str] | None = None,
     through_norm: bool = False,
+    whole_words: bool = True,
 ) -> FailureScore:
     """Failure-minus-success logit-lens score of a direction.
 
     Args:
         failure_words / success_words: default ``probes/data/failure_words.txt`` /
             ``success_words.txt``. Tokens shared by both lists are dropped from both.
+        through_norm: apply the final norm to the vector first (see the module docstring).
+        whole_words: resolve words to whole-word tokens only (default); ``False`` uses the first token
+            of multi-token words too (see :func:`resolve_words`).
+
+    Raises:
+        LogitLensError: a list resolves to no token, or is empty once shared tokens are dropped.
 
     Example:
-        >>> failure_score(model, tok, v_mold, 25).auroc  # doctest: +SKIP
-        0.71
+        >>> score = failure_score(model, tok, v_mold, 25)  # doctest: +SKIP
+        >>> score.auroc, score.failure_tokens[:3]  # doctest: +SKIP
+        (0.71, ('cannot', ' cannot', 'Cannot'))
     """
     fail = resolve_words(
-        tokenizer, failure_words if failure_words is not None else load_word_list("failure_words")
+        tokenizer,
+        failure_words if failure_words is not None else load_word_list("failure_words"),
+        whole_words=whole_words,
     )
     good = resolve_words(
-        tokenizer, success_words if success_words is not None else load_word_list("success_words")
+        tokenizer,
+        success_words if success_words is not None else load_word_list("success_words"),
+        whole_words=whole_words,
     )
     shared = set(fail.token_ids) & set(good.token_ids)
     fail_ids = [i for i in fail.token_ids if i not in shared]
@@ -315,6 +412,10 @@ def failure_score(
         n_success_tokens=len(good_ids),
         mode="norm" if through_norm else "raw",
         layer=layer,
+        failure_tokens=tuple(tokenizer.decode([i]) for i in fail_ids),
+        success_tokens=tuple(tokenizer.decode([i]) for i in good_ids),
+        failure_ids=tuple(fail_ids),
+        success_ids=tuple(good_ids),
     )
 
 

@@ -1,7 +1,9 @@
 """Maze decision states and what a model computes at them (one forward per episode).
 
 A *decision state* is a moment where the model must choose N/E/S/W: the conversation so far ends with a
-user turn and the assistant header. :class:`MazeStates` holds the episodes (chat messages, maze seed,
+user turn and the assistant header. The observation after the last move of a full-length episode
+(``turns_left == 0``) is kept as a state (the model reads the final reward there) but is no decision:
+:meth:`MazeStates.decisions` drops it. :class:`MazeStates` holds the episodes (chat messages, maze seed,
 actions, wind) and, per state, what the world looked like: position, start, neighbour tiles, the reward
 of the previous turn, the turn index, and (replayed on demand) the grid with melted tiles. They come
 from scripted walks (:meth:`MazeStates.from_trajectories`), LM rollouts
@@ -73,7 +75,10 @@ class MazeStates:
         position, start: ``(n_states, 2)`` agent (x, y) and the episode's start (x, y).
         neighbours: ``(n_states, 4)`` tile classes to the N, E, S, W.
         last_reward: ``(n_states,)`` reward of the previous turn (NaN at turn 0).
-        turns_left: ``(n_states,)`` turns remaining in the episode at the state.
+        turns_left: ``(n_states,)`` moves still to be made in the episode at the state, the one decided
+            here included: ``config.n_turns - turn`` (``MazeEnv`` truncates after ``n_turns`` moves). It is
+            0 only at the observation after the last move of a full-length episode, which is not a
+            decision (:attr:`has_decision`; :meth:`decisions` drops those states).
     """
 
     messages: tuple[tuple[Message, ...], ...]
@@ -100,6 +105,15 @@ class MazeStates:
     def relative_position(self) -> np.ndarray:
         """``(n_states, 2)`` position minus start (x right, y down)."""
         return self.position - self.start
+
+    @property
+    def has_decision(self) -> np.ndarray:
+        """``(n_states,)`` bool: a move is still to be made here (``turns_left >= 1``).
+
+        False only at the observation after the ``n_turns``-th move: the episode is over, nothing is
+        chosen there, so it has no action values (``probes.q_readout.true_q`` refuses it).
+        """
+        return self.turns_left >= 1
 
     @property
     def state_seed(self) -> np.ndarray:
@@ -140,6 +154,10 @@ class MazeStates:
             assistants = [m for m in chat if m.get("role") == "assistant"]
             if [m["content"].strip() for m in assistants] != [ACTIONS[a] for a in acts]:
                 raise MazeStatesError(f"episode {e}: assistant turns do not match the actions {acts}")
+            if len(acts) > config.n_turns:
+                raise MazeStatesError(
+                    f"episode {e}: {len(acts)} actions, more than the episode's n_turns={config.n_turns}"
+                )
             if len(users) not in (len(acts), len(acts) + 1) or len(wind) != len(acts):
                 raise MazeStatesError(
                     f"episode {e}: {len(users)} user turns, {len(acts)} actions, {len(wind)} wind entries"
@@ -288,6 +306,28 @@ class MazeStates:
         for k in range(t):
             pos, _ = _step(grid, pos, self.actions[e][k], self.winds[e][k], self.config)
         return grid
+
+    def decisions(self) -> MazeStates:
+        """These states without the ones where no move is left (:attr:`has_decision` false).
+
+        Such a state is the observation after the last move of a full-length episode; it is dropped by
+        removing that final user turn, so the result still reads with :func:`read_decisions` (one row
+        per remaining state, in the same order). Returns ``self`` when every state is a decision.
+
+        Example:
+            >>> from maze_env import MazeConfig
+            >>> states = MazeStates.random_walks(2, config=MazeConfig(size=30, n_turns=3))
+            >>> len(states), len(states.decisions()), states.decisions().turns_left.tolist()
+            (8, 6, [3, 2, 1, 3, 2, 1])
+        """
+        if bool(self.has_decision.all()):
+            return self
+        finished = set(self.episode[~self.has_decision].tolist())
+        messages = [
+            chat[:-1] if e in finished and chat and chat[-1].get("role") == "user" else chat
+            for e, chat in enumerate(self.messages)
+        ]
+        return MazeStates.build(messages, self.seeds, self.actions, self.winds, self.config)
 
     def select_episodes(self, episodes: Sequence[int]) -> MazeStates:
         """The states of some episodes (renumbered 0..k-1 in the given order)."""

@@ -24,6 +24,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,9 +39,11 @@ from maze_env import config_for_tiles
 from maze_env.scripted import scripted_trajectories
 from probes import layers as _layers
 from probes.artifacts import write_text
+from probes.concept_vector import ConceptVector
 from probes.emotions import (
     DEFAULT_TOKEN_OFFSET,
     EmotionStory,
+    EmotionVectors,
     emotion_scatter,
     emotion_vectors,
     load_emotion_stories,
@@ -52,7 +55,18 @@ from probes.extract import aggregate, reward_activations
 from probes.geometry import analysis_layer, centred_class_cosines, layer_cosines, path_reference_cosines
 from probes.logit_lens import failure_score, logit_lens, overlap
 from probes.maze_states import MazeStates, read_decisions
-from probes.nulls import eq1_cosine_null
+from probes.nulls import (
+    TripletResampler,
+    centred_cosine,
+    cosine_with,
+    emotion_scatter_stats,
+    eq1_cosine,
+    group_d,
+    lens_auroc,
+    path_reference_cosine,
+    projection_d,
+    q_spearman,
+)
 from probes.plots import (
     centred_geometry_heatmap,
     emotion_scatter_plot,
@@ -60,18 +74,25 @@ from probes.plots import (
     probe_accuracy,
     q_scatter,
 )
-from probes.q_readout import lens_direction_logits, q_correlation, readout_from_logits, true_q
+from probes.q_readout import (
+    implicit_reward_readout,
+    lens_direction_logits,
+    q_correlation,
+    readout_from_logits,
+    true_q,
+)
 from probes.readouts import (
     CentredCosines,
     CosineCurve,
     Emotions,
     EmotionScatterSummary,
     EnvProbes,
+    Estimate,
     Extraction,
     Geometry,
+    GeometryEstimates,
     LensList,
     LogitLensReadout,
-    NullSummary,
     PathReference,
     ProbeSummary,
     QReadoutSummary,
@@ -80,9 +101,16 @@ from probes.readouts import (
     Tracking,
     ValenceAxisSummary,
 )
+from probes.record import capture
 from probes.selection import best_mean_auroc_layer, select_layer
 from probes.sentiment import labelled_sentiment_axis, load_sentiment, prompt_sentiment_axis
-from probes.tracking import HELD_OUT_SEED, feedback_tracking, maze_tracking
+from probes.tracking import (
+    HELD_OUT_SEED,
+    feedback_conversations,
+    feedback_tracking,
+    graded_feedback_conversations,
+    tracking_from_activations,
+)
 
 
 @dataclass(frozen=True)
@@ -122,7 +150,12 @@ class ReportSettings:
     tracking_n: int = 60
     """Held-out Gold-final and Mold-final trajectories for maze tracking."""
     feedback_n: int = 100
-    """QA items for correctness-feedback tracking."""
+    """Questions for correctness-feedback tracking."""
+    feedback_answers: str = "model"
+    """``model``: the model answers, its answers are graded, and the feedback is truthful (the paper's
+    design); ``reference``: the reference answer vs another question's answer (needs no correct answers)."""
+    feedback_dataset: str = "qa"
+    """``qa`` or ``arithmetic`` (both shipped in ``probes/data``)."""
     q_episodes: int = 20
     """Held-out scripted Gold and Mold walks (each) whose states the logit-as-Q readout scores."""
     q_horizon: int = 4
@@ -136,9 +169,13 @@ class ReportSettings:
     probe_layer_stride: int = 3
     """Probe every this many layers (and the last)."""
     null_shuffles: int = 200
-    """Label shuffles within matched triplets for the null of cos(v_Mold, v_Gold) (0: no null)."""
+    """Label shuffles within matched triplets for every readout's permutation null (0: no nulls)."""
+    n_boot: int = 200
+    """Bootstrap resamples of the matched triplets (and tracking items) for the 95% intervals (0: none)."""
     matched_split: bool = True
     """Hold out the same indices in every class, letters balanced (False: each class split at random)."""
+    mold_reversal: bool = False
+    """Mold trajectories may end by stepping back onto the tile just left (``maze_env.scripted``)."""
     out: Path | None = None
     """Write the report JSON here (atomically)."""
 
@@ -155,6 +192,7 @@ class ReportSettings:
             n_sentiment_pairs=3,
             tracking_n=3,
             feedback_n=4,
+            feedback_answers="reference",  # tiny random models answer nothing right
             q_episodes=2,
             probe_episodes=6,
             probe_turns=2,
@@ -211,11 +249,28 @@ def readout_report(
     settings: ReportSettings | None = None,
     *,
     vectors_dir: str | os.PathLike[str] | None = None,
+    emotions: EmotionVectors | None = None,
+    emotion_layer: int | None = None,
+    tracking_vectors: Mapping[str, ConceptVector] | None = None,
+    reference_model: nn.Module | None = None,
 ) -> ReadoutReport:
     """Extract the reward vectors of ``model`` and run every readout on them (see the module docstring).
 
     With ``vectors_dir``, the extracted vectors are also saved there as ``Mold``, ``Gold`` and ``Path``
     (``ConceptVector.save``: safetensors + JSON), so steering can use exactly the vectors read out here.
+
+    The paper compares a trained model with its maze-naive base on common ground; these arguments give it:
+
+    - ``emotions``: the emotion basis (``probes.emotions.emotion_vectors``) to compare the vectors with;
+      the paper builds it once, on the maze-naive model (:func:`report_emotion_vectors`). Default: built
+      on ``model``.
+    - ``emotion_layer``: the layer of the emotion scatter and the sentiment cosines; the paper uses the
+      trained model's argmax of ½(AUROC_Mold + AUROC_Gold) for the control too. Default: ``model``'s own.
+    - ``tracking_vectors``: ``{"Gold": v_Gold, "Mold": v_Mold}`` of another model (the trained one), on
+      which this model's maze activations are also projected (the paper's naive-model ``|d| < 0.12`` is
+      on v), at those vectors' ℓ* (``layer_star`` in their metadata, else this model's ℓ*).
+    - ``reference_model``: the maze-naive model for the implicit reward β(log π − log π_ref) at the
+      logit-as-Q states (same tokenizer).
 
     Raises:
         ValueError: a readout produced a non-finite number (the report lists where).
@@ -237,9 +292,24 @@ def readout_report(
 
     # EXTRACTION: Eq. 1 vectors on the train split, l* on the held-out split
     acts = reward_activations(
-        model, tokenizer, n_per_class=s.n_per_class, config=config, seed=s.seed, batch_size=s.batch_size
+        model,
+        tokenizer,
+        n_per_class=s.n_per_class,
+        config=config,
+        seed=s.seed,
+        mold_reversal=s.mold_reversal,
+        batch_size=s.batch_size,
     )
     train, held = acts.split(s.held_out, seed=s.split_seed, matched=s.matched_split)
+    resampler = (
+        TripletResampler(train, n_shuffles=s.null_shuffles, n_boot=s.n_boot, seed=s.split_seed)
+        if s.null_shuffles
+        else None
+    )
+
+    def estimate(resampled_fn: Any) -> Estimate | None:
+        return Estimate.of(resampled_fn(resampler)) if resampler is not None else None
+
     vectors = aggregate(train, "mean_diff")
     v_mold, v_gold = vectors["Mold"], vectors["Gold"]
     if vectors_dir is not None:
@@ -247,7 +317,7 @@ def readout_report(
             vector.save(Path(vectors_dir) / concept)
     sel_mold, sel_gold = select_layer(v_mold, held), select_layer(v_gold, held)
     layer_mold, layer_gold = sel_mold.layer, sel_gold.layer
-    emotion_layer = best_mean_auroc_layer(sel_mold, sel_gold)
+    own_emotion_layer = best_mean_auroc_layer(sel_mold, sel_gold)
     sections["extraction"] = Extraction(
         n_per_class=train.n_per_class,
         n_held_out=held.n_per_class,
@@ -260,7 +330,7 @@ def readout_report(
             "Mold": _round(v_mold.norms()[layer_mold]),
             "Gold": _round(v_gold.norms()[layer_gold]),
         },
-        best_mean_auroc_layer=emotion_layer,
+        best_mean_auroc_layer=own_emotion_layer,
     )
     lap("extraction")
 
@@ -284,11 +354,7 @@ def readout_report(
             by_layer=_curve(path_ref.cosines),
         ),
         centred=CentredCosines(layer=centred.layer, pairs={k: _round(v) for k, v in centred.pairs().items()}),
-        cos_mold_gold_null=(
-            NullSummary.of(eq1_cosine_null(train, n_shuffles=s.null_shuffles, seed=s.split_seed))
-            if s.null_shuffles
-            else None
-        ),
+        estimates=_geometry_estimates(model, train, resampler, centred.layer, s) if resampler else None,
     )
     lap("geometry")
 
@@ -302,11 +368,23 @@ def readout_report(
             result = logit_lens(model, tokenizer, vector, lens_layer, k=s.lens_k, through_norm=through_norm)
             lists[(name, mode)] = result
             score = failure_score(model, tokenizer, vector, lens_layer, through_norm=through_norm)
+            ids = (score.failure_ids, score.success_ids)
             lens[f"{name}_{mode}"] = LensList(
                 top=list(result.top_tokens),
                 bottom=list(result.bottom_tokens),
                 failure_auroc=_round(score.auroc),
                 failure_standardized=_round(score.standardized),
+                failure_auroc_estimate=estimate(
+                    lambda r, ids=ids, name=name, through_norm=through_norm: lens_auroc(
+                        r,
+                        name,
+                        lens_layer,
+                        _batched_lens(model, [*ids[0], *ids[1]], through_norm),
+                        ids[0],
+                        ids[1],
+                        "greater" if name == "Mold" else "less",
+                    )
+                ),
             )
     sections["logit_lens"] = LogitLensReadout(
         layer=lens_layer,
@@ -314,30 +392,27 @@ def readout_report(
         overlap_mold_top_gold_bottom={
             mode: overlap(lists[("Mold", mode)].top, lists[("Gold", mode)].bottom) for mode in ("raw", "norm")
         },
+        failure_tokens=list(score.failure_tokens),
+        success_tokens=list(score.success_tokens),
     )
     figures["logit_lens_mold"] = logit_lens_bars(lists[("Mold", "raw")])
     figures["logit_lens_gold"] = logit_lens_bars(lists[("Gold", "raw")])
     lap("logit_lens")
 
     # EMOTIONS at argmax 1/2 (AUROC_Mold + AUROC_Gold), valence axis there and at floor(2L/3)
-    stories = subset_stories(load_emotion_stories(), s.n_emotions, s.stories_per_emotion)
-    neutral = load_neutral_texts()[: s.n_neutral]
-    ev = emotion_vectors(
-        model,
-        tokenizer,
-        "all",
-        stories=stories,
-        neutral_texts=neutral,
-        token_offset=s.token_offset,
-        batch_size=s.batch_size,
-    )
+    ev = emotions if emotions is not None else report_emotion_vectors(model, tokenizer, s)
+    emotion_layer = own_emotion_layer if emotion_layer is None else int(emotion_layer)
     scatter = emotion_scatter(ev, v_mold, v_gold, emotion_layer)
     figures["emotion_scatter"] = emotion_scatter_plot(scatter)
     geometry_layer = analysis_layer(n_layers)
     axes = {layer: valence_axis(ev, layer) for layer in sorted({emotion_layer, geometry_layer})}
+    scatter_stats = (
+        emotion_scatter_stats(resampler, emotion_layer, ev.vectors[emotion_layer]) if resampler else None
+    )
     sections["emotions"] = Emotions(
         n_emotions=len(ev.emotions),
         n_short_texts=ev.n_short,
+        basis_model=ev.model_name,
         neutral_pcs_removed={str(k): v for k, v in sorted(ev.n_components_removed.items()) if k in axes},
         scatter=EmotionScatterSummary(
             layer=emotion_layer,
@@ -346,6 +421,8 @@ def readout_report(
             top_gold=[(e, _round(c)) for e, c in scatter.top("y", 5)],
             top_mold=[(e, _round(c)) for e, c in scatter.top("x", 5)],
             max_abs_cos=_round(float(max(np.abs(scatter.x).max(), np.abs(scatter.y).max()))),
+            slope_estimate=Estimate.of(scatter_stats[0]) if scatter_stats else None,
+            r_estimate=Estimate.of(scatter_stats[1]) if scatter_stats else None,
         ),
         valence_axis={
             str(layer): ValenceAxisSummary(
@@ -355,6 +432,12 @@ def readout_report(
                 explained_pc2=_round(axis.explained[1]),
                 cos_pc1_gold=_round(float(axis.pc1 @ v_gold[layer].double() / v_gold[layer].double().norm())),
                 cos_pc1_mold=_round(float(axis.pc1 @ v_mold[layer].double() / v_mold[layer].double().norm())),
+                cos_pc1_gold_estimate=estimate(
+                    lambda r, layer=layer, axis=axis: cosine_with(r, "Gold", layer, axis.pc1, "greater")
+                ),
+                cos_pc1_mold_estimate=estimate(
+                    lambda r, layer=layer, axis=axis: cosine_with(r, "Mold", layer, axis.pc1, "less")
+                ),
             )
             for layer, axis in axes.items()
         },
@@ -383,32 +466,110 @@ def readout_report(
             cos_gold_at_emotion_layer=_round(with_gold[emotion_layer]),
             max_abs_cos_mold=_round(max(abs(c) for c in with_mold.values())),
             max_abs_cos_gold=_round(max(abs(c) for c in with_gold.values())),
+            cos_mold_estimate=estimate(
+                lambda r, axis=axis: cosine_with(r, "Mold", emotion_layer, axis[emotion_layer], "less")
+            ),
+            cos_gold_estimate=estimate(
+                lambda r, axis=axis: cosine_with(r, "Gold", emotion_layer, axis[emotion_layer], "greater")
+            ),
         )
     sections["sentiment"] = sentiment
     lap("sentiment")
 
     # TRACKING
-    gold = scripted_trajectories("Gold", s.tracking_n, config=config, base_seed=HELD_OUT_SEED)
-    mold = scripted_trajectories("Mold", s.tracking_n, config=config, base_seed=HELD_OUT_SEED)
-    maze = maze_tracking(
-        model, tokenizer, {"Gold": v_gold, "Mold": v_mold}, gold=gold, mold=mold, batch_size=s.batch_size
+    final = {
+        tile: capture(
+            model,
+            tokenizer,
+            [
+                t.messages
+                for t in scripted_trajectories(tile, s.tracking_n, config=config, base_seed=HELD_OUT_SEED)
+            ],
+            layers="all",
+            position="last",
+            batch_size=s.batch_size,
+            close_final=False,
+        )
+        for tile in ("Gold", "Mold")
+    }
+    labels = ("Gold-final", "Mold-final")
+    maze_gold = tracking_from_activations(v_gold, final["Gold"], final["Mold"], labels=labels)
+    maze_mold = tracking_from_activations(v_mold, final["Gold"], final["Mold"], labels=labels)
+    on_reference: dict[str, Estimate] = {}
+    for concept, vector in (tracking_vectors or {}).items():
+        (layer,) = vector.layers
+        on_ref = tracking_from_activations(vector, final["Gold"], final["Mold"], labels=labels)
+        on_reference[concept] = Estimate.of(
+            group_d(
+                on_ref.positive[layer].numpy(),
+                on_ref.negative[layer].numpy(),
+                "greater" if concept == "Gold" else "less",
+                n_shuffles=max(1, s.null_shuffles),
+                n_boot=s.n_boot,
+                seed=s.split_seed,
+            )
+        )
+    feedback_vectors = {"Gold": v_gold.select([layer_gold]), "Mold": v_mold.select([layer_mold])}
+    if s.feedback_answers == "model":  # the model's own answers, graded; too few right or wrong: no d
+        chats: Any = graded_feedback_conversations(
+            model, tokenizer, dataset=s.feedback_dataset, n=s.feedback_n, seed=s.split_seed,
+            batch_size=s.batch_size,
+        )  # fmt: skip
+        n_right, n_wrong = chats.n_correct, chats.n_incorrect
+    else:
+        chats = feedback_conversations(n=s.feedback_n, seed=s.split_seed)
+        n_right, n_wrong = len(chats["correct"]), len(chats["incorrect"])
+    feedback = (
+        feedback_tracking(
+            model,
+            tokenizer,
+            feedback_vectors,
+            conversations=chats,
+            batch_size=s.batch_size,
+            answers=s.feedback_answers,
+        )  # fmt: skip
+        if min(n_right, n_wrong) >= 2
+        else None
     )
-    maze_gold, maze_mold = maze["Gold"], maze["Mold"]
-    feedback = feedback_tracking(
-        model,
-        tokenizer,
-        {"Gold": v_gold.select([layer_gold]), "Mold": v_mold.select([layer_mold])},
-        n=s.feedback_n,
-        seed=s.split_seed,
-        batch_size=s.batch_size,
-    )
+
+    def feedback_d(concept: str, layer: int) -> float | None:
+        return None if feedback is None else _round(feedback[concept].d[layer])
+
+    def feedback_estimate(concept: str, layer: int) -> Estimate | None:
+        if feedback is None:
+            return None
+        scores = (feedback[concept].positive[layer].numpy(), feedback[concept].negative[layer].numpy())
+        alternative = "greater" if concept == "Gold" else "less"
+        return Estimate.of(
+            group_d(
+                *scores, alternative, n_shuffles=max(1, s.null_shuffles), n_boot=s.n_boot, seed=s.split_seed
+            )
+        )
+
     sections["tracking"] = Tracking(
         maze_d_gold_vector_at_layer_star=_round(maze_gold.d[layer_gold]),
         maze_d_mold_vector_at_layer_star=_round(maze_mold.d[layer_mold]),
         maze_d_gold_vector_max_abs=_round(max(abs(d) for d in maze_gold.d.values())),
         maze_d_gold_vector_by_layer=_curve(maze_gold.d),
-        feedback_d_gold_vector_at_layer_star=_round(feedback["Gold"].d[layer_gold]),
-        feedback_d_mold_vector_at_layer_star=_round(feedback["Mold"].d[layer_mold]),
+        feedback_d_gold_vector_at_layer_star=feedback_d("Gold", layer_gold),
+        feedback_d_mold_vector_at_layer_star=feedback_d("Mold", layer_mold),
+        maze_d_gold_estimate=estimate(
+            lambda r: projection_d(
+                r,
+                "Gold",
+                layer_gold,
+                final["Gold"][layer_gold],
+                final["Mold"][layer_gold],
+                "greater",
+                seed=s.split_seed,
+            )
+        ),
+        maze_d_on_reference_vectors=on_reference or None,
+        feedback_answers=s.feedback_answers,
+        feedback_n_correct=n_right,
+        feedback_n_incorrect=n_wrong,
+        feedback_d_gold_estimate=feedback_estimate("Gold", layer_gold),
+        feedback_d_mold_estimate=feedback_estimate("Mold", layer_mold),
     )
     lap("tracking")
 
@@ -416,11 +577,16 @@ def readout_report(
     walks = scripted_trajectories(
         "Gold", s.q_episodes, config=config, base_seed=HELD_OUT_SEED + 7919
     ) + scripted_trajectories("Mold", s.q_episodes, config=config, base_seed=HELD_OUT_SEED + 7919)
-    states = MazeStates.from_trajectories(walks, config=config)
+    states = MazeStates.from_trajectories(walks, config=config).decisions()  # states with a move left
     q = true_q(states, horizon=s.q_horizon)
     read = read_decisions(model, tokenizer, states, [lens_layer], batch_size=max(1, s.batch_size // 2))
     readout = readout_from_logits(read.direction_logits, read.token_ids, beta=s.beta)
     correlation = q_correlation(readout, q)
+    implicit = None
+    if reference_model is not None:
+        ref = read_decisions(reference_model, tokenizer, states, None, batch_size=max(1, s.batch_size // 2))
+        reference = readout_from_logits(ref.direction_logits, ref.token_ids, beta=s.beta)
+        implicit = implicit_reward_readout(readout, reference)
     lens_logits = lens_direction_logits(model, read.activations[lens_layer], read.token_ids)
     lens_correlation = q_correlation(readout_from_logits(lens_logits, read.token_ids, beta=s.beta), q)
     policy = readout.log_policy.exp()
@@ -434,6 +600,16 @@ def readout_report(
         action_share=[_round(float(x)) for x in policy.mean(0)],
         horizon=s.q_horizon,
         beta=s.beta,
+        spearman_pooled_estimate=Estimate.of(
+            q_spearman(readout.values, q, n_shuffles=s.null_shuffles, n_boot=s.n_boot, seed=s.split_seed)
+        )
+        if s.null_shuffles
+        else None,
+        implicit_reward_spearman_estimate=Estimate.of(
+            q_spearman(implicit.values, q, n_shuffles=s.null_shuffles, n_boot=s.n_boot, seed=s.split_seed)
+        )
+        if implicit is not None and s.null_shuffles and float(np.ptp(implicit.values.numpy())) > 0
+        else None,
     )
     figures["q_scatter"] = q_scatter(readout, q)
     lap("q_readout")
@@ -484,6 +660,70 @@ def readout_report(
     return report
 
 
+def report_emotion_vectors(model: nn.Module, tokenizer: Any, settings: ReportSettings) -> EmotionVectors:
+    """The emotion basis :func:`readout_report` uses, with ``settings``' subset of stories and neutral texts.
+
+    Build it once on the maze-naive model and pass it as ``emotions=`` to the readouts of the trained
+    model and its control, as the paper does."""
+    s = settings
+    return emotion_vectors(
+        model,
+        tokenizer,
+        "all",
+        stories=subset_stories(load_emotion_stories(), s.n_emotions, s.stories_per_emotion),
+        neutral_texts=load_neutral_texts()[: s.n_neutral],
+        token_offset=s.token_offset,
+        batch_size=s.batch_size,
+    )
+
+
+def _batched_lens(model: nn.Module, token_ids: list[int], through_norm: bool) -> Any:
+    """``lens(directions (k, d)) -> (k, len(token_ids))``: the logit lens of a batch of directions at some
+    tokens, raw (``v @ W_U``) or through the final norm (as ``probes.logit_lens.lens_logits``)."""
+    w_u = _layers.unembed(model)[:, token_ids]
+    norm = _layers.final_norm(model) if through_norm else None
+
+    def lens(directions: torch.Tensor) -> torch.Tensor:
+        v = directions.to(device=w_u.device, dtype=w_u.dtype)
+        with torch.no_grad():
+            if norm is not None:
+                v = norm(v[:, None, :])[:, 0]
+            return (v @ w_u).double().cpu()
+
+    return lens
+
+
+def _geometry_estimates(
+    model: nn.Module, train: Any, resampler: TripletResampler, centred_layer: int, s: ReportSettings
+) -> GeometryEstimates:
+    """Eq. 1, Path-reference and centred cosines with intervals and nulls; the last layer before and after
+    the final norm (each activation normed first, as the unembedding reads it)."""
+    last = _layers.n_layers(model) - 1
+    norm = _layers.final_norm(model)
+    device, dtype = _layers.unembed(model).device, _layers.unembed(model).dtype
+    with torch.no_grad():
+        normed = {
+            c: {last: norm(acts[last].to(device=device, dtype=dtype)[:, None, :])[:, 0].float().cpu()}
+            for c, acts in train.activations.items()
+        }
+    post = TripletResampler(normed, n_shuffles=s.null_shuffles, n_boot=s.n_boot, seed=s.split_seed)
+    pairs = {"Mold·Gold": (0, 1, "less"), "Mold·Path": (0, 2, "two-sided"), "Gold·Path": (1, 2, "two-sided")}
+    return GeometryEstimates(
+        n_shuffles=resampler.n_shuffles,
+        n_boot=resampler.n_boot,
+        cos_mold_gold_avg=Estimate.of(resampler.across_layers(eq1_cosine, "mean", "less")),
+        cos_mold_gold_min=Estimate.of(resampler.across_layers(eq1_cosine, "min", "less")),
+        path_reference_avg=Estimate.of(resampler.across_layers(path_reference_cosine, "mean", "less")),
+        path_reference_last=Estimate.of(resampler.statistic(path_reference_cosine, last, "less")),
+        centred={
+            name: Estimate.of(resampler.statistic(centred_cosine(a, b), centred_layer, alt))  # type: ignore[arg-type]
+            for name, (a, b, alt) in pairs.items()
+        },
+        last_layer_pre_norm=Estimate.of(resampler.statistic(eq1_cosine, last, "less")),
+        last_layer_post_norm=Estimate.of(post.statistic(eq1_cosine, last, "less")),
+    )
+
+
 def load_figures(report_path: str | os.PathLike[str]) -> dict[str, go.Figure]:
     """The figures :func:`readout_report` wrote beside its JSON (empty when it wrote none).
 
@@ -499,8 +739,10 @@ def load_figures(report_path: str | os.PathLike[str]) -> dict[str, go.Figure]:
     return {key: go.Figure(value) for key, value in json.loads((path.parent / name).read_text()).items()}
 
 
-def markdown_tables(report: ReadoutReport) -> str:
-    """The headline numbers of a report as Markdown tables (for ``docs/``).
+def markdown_tables(report: ReadoutReport, symbol: str = "u") -> str:
+    """The headline numbers of a report as Markdown tables (for ``docs/``); ``symbol`` names the vectors
+    (``u`` for a maze-naive model, ``v`` for a trained one). A second table gives every number that has
+    one with its 95% bootstrap interval and its permutation null (:func:`uncertainty_table`).
 
     Example:
         >>> print(markdown_tables(report))  # doctest: +SKIP
@@ -515,16 +757,6 @@ def markdown_tables(report: ReadoutReport) -> str:
         f"{x.auroc_at_layer_star['Mold']:.3f}, {x.auroc_at_layer_star['Gold']:.3f} |",
         f"| norm at layer* (Mold, Gold) | {x.norm_at_layer_star['Mold']:.2f}, {x.norm_at_layer_star['Gold']:.2f} |",
         f"| cos(u_Mold, u_Gold): avg, min (argmin layer) | {cos.avg:+.3f}, {cos.min:+.3f} (L{cos.argmin}) |",
-        *(
-            [
-                f"| permutation null ({g.cos_mold_gold_null.n_shuffles} shuffles within triplets): avg, min "
-                f"(mean ± sd; p) | {g.cos_mold_gold_null.avg_null_mean:+.3f} ± {g.cos_mold_gold_null.avg_null_sd:.3f} "
-                f"(p {g.cos_mold_gold_null.p_avg:.3f}), {g.cos_mold_gold_null.min_null_mean:+.3f} ± "
-                f"{g.cos_mold_gold_null.min_null_sd:.3f} (p {g.cos_mold_gold_null.p_min:.3f}) |"
-            ]
-            if g.cos_mold_gold_null is not None
-            else []
-        ),
         f"| Path-reference cosine: avg, min (argmin), last layer | {path.avg:+.3f}, "
         f"{path.min:+.3f} (L{path.argmin}), {path.last_layer:+.3f} |",
         f"| centred class means at L{g.centred.layer}: Mold·Gold, Mold·Path, Gold·Path | "
@@ -565,8 +797,9 @@ def markdown_tables(report: ReadoutReport) -> str:
         f"| maze tracking d (Gold-final − Mold-final): u_Gold at L{x.layer_star['Gold']}, u_Mold at "
         f"L{x.layer_star['Mold']}, max abs d of u_Gold | {t.maze_d_gold_vector_at_layer_star:+.3f}, "
         f"{t.maze_d_mold_vector_at_layer_star:+.3f}, {t.maze_d_gold_vector_max_abs:.3f} |",
-        f"| feedback tracking d (correct − incorrect): u_Gold, u_Mold at layer* | "
-        f"{t.feedback_d_gold_vector_at_layer_star:+.3f}, {t.feedback_d_mold_vector_at_layer_star:+.3f} |",
+        f"| feedback tracking d (correct − incorrect; {t.feedback_answers} answers, {t.feedback_n_correct} "
+        f"right, {t.feedback_n_incorrect} wrong): u_Gold, u_Mold at layer* | "
+        f"{_signed(t.feedback_d_gold_vector_at_layer_star)}, {_signed(t.feedback_d_mold_vector_at_layer_star)} |",
         f"| logit-as-Q Spearman ({q.n_states} states, h={q.horizon}): pooled centred, mean per state, "
         f"lens L{lens.layer} pooled | {q.spearman_pooled_centred:+.3f}, {q.spearman_mean_per_state:+.3f}, "
         f"{q.lens_layer_spearman_pooled_centred:+.3f} |",
@@ -593,7 +826,101 @@ def markdown_tables(report: ReadoutReport) -> str:
             f"| {task} | {row.best_layer} | {row.metric} | {fmt(row.score)} | {fmt(row.control)} | "
             f"{fmt(row.selectivity)} | {fmt(row.baseline)} |"
         )
-    return "\n".join(lines) + "\n"
+    text = "\n".join(lines) + "\n"
+    return text.replace("u_Mold", f"{symbol}_Mold").replace("u_Gold", f"{symbol}_Gold")
+
+
+def _signed(x: float | None) -> str:
+    return "— (too few right or wrong answers)" if x is None else f"{x:+.3f}"
+
+
+def uncertainty_rows(report: ReadoutReport) -> list[tuple[str, Estimate]]:
+    """``(label, estimate)`` for every number of ``report`` that carries an interval and a null."""
+    rows: list[tuple[str, Estimate | None]] = []
+    g, lens, e, t = report.geometry, report.logit_lens, report.emotions, report.tracking
+    if g.estimates is not None:
+        ge = g.estimates
+        rows += [
+            ("cos(Mold, Gold), average over layers", ge.cos_mold_gold_avg),
+            ("cos(Mold, Gold), minimum over layers", ge.cos_mold_gold_min),
+            (f"cos(Mold, Gold) at the last layer L{report.n_layers - 1}, residual", ge.last_layer_pre_norm),
+            (
+                f"cos(Mold, Gold) at the last layer L{report.n_layers - 1}, after the final norm",
+                ge.last_layer_post_norm,
+            ),
+            ("Path-reference cosine, average over layers", ge.path_reference_avg),
+            ("Path-reference cosine, last layer", ge.path_reference_last),
+            *(
+                (f"centred class means at L{g.centred.layer}: {pair}", est)
+                for pair, est in ge.centred.items()
+            ),
+        ]
+    for name in ("Mold", "Gold"):
+        for mode in ("raw", "norm"):
+            rows.append(
+                (
+                    f"failure-token AUROC of {name} ({mode}) at L{lens.layer}",
+                    lens.of(name, mode).failure_auroc_estimate,
+                )
+            )
+    rows += [
+        (f"emotion scatter slope at L{e.scatter.layer}", e.scatter.slope_estimate),
+        (f"emotion scatter r at L{e.scatter.layer}", e.scatter.r_estimate),
+    ]
+    for layer, axis in e.valence_axis.items():
+        rows += [(f"cos(emotion PC1, Gold) at L{layer}", axis.cos_pc1_gold_estimate),
+                 (f"cos(emotion PC1, Mold) at L{layer}", axis.cos_pc1_mold_estimate)]  # fmt: skip
+    for name, sentiment in report.sentiment.items():
+        rows += [(f"cos({name} sentiment axis, Mold) at L{e.scatter.layer}", sentiment.cos_mold_estimate),
+                 (f"cos({name} sentiment axis, Gold) at L{e.scatter.layer}", sentiment.cos_gold_estimate)]  # fmt: skip
+    rows += [
+        (f"maze tracking d on Gold at ℓ* L{report.extraction.layer_star['Gold']}", t.maze_d_gold_estimate),
+        (f"maze tracking d on Mold at ℓ* L{report.extraction.layer_star['Mold']}", t.maze_d_mold_estimate),
+    ]
+    rows += [
+        (f"feedback tracking d on Gold ({t.feedback_answers} answers, {t.feedback_n_correct} right / "
+         f"{t.feedback_n_incorrect} wrong)", t.feedback_d_gold_estimate),
+        ("feedback tracking d on Mold", t.feedback_d_mold_estimate),
+    ]  # fmt: skip
+    for concept, est in (t.maze_d_on_reference_vectors or {}).items():
+        rows.append((f"maze tracking d on the reference model's {concept} vector", est))
+    q = report.q_readout
+    rows += [
+        (
+            f"logit-as-Q Spearman, pooled centred ({q.n_states} states, h={q.horizon})",
+            q.spearman_pooled_estimate,
+        ),
+        ("implicit reward β(log π − log π_ref) Spearman with Q", q.implicit_reward_spearman_estimate),
+    ]
+    return [(label, est) for label, est in rows if est is not None]
+
+
+def uncertainty_table(report: ReadoutReport, symbol: str = "u") -> str:
+    """Markdown: each number, its 95% interval, the null's mean ± sd and the permutation p."""
+    rows = uncertainty_rows(report)
+    if not rows:
+        return ""
+    ge = report.geometry.estimates
+    head = [
+        f"| readout ({symbol}) | value | 95% CI | null mean ± sd | p (direction) |",
+        "|---|---|---|---|---|",
+    ]
+    body = [
+        f"| {label} | {est.value:+.3f} | "
+        + (f"[{est.ci_low:+.3f}, {est.ci_high:+.3f}]" if est.ci_low is not None else "—")
+        + f" | {est.null_mean:+.3f} ± {est.null_sd:.3f} | {est.p:.3f} ({est.alternative}) |"
+        for label, est in rows
+    ]
+    note = (
+        f"\nNulls ({ge.n_shuffles} draws each): the vector readouts (geometry, logit lens, emotions, "
+        "sentiment, maze tracking on this model's vectors) shuffle the class labels within matched triplets; "
+        "tracking on another model's vectors permutes the Gold-final/Mold-final labels; logit-as-Q permutes "
+        f"the four read-out values within each state. Intervals: {ge.n_boot} bootstrap resamples of the "
+        "triplets (tracking: and of the held-out items; logit-as-Q: of the states).\n"
+        if ge is not None
+        else ""
+    )
+    return "\n".join(head + body) + "\n" + note
 
 
 def save_report(path: str | os.PathLike[str], report: dict[str, Any]) -> Path:

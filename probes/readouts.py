@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import types
 import typing
@@ -57,9 +58,9 @@ def _load(hint: Any, value: Any) -> Any:
         return None
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
-    if origin is types.UnionType:  # X | None
-        readouts = [a for a in args if isinstance(a, type) and issubclass(a, Readout)]
-        return readouts[0].from_dict(value) if readouts else value
+    if origin is types.UnionType:  # X | None: load as X
+        options = [a for a in args if a is not type(None)]
+        return _load(options[0], value) if len(options) == 1 else value
     if isinstance(hint, type) and issubclass(hint, Readout):
         return hint.from_dict(value)
     if origin is dict and len(args) == 2:
@@ -125,32 +126,63 @@ class CentredCosines(Readout):
 
 
 @dataclass(frozen=True)
-class NullSummary(Readout):
-    """A statistic's permutation null: mean ± sd of the shuffled values and the one-sided p of the observed
-    (``probes.nulls``), for the average and the minimum over layers."""
+class Estimate(Readout):
+    """A readout number with its uncertainty and the control it must beat (``probes.nulls``).
 
-    n_shuffles: int
-    avg_null_mean: float
-    avg_null_sd: float
-    p_avg: float
-    min_null_mean: float
-    min_null_sd: float
-    p_min: float
+    ``ci_low``/``ci_high`` are a 95% percentile bootstrap over the matched triplets (and, for tracking,
+    over the held-out items too); ``null_mean`` ± ``null_sd`` is the value with the class labels shuffled
+    within triplets, and ``p`` the permutation p-value in the direction ``alternative`` (the sign of the
+    paper's claim; ``two-sided`` where it has none).
+    """
+
+    value: float
+    ci_low: float | None
+    ci_high: float | None
+    null_mean: float
+    null_sd: float
+    p: float
+    alternative: str
 
     @classmethod
-    def of(cls, null: Any) -> NullSummary:
-        """From a ``probes.nulls.CosineNull`` (its :meth:`summary`, rounded like every report number)."""
-        s = null.summary()
-        avg, low = s["avg"], s["min"]
+    def of(cls, resampled: Any) -> Estimate:
+        """From a ``probes.nulls.Resampled``, rounded like every report number."""
+        low, high = resampled.ci()
         return cls(
-            n_shuffles=s["n_shuffles"],
-            avg_null_mean=round(avg["null_mean"], 6),
-            avg_null_sd=round(avg["null_sd"], 6),
-            p_avg=round(avg["p"], 6),
-            min_null_mean=round(low["null_mean"], 6),
-            min_null_sd=round(low["null_sd"], 6),
-            p_min=round(low["p"], 6),
+            value=_r(resampled.observed),
+            ci_low=_r(low) if math.isfinite(low) else None,
+            ci_high=_r(high) if math.isfinite(high) else None,
+            null_mean=_r(resampled.null_mean),
+            null_sd=_r(resampled.null_sd),
+            p=_r(resampled.p),
+            alternative=resampled.alternative,
         )
+
+    def text(self) -> str:
+        """``value [low, high] (null m ± sd, p)`` for tables."""
+        ci = f" [{self.ci_low:+.3f}, {self.ci_high:+.3f}]" if self.ci_low is not None else ""
+        return f"{self.value:+.3f}{ci} (null {self.null_mean:+.3f} ± {self.null_sd:.3f}, p {self.p:.3f})"
+
+
+def _r(x: float) -> float:
+    return float(round(x, 6)) if math.isfinite(x) else float(x)
+
+
+@dataclass(frozen=True)
+class GeometryEstimates(Readout):
+    """The geometry numbers with bootstrap intervals and their permutation nulls (``probes.nulls``)."""
+
+    n_shuffles: int
+    n_boot: int
+    cos_mold_gold_avg: Estimate
+    cos_mold_gold_min: Estimate
+    path_reference_avg: Estimate
+    path_reference_last: Estimate
+    centred: dict[str, Estimate]
+    """By pair (``"Mold·Gold"``, ...), at the centred-geometry layer."""
+    last_layer_pre_norm: Estimate
+    """cos(v_Mold, v_Gold) at the last layer, on the residual stream (the block output)."""
+    last_layer_post_norm: Estimate
+    """The same with the final norm applied to every activation first (what the unembedding reads)."""
 
 
 @dataclass(frozen=True)
@@ -158,8 +190,8 @@ class Geometry(Readout):
     cos_mold_gold: CosineCurve
     path_reference: PathReference
     centred: CentredCosines
-    cos_mold_gold_null: NullSummary | None = None
-    """cos(v_Mold, v_Gold)'s null from labels shuffled within matched triplets (None: not computed)."""
+    estimates: GeometryEstimates | None = None
+    """Intervals and nulls (None: ``null_shuffles=0``)."""
 
 
 @dataclass(frozen=True)
@@ -170,6 +202,7 @@ class LensList(Readout):
     bottom: list[str]
     failure_auroc: float
     failure_standardized: float
+    failure_auroc_estimate: Estimate | None = None
 
 
 @dataclass(frozen=True)
@@ -180,6 +213,11 @@ class LogitLensReadout(Readout):
     lists: dict[str, LensList]
     """By ``"{Mold|Gold}_{raw|norm}"``; :meth:`of` reads them."""
     overlap_mold_top_gold_bottom: dict[str, Any]
+    failure_tokens: list[str] = field(default_factory=list)
+    """The whole-word failure tokens the score used (this tokenizer's vocabulary)."""
+    success_tokens: list[str] = field(default_factory=list)
+
+    _OTHER = ("layer", "overlap_mold_top_gold_bottom", "failure_tokens", "success_tokens")
 
     def of(self, concept: str, mode: str = "raw") -> LensList:
         return self.lists[f"{concept}_{mode}"]
@@ -189,19 +227,19 @@ class LogitLensReadout(Readout):
             "layer": self.layer,
             **{k: v.to_dict() for k, v in self.lists.items()},
             "overlap_mold_top_gold_bottom": self.overlap_mold_top_gold_bottom,
+            "failure_tokens": list(self.failure_tokens),
+            "success_tokens": list(self.success_tokens),
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LogitLensReadout:
-        lists = {
-            k: LensList.from_dict(v)
-            for k, v in data.items()
-            if k not in ("layer", "overlap_mold_top_gold_bottom")
-        }
+        lists = {k: LensList.from_dict(v) for k, v in data.items() if k not in cls._OTHER}
         return cls(
             layer=int(data["layer"]),
             lists=lists,
             overlap_mold_top_gold_bottom=data["overlap_mold_top_gold_bottom"],
+            failure_tokens=list(data.get("failure_tokens", [])),
+            success_tokens=list(data.get("success_tokens", [])),
         )
 
 
@@ -215,6 +253,8 @@ class EmotionScatterSummary(Readout):
     top_gold: list[tuple[str, float]]
     top_mold: list[tuple[str, float]]
     max_abs_cos: float
+    slope_estimate: Estimate | None = None
+    r_estimate: Estimate | None = None
 
 
 @dataclass(frozen=True)
@@ -227,6 +267,8 @@ class ValenceAxisSummary(Readout):
     explained_pc2: float
     cos_pc1_gold: float
     cos_pc1_mold: float
+    cos_pc1_gold_estimate: Estimate | None = None
+    cos_pc1_mold_estimate: Estimate | None = None
 
 
 @dataclass(frozen=True)
@@ -236,6 +278,8 @@ class Emotions(Readout):
     neutral_pcs_removed: dict[str, int]
     scatter: EmotionScatterSummary
     valence_axis: dict[str, ValenceAxisSummary]
+    basis_model: str = ""
+    """The model the emotion vectors were built on (the paper: the maze-naive one, for every model read)."""
 
 
 @dataclass(frozen=True)
@@ -246,6 +290,9 @@ class SentimentAlignment(Readout):
     cos_gold_at_emotion_layer: float
     max_abs_cos_mold: float
     max_abs_cos_gold: float
+    cos_mold_estimate: Estimate | None = None
+    """At the emotion layer."""
+    cos_gold_estimate: Estimate | None = None
 
 
 @dataclass(frozen=True)
@@ -256,8 +303,22 @@ class Tracking(Readout):
     maze_d_mold_vector_at_layer_star: float
     maze_d_gold_vector_max_abs: float
     maze_d_gold_vector_by_layer: list[float]
-    feedback_d_gold_vector_at_layer_star: float
-    feedback_d_mold_vector_at_layer_star: float
+    feedback_d_gold_vector_at_layer_star: float | None
+    """None: fewer than 2 right or 2 wrong own answers (``feedback_n_correct``, ``feedback_n_incorrect``)."""
+    feedback_d_mold_vector_at_layer_star: float | None
+    maze_d_gold_estimate: Estimate | None = None
+    """At ℓ*_Gold: the null projects on shuffled-label vectors; the interval resamples vectors and items."""
+    maze_d_mold_estimate: Estimate | None = None
+    maze_d_on_reference_vectors: dict[str, Estimate] | None = None
+    feedback_answers: str = "model"
+    """Whose answers the feedback follows: ``model`` (graded own answers) or ``reference``."""
+    feedback_n_correct: int | None = None
+    feedback_n_incorrect: int | None = None
+    feedback_d_gold_estimate: Estimate | None = None
+    """Null: correct/incorrect labels permuted; interval: conversations resampled."""
+    feedback_d_mold_estimate: Estimate | None = None
+    """This model's maze activations projected on another model's vectors (``tracking_vectors``: the trained
+    v, for the control), by concept; null: group labels permuted; interval: items resampled."""
 
 
 @dataclass(frozen=True)
@@ -273,6 +334,10 @@ class QReadoutSummary(Readout):
     action_share: list[float]
     horizon: int
     beta: float
+    spearman_pooled_estimate: Estimate | None = None
+    """Null: the four read-out values permuted within each state; interval: states resampled."""
+    implicit_reward_spearman_estimate: Estimate | None = None
+    """β(log π − log π_ref) against the true Q, with π_ref the maze-naive model (None: no reference)."""
 
 
 @dataclass(frozen=True)

@@ -9,12 +9,19 @@ Two readouts from the paper (§5, App. I; research notes §A.4.7):
   classes; ``d`` is invariant to that affine rescaling.) The paper reports ``d > 1.6`` trained and
   ``|d| < 0.12`` maze-naive for v_Gold on Qwen3-4B-Base.
 - **Correctness feedback** (:func:`feedback_tracking`): after a short-answer question the assistant
-  gives a correct or a wrong answer, the user gives truthful feedback (``"That's right."`` /
-  ``"That's wrong."``) and the assistant turn opens (the generation prompt). Activations are projected at
-  **all tokens of that final assistant template** (the tokens the generation prompt adds), averaged per
-  conversation (the mean projection equals the projection of the mean); ``d`` is correct minus incorrect.
-  Wrong answers are the answers of other questions of the same topic (a seeded derangement), so they are
-  plausible in form.
+  gives an answer, the user gives truthful feedback (``"That's right."`` / ``"That's wrong."``) and the
+  assistant turn opens (the generation prompt). Activations are projected at **all tokens of that final
+  assistant template** (the tokens the generation prompt adds), averaged per conversation (the mean
+  projection equals the projection of the mean); ``d`` is correct minus incorrect.
+
+  By default (``answers="model"``, the paper's design) the answers are **the model's own**
+  (:func:`graded_feedback_conversations`): a greedy short answer to each question of a shipped set
+  (``probes/data/qa.jsonl`` or ``probes/data/arithmetic.jsonl``, the stand-ins for the paper's MMLU and
+  GSM8K), graded by :mod:`probes.grading`; the grade decides the group and the feedback, so the
+  groups' sizes are the model's accuracy. ``answers="reference"`` keeps the older construction
+  (:func:`feedback_conversations`): every QA item once with its reference answer ("correct") and once
+  with another same-topic question's answer ("incorrect", a seeded derangement), balanced but not the
+  model's own words.
 
 Cohen's ``d`` is ``probes.selection.cohens_d`` (pooled, (n-1)-weighted standard deviation).
 
@@ -26,12 +33,11 @@ Example:
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -41,6 +47,7 @@ from torch import Tensor, nn
 from maze_env.config import MazeConfig
 from maze_env.scripted import PAPER_BASE_SEED, Trajectory, scripted_trajectories
 from probes.concept_vector import ConceptVector, WidthMismatchError
+from probes.grading import DEFAULT_MAX_NEW_TOKENS, answer_questions, dataset_path, grade, load_items
 from probes.record import capture
 from probes.selection import cohens_d
 
@@ -48,6 +55,8 @@ HELD_OUT_SEED = PAPER_BASE_SEED + 1_000_003
 """Default maze seed of held-out tracking trajectories (far from the extraction seeds 474747, ...)."""
 
 FEEDBACK = {"correct": "That's right.", "incorrect": "That's wrong."}
+
+Chat = list[dict[str, str]]
 
 
 class TrackingError(ValueError):
@@ -84,6 +93,16 @@ class Tracking:
     negative: dict[int, Tensor]
     labels: tuple[str, str]
     concept: str = ""
+
+    @property
+    def n_positive(self) -> int:
+        """Samples in the positive group (e.g. correct conversations)."""
+        return len(next(iter(self.positive.values()))) if self.positive else 0
+
+    @property
+    def n_negative(self) -> int:
+        """Samples in the negative group."""
+        return len(next(iter(self.negative.values()))) if self.negative else 0
 
     def best_layer(self) -> int:
         """Layer of the largest ``|d|``."""
@@ -173,7 +192,7 @@ def maze_tracking(
     return out if isinstance(vector, Mapping) else out[""]
 
 
-QA_PATH = Path(__file__).resolve().parent / "data" / "qa.jsonl"
+QA_PATH: Path = dataset_path("qa")
 """The shipped short-answer questions (``id, question, answer, aliases, topic``; 340 rows)."""
 
 
@@ -184,14 +203,29 @@ def load_qa() -> list[dict[str, Any]]:
         >>> load_qa()[0]["id"]
         'qa-001'
     """
-    with QA_PATH.open(encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return load_items("qa")
+
+
+def _rows(items: Sequence[Any]) -> list[dict[str, Any]]:
+    return [r if isinstance(r, dict) else r.__dict__ for r in items]
+
+
+def _chat(question: str, answer: str, label: str) -> Chat:
+    return [
+        {"role": "user", "content": question},
+        {"role": "assistant", "content": answer},
+        {"role": "user", "content": FEEDBACK[label]},
+    ]
 
 
 def feedback_conversations(
     items: Sequence[Any] | None = None, *, n: int | None = None, seed: int = 0
-) -> dict[str, list[list[dict[str, str]]]]:
-    """Correct and incorrect QA conversations ending with the user's truthful feedback.
+) -> dict[str, list[Chat]]:
+    """Reference-answer conversations (``answers="reference"``), ending with the user's truthful feedback.
+
+    Not the model's own answers (see :func:`graded_feedback_conversations`): each item appears once with
+    its reference answer ("correct") and once with another item's answer, of the same topic when
+    possible ("incorrect").
 
     Args:
         items: QA rows with ``question``, ``answer`` (and optionally ``topic``); default
@@ -204,7 +238,7 @@ def feedback_conversations(
     """
     if items is None:
         items = load_qa()
-    rows = [r if isinstance(r, dict) else r.__dict__ for r in items]
+    rows = _rows(items)
     if len(rows) < 2:
         raise TrackingError("need at least 2 QA items")
     rng = np.random.default_rng(seed)
@@ -212,17 +246,122 @@ def feedback_conversations(
     wrong = _wrong_answers(rows, rng)  # drawn from the whole set, so same-topic answers exist
     if n is not None:
         rows, wrong = rows[:n], wrong[:n]
-    out: dict[str, list[list[dict[str, str]]]] = {"correct": [], "incorrect": []}
+    out: dict[str, list[Chat]] = {"correct": [], "incorrect": []}
     for row, bad in zip(rows, wrong, strict=True):
         for label, answer in (("correct", row["answer"]), ("incorrect", bad)):
-            out[label].append(
-                [
-                    {"role": "user", "content": row["question"]},
-                    {"role": "assistant", "content": str(answer)},
-                    {"role": "user", "content": FEEDBACK[label]},
-                ]
-            )
+            out[label].append(_chat(row["question"], str(answer), label))
     return out
+
+
+@dataclass(frozen=True)
+class GradedFeedback:
+    """The model's own answers to a shipped question set, graded, as feedback conversations.
+
+    Attributes:
+        dataset: ``"qa"`` or ``"arithmetic"``.
+        items: the question rows, in the order asked (a seeded shuffle, first ``n``).
+        answers: the model's greedy short answers, one per item.
+        correct: the grade of each answer.
+        conversations: ``{"correct": [...], "incorrect": [...]}``: ``[user question, assistant answer,
+            user truthful feedback]``, in item order within each group.
+    """
+
+    dataset: str
+    items: tuple[dict[str, Any], ...]
+    answers: tuple[str, ...]
+    correct: tuple[bool, ...]
+    conversations: dict[str, list[Chat]]
+
+    @property
+    def n(self) -> int:
+        return len(self.items)
+
+    @property
+    def n_correct(self) -> int:
+        return sum(self.correct)
+
+    @property
+    def n_incorrect(self) -> int:
+        return self.n - self.n_correct
+
+    @property
+    def accuracy(self) -> float:
+        return self.n_correct / self.n if self.n else float("nan")
+
+    def counts(self) -> dict[str, Any]:
+        """``{"dataset", "n", "n_correct", "n_incorrect"}`` for a report."""
+        return {
+            "dataset": self.dataset,
+            "n": self.n,
+            "n_correct": self.n_correct,
+            "n_incorrect": self.n_incorrect,
+        }
+
+
+def graded_conversations(
+    dataset: str, items: Sequence[Any], answers: Sequence[str], correct: Sequence[bool] | None = None
+) -> GradedFeedback:
+    """Group given answers by their grade (default :func:`probes.grading.grade`) into feedback chats."""
+    rows = _rows(items)
+    if len(answers) != len(rows):
+        raise TrackingError(f"{len(rows)} items but {len(answers)} answers")
+    grades = [grade(dataset, r, a) for r, a in zip(rows, answers)] if correct is None else list(correct)
+    if len(grades) != len(rows):
+        raise TrackingError(f"{len(rows)} items but {len(grades)} grades")
+    conversations: dict[str, list[Chat]] = {"correct": [], "incorrect": []}
+    for row, answer, ok in zip(rows, answers, grades):
+        label = "correct" if ok else "incorrect"
+        conversations[label].append(_chat(row["question"], answer, label))
+    return GradedFeedback(
+        dataset=dataset,
+        items=tuple(rows),
+        answers=tuple(answers),
+        correct=tuple(bool(g) for g in grades),
+        conversations=conversations,
+    )
+
+
+def graded_feedback_conversations(
+    model: nn.Module,
+    tokenizer: Any,
+    *,
+    dataset: str = "qa",
+    items: Sequence[Any] | None = None,
+    n: int | None = 100,
+    seed: int = 0,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    batch_size: int = 8,
+) -> GradedFeedback:
+    """The model's own greedy answers, graded, as ``[question, own answer, truthful feedback]`` chats.
+
+    Args:
+        model, tokenizer: the model that answers (and is read afterwards).
+        dataset: ``"qa"`` (``probes/data/qa.jsonl``, alias match) or ``"arithmetic"``
+            (``probes/data/arithmetic.jsonl``, first number in the answer).
+        items: rows to ask instead of the shipped set (graded as ``dataset``).
+        n: ask the first ``n`` items after a seeded shuffle (default 100; ``None``: all). The shuffle is
+            the one :func:`feedback_conversations` uses, so both constructions ask the same questions.
+        seed: shuffle seed.
+        max_new_tokens, batch_size: generation (greedy; the answer is the first line).
+
+    Example:
+        >>> graded = graded_feedback_conversations(model, tok, n=100)  # doctest: +SKIP
+        >>> graded.n_correct, graded.n_incorrect  # doctest: +SKIP
+    """
+    rows = _rows(load_items(dataset) if items is None else items)
+    if not rows:
+        raise TrackingError("no questions to ask")
+    rows = [rows[i] for i in np.random.default_rng(seed).permutation(len(rows))]
+    if n is not None:
+        rows = rows[:n]
+    answers = answer_questions(
+        model,
+        tokenizer,
+        [r["question"] for r in rows],
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+    )
+    return graded_conversations(dataset, rows, answers)
 
 
 def _wrong_answers(rows: list[dict[str, Any]], rng: np.random.Generator) -> list[str]:
@@ -259,26 +398,70 @@ def feedback_tracking(
     tokenizer: Any,
     vector: ConceptVector | Mapping[str, ConceptVector],
     *,
-    conversations: dict[str, list[list[dict[str, str]]]] | None = None,
+    conversations: dict[str, list[Chat]] | GradedFeedback | None = None,
+    answers: Literal["model", "reference"] = "model",
+    dataset: str = "qa",
     n: int | None = 100,
     seed: int = 0,
     batch_size: int = 8,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
 ) -> Tracking | dict[str, Tracking]:
     """Cohen's d (correct minus incorrect) of the mean projection over the final assistant template.
 
-    Like :func:`maze_tracking`, ``{name: vector}`` scores several vectors on one pass.
+    Args:
+        answers: ``"model"`` (default, the paper's design): the model's own greedy answers to ``n``
+            questions of ``dataset``, graded (:func:`graded_feedback_conversations`); raises
+            :class:`TrackingError` when either group has fewer than 2 answers. ``"reference"``: the
+            reference answer vs another question's answer for ``n`` QA items
+            (:func:`feedback_conversations`; ``dataset`` must be ``"qa"``).
+        conversations: ready conversations (a dict, or a :class:`GradedFeedback` to reuse generated
+            answers); ``answers``, ``dataset``, ``n``, ``seed`` and ``max_new_tokens`` are then unused.
+        dataset: ``"qa"`` or ``"arithmetic"`` (``answers="model"``).
+        n, seed: questions to ask and their shuffle seed.
+        batch_size: texts per forward (and per ``generate`` call).
+        max_new_tokens: new tokens per generated answer.
+
+    Like :func:`maze_tracking`, ``{name: vector}`` scores several vectors on one pass. The group sizes are
+    ``Tracking.n_positive`` (correct) and ``Tracking.n_negative`` (incorrect).
 
     Example:
         >>> res = feedback_tracking(model, tok, v_gold.select([20]), n=100)  # doctest: +SKIP
-        >>> res.d[20]  # doctest: +SKIP
+        >>> res.d[20], res.n_positive, res.n_negative  # doctest: +SKIP
     """
     vectors = dict(vector) if isinstance(vector, Mapping) else {"": vector}
     if not vectors:
         raise TrackingError("no vectors to track")
     for v in vectors.values():
         v.check_model(model)
+    if answers not in ("model", "reference"):
+        raise TrackingError(f"answers must be 'model' or 'reference', got {answers!r}")
     layers = sorted({layer for v in vectors.values() for layer in v.layers})
-    conversations = conversations or feedback_conversations(n=n, seed=seed)
+    if conversations is None:
+        if answers == "reference":
+            if dataset != "qa":
+                raise TrackingError(f"answers='reference' builds QA conversations only, not {dataset!r}")
+            conversations = feedback_conversations(n=n, seed=seed)
+        else:
+            conversations = graded_feedback_conversations(
+                model,
+                tokenizer,
+                dataset=dataset,
+                n=n,
+                seed=seed,
+                max_new_tokens=max_new_tokens,
+                batch_size=batch_size,
+            )
+    if isinstance(conversations, GradedFeedback):
+        graded = conversations
+        if min(graded.n_correct, graded.n_incorrect) < 2:
+            raise TrackingError(
+                f"feedback tracking on the model's own answers needs >= 2 correct and >= 2 incorrect "
+                f"answers for Cohen's d; the model answered {graded.n_correct} of {graded.n} "
+                f"{graded.dataset!r} questions correctly and {graded.n_incorrect} incorrectly. Ask more "
+                f"questions (a larger n), use the other dataset, or pass answers='reference' (reference "
+                f"answers vs other questions' answers, not the model's own)"
+            )
+        conversations = graded.conversations
     activations = {}
     for label in ("correct", "incorrect"):
         chats = conversations[label]

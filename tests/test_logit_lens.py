@@ -95,10 +95,10 @@ def test_logit_lens_errors(llama):
         resolve_words(tok, [])
 
 
-def test_resolve_words_uses_first_tokens_with_and_without_space(llama):
+def test_resolve_words_first_token_rule_uses_first_tokens_with_and_without_space(llama):
     _, tok = llama
-    resolved = resolve_words(tok, ["cannot", "impossibility"])
-    expected = set()
+    resolved = resolve_words(tok, ["cannot", "impossibility"], whole_words=False)
+    expected = []
     for spelling in (
         "cannot",
         " cannot",
@@ -110,11 +110,76 @@ def test_resolve_words_uses_first_tokens_with_and_without_space(llama):
         " Impossibility",
     ):
         first = tok.encode(spelling, add_special_tokens=False)[0]
-        if len(tok.decode([first]).strip()) >= 2:
-            expected.add(first)
-    assert set(resolved.token_ids) == expected
-    assert len(resolved.token_ids) == len(set(resolved.token_ids))
+        if len(tok.decode([first]).strip()) >= 2 and first not in expected:
+            expected.append(first)
+    assert resolved.token_ids == tuple(expected)
     assert "cannot" in resolved.whole
+    assert resolved.whole_words is False
+
+
+def test_resolve_words_keeps_only_single_token_spellings(llama):
+    _, tok = llama  # the real SmolLM2 tokenizer
+    # "cannot", " cannot", "Cannot" are single tokens; " Cannot" is " Can" + "not"
+    assert len(tok.encode(" Cannot", add_special_tokens=False)) == 2
+    cannot = resolve_words(tok, ["cannot"])
+    assert cannot.tokens == ("cannot", " cannot", "Cannot")
+    assert (cannot.whole, cannot.not_in_vocabulary, cannot.first_token_only) == (("cannot",), (), ())
+    # every id is the whole encoding of its own decoded text
+    assert all(
+        tok.encode(t, add_special_tokens=False) == [i] for i, t in zip(cannot.token_ids, cannot.tokens)
+    )
+
+    # "nonexistent" has no single-token spelling ("none"+"x"+"istent", " nonex"+"istent", ...)
+    default = resolve_words(tok, ["cannot", "nonexistent"])
+    assert default.token_ids == cannot.token_ids
+    assert default.not_in_vocabulary == ("nonexistent",)
+    assert default.first_token_only == ()
+    first = resolve_words(tok, ["cannot", "nonexistent"], whole_words=False)
+    assert first.tokens == ("cannot", " cannot", "Cannot", "none", " nonex", "None", " None")
+    assert first.first_token_only == ("nonexistent",)
+
+    # a word with one whole spelling keeps only that one: " forbidden", never "for" / "For"
+    assert resolve_words(tok, ["forbidden"]).tokens == (" forbidden",)
+    assert resolve_words(tok, ["forbidden"], whole_words=False).tokens == ("for", " forbidden", "For", " For")
+
+
+def test_resolve_words_raises_when_no_word_is_whole(llama):
+    _, tok = llama
+    with pytest.raises(LogitLensError, match=r"single token.*smollm2.*whole_words=False"):
+        resolve_words(tok, ["nonexistent", "不存在"])
+    assert resolve_words(tok, ["nonexistent", "不存在"], whole_words=False).token_ids
+
+
+def test_identifier_and_chinese_words_resolve_where_the_vocabulary_has_them(llama, gemma):
+    _, smol = llama
+    _, gem = gemma  # Gemma 3 holds "DoesNotExist", 不存在, 失败 as single tokens; SmolLM2 none of them
+    words = ["does not exist", "不存在", "失败", "能"]
+    resolved = resolve_words(gem, words)
+    assert resolved.tokens == ("DoesNotExist", "不存在", "失败")
+    assert resolved.not_in_vocabulary == ("能",)  # one token, but one character (< min_chars)
+    assert resolve_words(smol, ["cannot", *words]).not_in_vocabulary == tuple(words)
+
+
+def test_shipped_failure_list_has_no_generic_subwords(llama, gemma):
+    _, tok = llama
+    failure, success = load_word_list("failure_words"), load_word_list("success_words")
+    generic = {"for", "is", "was", "St", "In"}  # what the first-token rule made of the old list
+    resolved = resolve_words(tok, failure)
+    assert not {t.strip() for t in resolved.tokens} & generic
+    assert all(
+        tok.encode(t, add_special_tokens=False) == [i] for i, t in zip(resolved.token_ids, resolved.tokens)
+    )
+    assert {" cannot", " impossible", " unable", "failed", "Error", "NotFound"} <= set(resolved.tokens)
+    # the old rule on the same list does produce them ("forbidden" -> "for", "Incorrect" -> "In", ...)
+    first = resolve_words(tok, failure, whole_words=False)
+    assert {"for", "St", "In"} <= {t.strip() for t in first.tokens}
+    # counts documented in probes/data/README.md (update both when the lists change)
+    assert len(resolve_words(tok, success).token_ids) == 133
+    assert len(resolved.token_ids) == 95
+    _, gem = gemma
+    gem_failure = resolve_words(gem, failure)
+    assert {"DoesNotExist", "不存在", "不行", "失败"} <= set(gem_failure.tokens)
+    assert (len(gem_failure.token_ids), len(resolve_words(gem, success).token_ids)) == (188, 216)
 
 
 def test_failure_score_is_exact_mean_difference_and_auroc(llama):
@@ -133,6 +198,28 @@ def test_failure_score_is_exact_mean_difference_and_auroc(llama):
     labels = [1] * len(fail) + [0] * len(good)
     assert score.auroc == pytest.approx(roc_auc_score(labels, logits[fail + good].numpy()))
     assert (score.n_failure_tokens, score.n_success_tokens) == (len(fail), len(good))
+
+
+def test_failure_score_lists_exactly_the_tokens_it_scored(llama):
+    model, tok = llama
+    v = torch.randn(64, generator=torch.Generator().manual_seed(5))
+    failure = [*FAILURE, "great", "nonexistent"]  # "great" is in both lists; "nonexistent" is not whole
+    score = failure_score(model, tok, v, failure_words=failure, success_words=SUCCESS)
+    fail = resolve_words(tok, failure).token_ids
+    good = resolve_words(tok, SUCCESS).token_ids
+    shared = set(fail) & set(good)
+    assert {tok.decode([i]) for i in shared} == {"great", " great", "Great", " Great"}
+    fail = tuple(i for i in fail if i not in shared)
+    good = tuple(i for i in good if i not in shared)
+    assert (score.failure_ids, score.success_ids) == (fail, good)
+    assert score.failure_tokens == tuple(tok.decode([i]) for i in fail)
+    assert score.success_tokens == tuple(tok.decode([i]) for i in good)
+    assert score.failure_tokens[:3] == ("cannot", " cannot", "Cannot")
+    assert not {"great", " great", "none", " None"} & set(score.failure_tokens + score.success_tokens)
+    assert (score.n_failure_tokens, score.n_success_tokens) == (len(fail), len(good))
+    # the first-token rule scores more (and other) tokens
+    loose = failure_score(model, tok, v, failure_words=failure, success_words=SUCCESS, whole_words=False)
+    assert {"none", "None"} <= set(loose.failure_tokens)
 
 
 def test_failure_score_recovers_a_planted_failure_direction(llama):

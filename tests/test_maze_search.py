@@ -52,6 +52,29 @@ def test_scripted_trajectories_are_reproducible_and_share_maze_seeds_across_clas
     assert [t.messages for t in a] != [t.messages for t in other]
 
 
+def test_mold_reversal_changes_only_molds_last_step():
+    cfg = MazeConfig()
+    for tile in ("Gold", "Path"):  # the tile just left is Mold after melting: never Gold or Path
+        plain = scripted_trajectories(tile, 30, config=cfg)
+        assert scripted_trajectories(tile, 30, config=cfg, mold_reversal=True) == plain
+    plain = scripted_trajectories("Mold", 60, config=cfg)
+    allowed = scripted_trajectories("Mold", 60, config=cfg, mold_reversal=True)
+    reward_last = cfg.step_cost + cfg.reward_of(Tile.MOLD)
+    reversals = 0
+    for a, b in zip(plain, allowed, strict=True):
+        assert (a.n_steps, a.final_action) == (b.n_steps, b.final_action)  # the matched design holds
+        assert b.rewards[-1] == pytest.approx(reward_last)  # still enters Mold, through the env
+        assert len(set(b.positions[:-1])) == len(b.positions) - 1  # the walk itself stays self-avoiding
+        turned_back = b.n_steps >= 2 and b.positions[-1] == b.positions[-3]
+        reversals += turned_back
+        if not turned_back:  # otherwise the last step enters a never-visited Mold tile, as by default
+            assert len(set(b.positions)) == len(b.positions)
+    # Default: Mold never turns back; allowed: a good share of the 56 trajectories with n >= 2 do.
+    assert not any(t.n_steps >= 2 and t.positions[-1] == t.positions[-3] for t in plain)
+    assert 10 <= reversals < 56
+    assert sum(a == b for a, b in zip(plain, allowed)) >= 4  # n = 1 cannot turn back: unchanged
+
+
 def test_scripted_trajectories_bad_input():
     with pytest.raises(ValueError, match="unknown tile"):
         scripted_trajectories("lava", 3)

@@ -18,7 +18,9 @@ from probes.q_readout import (
     QReadoutError,
     compare_q,
     implicit_reward,
+    implicit_reward_readout,
     q_correlation,
+    q_horizons,
     q_readout,
     readout_from_logits,
     true_q,
@@ -126,7 +128,91 @@ def test_value_policy_and_implicit_reward_identities():
     by_hand = beta * (torch.log_softmax(logits, 1) - torch.log_softmax(other_logits, 1))
     assert torch.allclose(implicit_reward(policy, reference), by_hand)
     actions = [0, 1, 2, 3, 0, 1]
-    assert torch.allclose(implicit_reward(policy, reference, actions), by_hand[torch.arange(6), actions])
+    assert torch.allclose(
+        implicit_reward(policy, reference, actions=actions), by_hand[torch.arange(6), actions]
+    )
+    # tensors of logits or log-probabilities give the same (rows renormalised over the 4 actions)
+    assert torch.allclose(implicit_reward(logits, other_logits, beta), by_hand)
+    assert torch.allclose(
+        implicit_reward(torch.log_softmax(logits, 1).numpy(), other_logits - 3.0, beta), by_hand
+    )
+
+
+def _readout(logits, beta=1.0, name=""):
+    return readout_from_logits(torch.as_tensor(logits), [1, 2, 3, 4], beta=beta, model_name=name)
+
+
+def test_implicit_reward_against_a_uniform_reference_is_beta_times_centred_log_policy():
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(7, 4, generator=g, dtype=torch.float64) * 3
+    beta = 0.3
+    policy = _readout(logits, beta)
+    # uniform reference: equal logits, each state with its own offset
+    uniform = _readout(torch.randn(7, 1, generator=g, dtype=torch.float64).expand(7, 4))
+    reward = implicit_reward_readout(policy, uniform)
+    log_pi = torch.log_softmax(logits, 1)
+    expected = beta * (log_pi - log_pi.mean(1, keepdim=True))
+    assert torch.allclose(reward.centred(), expected, atol=1e-12)
+    assert torch.allclose(reward.values, beta * (log_pi + np.log(4)), atol=1e-12)
+    # ... which is the plain logits-as-Q readout up to the per-state constant
+    assert torch.allclose(reward.centred(), policy.centred(), atol=1e-12)
+    q = np.random.default_rng(1).normal(size=(7, 4))
+    assert q_correlation(reward, q) == q_correlation(policy, q)
+    assert reward.beta == beta and reward.reference_model == "reference"
+    assert implicit_reward_readout(policy, uniform, beta=2.0).beta == 2.0
+
+
+def test_implicit_reward_of_a_policy_against_itself_is_zero_and_its_correlation_undefined():
+    g = torch.Generator().manual_seed(2)
+    logits = torch.randn(5, 4, generator=g, dtype=torch.float64)
+    policy, same = _readout(logits, 0.5, "m"), _readout(logits.clone(), 0.5, "m")
+    reward = implicit_reward_readout(policy, same)
+    assert bool((reward.values == 0).all())  # exactly, not approximately
+    result = q_correlation(reward, np.random.default_rng(2).normal(size=(5, 4)))
+    # nothing to rank: NaN (undefined), not an error, and no state used per state
+    assert np.isnan(result.pooled) and np.isnan(result.pooled_p) and np.isnan(result.mean_per_state)
+    assert result.n_states == 5 and result.n_states_used == 0
+
+
+def test_planted_kl_optimal_policy_recovers_q_exactly_where_logits_as_q_does_not():
+    """pi ~ pi_ref * exp(Q / beta): beta * log(pi / pi_ref) = Q - V(s), Spearman 1 with Q."""
+    rng = np.random.default_rng(3)
+    beta = 0.2
+    q = rng.normal(size=(40, 4))
+    # a reference that strongly prefers the actions Q dislikes
+    ref_logits = -3.0 * q / beta + rng.normal(size=(40, 4))
+    policy_logits = ref_logits + q / beta + rng.normal(size=(40, 1)) * 50  # + an arbitrary C(s)
+    reference, policy = _readout(ref_logits, beta, "naive"), _readout(policy_logits, beta, "trained")
+    reward = implicit_reward_readout(policy, reference)
+    assert torch.allclose(reward.centred(), torch.as_tensor(q - q.mean(1, keepdims=True)), atol=1e-9)
+    result = q_correlation(reward, q)
+    assert result.pooled == pytest.approx(1.0) and result.mean_per_state == pytest.approx(1.0)
+    assert result.n_states_used == 40
+    assert reward.model_name == "trained" and reward.reference_model == "naive"
+    # the policy's own logits read as Q carry the reference's (inverted) preferences
+    assert q_correlation(policy, q).pooled < -0.5
+
+
+def test_implicit_reward_errors():
+    a = _readout(torch.zeros(2, 4))
+    with pytest.raises(QReadoutError, match="same states"):
+        implicit_reward_readout(a, _readout(torch.zeros(3, 4)))
+    with pytest.raises(QReadoutError, match="same states"):
+        implicit_reward(torch.zeros(2, 4), torch.zeros(2, 3))
+    with pytest.raises(QReadoutError, match="action tokens"):
+        implicit_reward(a, readout_from_logits(torch.zeros(2, 4), [1, 2, 3, 5]))
+    with pytest.raises(QReadoutError, match="NaN or inf"):
+        implicit_reward(torch.tensor([[0.0, -np.inf, 0.0, 0.0]]), torch.zeros(1, 4))
+    with pytest.raises(QReadoutError, match="NaN or inf"):
+        implicit_reward(torch.zeros(1, 4), np.full((1, 4), np.nan))
+    with pytest.raises(QReadoutError, match="n_actions"):
+        implicit_reward(torch.zeros(4), torch.zeros(4))
+    with pytest.raises(QReadoutError, match="beta"):
+        implicit_reward_readout(a, a, beta=-1.0)
+    with pytest.raises(QReadoutError, match="QReadout"):
+        implicit_reward_readout(torch.zeros(2, 4), a)
+    with pytest.raises(QReadoutError, match="one action"):
+        implicit_reward(a, a, actions=[0, 4])
 
 
 def test_q_correlation_on_synthetic_values():
@@ -162,6 +248,60 @@ def test_q_correlation_and_readout_errors():
     b = readout_from_logits(torch.zeros(3, 4), [1, 2, 3, 4])
     with pytest.raises(QReadoutError, match="differ"):
         implicit_reward(a, b)
+
+
+SHORT = MazeConfig(size=30, n_turns=3, wind_prob=0.0)
+
+
+def test_turns_left_counts_the_move_about_to_be_made():
+    """turns_left = the env steps still allowed before truncation, this state's move included."""
+    states = MazeStates.random_walks(2, config=SHORT, seed=4)
+    assert states.turns_left.tolist() == [3, 2, 1, 0] * 2
+    env = MazeEnv(SHORT)
+    for e in range(2):
+        rows = np.flatnonzero(states.episode == e)
+        env.reset(seed=states.seeds[e])
+        for t, row in enumerate(rows):
+            assert states.turns_left[row] == SHORT.n_turns - env.turn
+            if t < len(states.actions[e]):
+                *_, truncated, _ = env.step(states.actions[e][t])
+                assert truncated == (states.turns_left[row] == 1)  # the last move is the one with 1 left
+        assert states.has_decision[rows].tolist() == [True, True, True, False]
+        with pytest.raises(RuntimeError, match="finished"):  # no move at turns_left == 0
+            env.step(0)
+    longer = MazeStates.random_walks(1, config=dataclasses.replace(SHORT, n_turns=4), seed=4)
+    with pytest.raises(MazeStatesError, match="more than"):  # an episode cannot outrun n_turns
+        MazeStates.build(longer.messages, longer.seeds, longer.actions, longer.winds, SHORT)
+
+
+@pytest.mark.parametrize("horizon", [1, 2, 5])
+def test_true_q_scores_a_state_with_k_moves_left_over_min_horizon_k(horizon):
+    states = MazeStates.random_walks(3, config=dataclasses.replace(SHORT, wind_prob=0.5), seed=6)
+    with pytest.raises(QReadoutError, match="no move left"):
+        true_q(states, horizon=horizon)
+    decisions = states.decisions()
+    assert decisions.has_decision.all() and len(decisions) == 9
+    assert np.array_equal(decisions.turns_left, states.turns_left[states.has_decision])
+    assert np.array_equal(decisions.position, states.position[states.has_decision])
+    h = q_horizons(decisions, horizon)
+    assert np.array_equal(h, np.minimum(horizon, decisions.turns_left))
+    assert (h <= decisions.turns_left).all() and (h >= 1).all()
+    q = true_q(decisions, horizon=horizon)
+    for i in range(len(decisions)):
+        k = int(decisions.turns_left[i])
+        pos = tuple(int(v) for v in decisions.position[i])
+        expected = action_values(decisions.grid(i), pos, min(horizon, k), SHORT)
+        assert np.array_equal(q[i], expected)
+    assert decisions.decisions() is decisions
+
+
+def test_decisions_read_the_same_logits_at_the_remaining_states():
+    states = MazeStates.random_walks(2, config=SHORT, seed=8)
+    model, tok = tiny_model("llama", seed=9)
+    full = read_decisions(model, tok, states)
+    kept = read_decisions(model, tok, states.decisions())
+    assert kept.direction_logits.shape == (6, 4)
+    assert torch.allclose(kept.direction_logits, full.direction_logits[states.has_decision], atol=1e-5)
 
 
 def test_true_q_matches_action_values_on_replayed_grids(states):

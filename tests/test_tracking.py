@@ -6,14 +6,19 @@ import pytest
 import torch
 
 from maze_env import MazeConfig, render_chat, scripted_trajectories
+from probes import tracking
 from probes.concept_vector import ConceptVector, WidthMismatchError
+from probes.grading import answer_questions, grade, load_items
 from probes.models import tiny_model
 from probes.selection import cohens_d
 from probes.tracking import (
     FEEDBACK,
+    GradedFeedback,
     TrackingError,
     feedback_conversations,
     feedback_tracking,
+    graded_conversations,
+    graded_feedback_conversations,
     maze_tracking,
     project,
     template_length,
@@ -102,6 +107,7 @@ def test_several_vectors_in_one_pass_equal_single_calls(llama):
     assert both["b"].d == maze_tracking(model, tok, b, gold=gold, mold=mold).d
     conversations = feedback_conversations(n=3, seed=0)
     pair = feedback_tracking(model, tok, {"a": a, "b": b}, conversations=conversations)
+    assert (pair["a"].n_positive, pair["a"].n_negative) == (3, 3)
     assert pair["b"].d == pytest.approx(feedback_tracking(model, tok, b, conversations=conversations).d)
 
 
@@ -143,3 +149,139 @@ def test_tracking_rejects_vectors_of_another_model(llama):
     foreign = ConceptVector({0: torch.ones(32)}, concept="Gold")
     with pytest.raises(WidthMismatchError):
         maze_tracking(model, tok, foreign, n=2, config=CONFIG)
+
+
+# ---- the model's own answers (answers="model") ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def untied():
+    # tied random weights echo the prompt's last token ("\n"), giving empty answers; untied ones talk
+    return tiny_model("llama", seed=9, n_layers=2, config_overrides={"tie_word_embeddings": False})
+
+
+def _direct_answer(model, tok, question, max_new_tokens):
+    text = tok.apply_chat_template(
+        [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
+    )
+    encoded = tok(text, return_tensors="pt", add_special_tokens=False)
+    out = model.generate(
+        **encoded, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id
+    )
+    return (
+        tok.decode(out[0, encoded["input_ids"].shape[1] :], skip_special_tokens=True).strip().split("\n")[0]
+    )
+
+
+def _assert_truthful(graded: GradedFeedback):
+    assert len(graded.items) == len(graded.answers) == len(graded.correct) == graded.n
+    by_label = {
+        "correct": iter(graded.conversations["correct"]),
+        "incorrect": iter(graded.conversations["incorrect"]),
+    }
+    for row, answer, ok in zip(graded.items, graded.answers, graded.correct):
+        label = "correct" if ok else "incorrect"
+        chat = next(by_label[label])
+        assert [m["role"] for m in chat] == ["user", "assistant", "user"]
+        assert chat[0]["content"] == row["question"]
+        assert chat[1]["content"] == answer  # the model's own words
+        assert chat[2]["content"] == FEEDBACK[label]  # feedback agrees with the grade
+        assert ok == grade(graded.dataset, row, answer)
+    assert all(next(it, None) is None for it in by_label.values())
+    assert (graded.n_correct, graded.n_incorrect) == (sum(graded.correct), graded.n - sum(graded.correct))
+    assert graded.counts() == {
+        "dataset": graded.dataset,
+        "n": graded.n,
+        "n_correct": graded.n_correct,
+        "n_incorrect": graded.n_incorrect,
+    }
+
+
+@pytest.mark.parametrize("dataset", ["qa", "arithmetic"])
+def test_graded_conversations_carry_the_models_greedy_answers(untied, dataset):
+    model, tok = untied
+    graded = graded_feedback_conversations(
+        model, tok, dataset=dataset, n=5, seed=3, max_new_tokens=6, batch_size=2
+    )
+    assert graded.dataset == dataset and graded.n == 5
+    # the same questions the reference construction asks (one seeded shuffle)
+    if dataset == "qa":
+        reference = feedback_conversations(n=5, seed=3)["correct"]
+        assert [r["question"] for r in graded.items] == [c[0]["content"] for c in reference]
+    assert {r["id"] for r in graded.items} <= {r["id"] for r in load_items(dataset)}
+    direct = [_direct_answer(model, tok, r["question"], 6) for r in graded.items]
+    assert list(graded.answers) == direct and all(direct)
+    _assert_truthful(graded)
+
+
+def test_real_grading_splits_answers_by_their_grade(untied):
+    """Rows whose aliases are the model's own answer (for half of them) are graded correct: no fakes."""
+    model, tok = untied
+    rows = [dict(r) for r in load_items("qa")[:6]]
+    own = answer_questions(model, tok, [r["question"] for r in rows], max_new_tokens=6)
+    for i, row in enumerate(rows):
+        row["aliases"] = [own[i]] if i % 2 == 0 else ["zzz-not-said"]
+        row["answer"] = row["aliases"][0]
+    graded = graded_feedback_conversations(model, tok, items=rows, n=None, seed=0, max_new_tokens=6)
+    assert (graded.n_correct, graded.n_incorrect) == (3, 3)
+    _assert_truthful(graded)
+    vector = _vector(model, seed=4)
+    result = feedback_tracking(model, tok, vector, conversations=graded)
+    same = feedback_tracking(model, tok, vector, conversations=graded.conversations)
+    assert result.d == same.d and (result.n_positive, result.n_negative) == (3, 3)
+
+
+def test_feedback_tracking_defaults_to_the_models_own_answers(untied, monkeypatch):
+    model, tok = untied
+    vector = _vector(model, seed=5)
+    calls = []
+
+    def every_other(dataset, row, response):  # a random model is never right: fake half the grades
+        calls.append(response)
+        return len(calls) % 2 == 1
+
+    monkeypatch.setattr(tracking, "grade", every_other)
+    result = feedback_tracking(model, tok, vector, n=4, seed=1, batch_size=3, max_new_tokens=5)
+    assert (result.n_positive, result.n_negative) == (2, 2)
+    calls.clear()
+    graded = graded_feedback_conversations(model, tok, n=4, seed=1, batch_size=3, max_new_tokens=5)
+    assert list(graded.correct) == [True, False, True, False]
+    assert calls == list(graded.answers)
+    expected = feedback_tracking(model, tok, vector, conversations=graded.conversations, batch_size=3)
+    assert result.d == pytest.approx(expected.d)
+    assert torch.allclose(result.positive[0], expected.positive[0])
+
+
+def test_feedback_tracking_raises_when_a_graded_group_is_too_small(llama):
+    model, tok = llama  # tied random weights: every answer is empty, so every answer is wrong
+    vector = _vector(model)
+    with pytest.raises(
+        TrackingError, match=r"0 of 4 'qa' questions correctly and 4 incorrectly.*answers='reference'"
+    ):
+        feedback_tracking(model, tok, vector, n=4, seed=0, batch_size=8, max_new_tokens=4)
+    rows = load_items("arithmetic")[:3]
+    one_right = graded_conversations("arithmetic", rows, [str(rows[0]["answer"]), "7 apples", "none"])
+    assert list(one_right.correct) == [True, rows[1]["answer"] == 7, False]
+    with pytest.raises(TrackingError, match=r"needs >= 2 correct and >= 2 incorrect"):
+        feedback_tracking(model, tok, vector, conversations=one_right)
+    with pytest.raises(TrackingError, match="answers must be"):
+        feedback_tracking(model, tok, vector, answers="gold")
+    with pytest.raises(TrackingError, match="QA conversations only"):
+        feedback_tracking(model, tok, vector, answers="reference", dataset="arithmetic")
+
+
+def test_reference_option_reproduces_the_reference_conversations(llama):
+    # pinned: the reference construction is unchanged (seeded shuffle, same-topic wrong answers)
+    chats = feedback_conversations(n=3, seed=0)
+    assert [(c[0]["content"], c[1]["content"]) for c in chats["correct"]] == [
+        ("What word do you get when you spell 'tac' backwards?", "cat"),
+        ("What is the capital of Norway?", "Oslo"),
+        ("What is the largest ocean on Earth?", "Pacific Ocean"),
+    ]
+    assert [c[1]["content"] for c in chats["incorrect"]] == ["went", "Beijing", "7"]
+    model, tok = llama
+    vector = _vector(model, seed=6)
+    ref = feedback_tracking(model, tok, vector, answers="reference", n=3, seed=0, batch_size=8)
+    given = feedback_tracking(model, tok, vector, conversations=chats, batch_size=8)
+    assert ref.d == given.d
+    assert torch.equal(ref.positive[1], given.positive[1]) and torch.equal(ref.negative[0], given.negative[0])

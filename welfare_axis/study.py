@@ -31,7 +31,7 @@ from maze_env.plots import episode_figure, training_curves
 from probes.artifacts import read_json, write_json, write_text
 from probes.concept_vector import ConceptVector
 from probes.plots import layer_cosine_curves
-from probes.readout_report import ReportSettings, load_figures, readout_report
+from probes.readout_report import ReportSettings, load_figures, readout_report, report_emotion_vectors
 from probes.readouts import ReadoutReport
 from steering.evals.capability import general_texts, perplexity, qa_accuracy
 from steering.plots import dose_response_figure
@@ -184,7 +184,7 @@ STUDY_READOUTS = {
     "n_turns": 15,
     "stories_per_emotion": 2,
     "tracking_n": 12,
-    "feedback_n": 12,
+    "feedback_n": 40,
     "q_episodes": 8,
     "probe_episodes": 12,
     "probe_layer_stride": 3,
@@ -286,7 +286,7 @@ def stage_forgetting(cfg: StudyConfig, runner: StageRunner, work: Path) -> dict[
     return out
 
 
-def _readout_settings(cfg: StudyConfig, out: Path):
+def _readout_settings(cfg: StudyConfig, out: Path | None = None):
 
     if cfg.readout_scale not in ("study", "full", "fast", "smoke"):
         raise ValueError(f"readout_scale must be study, full, fast or smoke; got {cfg.readout_scale!r}")
@@ -308,9 +308,29 @@ def stage_readouts(cfg: StudyConfig, runner: StageRunner, work: Path) -> dict[st
 
     base, trained, tok = _load_models(runner)
     results = {}
-    for name, model in (("control", base), ("trained", trained)):
-        settings = _readout_settings(cfg, work / f"readouts_{name}.json")
-        results[name] = readout_report(model, tok, settings, vectors_dir=work / f"vectors_{name}")
+    # The paper's common ground: one emotion basis, built on the maze-naive model, for both; the control
+    # read at the trained model's emotion layer and also projected on the trained v; the trained model's
+    # logits compared with the naive one's as an implicit reward.
+    basis = report_emotion_vectors(base, tok, _readout_settings(cfg))
+    results["trained"] = readout_report(
+        trained,
+        tok,
+        _readout_settings(cfg, work / "readouts_trained.json"),
+        vectors_dir=work / "vectors_trained",
+        emotions=basis,
+        reference_model=base,
+    )
+    star = results["trained"].extraction.layer_star
+    v = {c: ConceptVector.load(work / "vectors_trained" / c).select([star[c]]) for c in ("Gold", "Mold")}
+    results["control"] = readout_report(
+        base,
+        tok,
+        _readout_settings(cfg, work / "readouts_control.json"),
+        vectors_dir=work / "vectors_control",
+        emotions=basis,
+        emotion_layer=results["trained"].extraction.best_mean_auroc_layer,
+        tracking_vectors=v,
+    )
     return {"control": "readouts_control.json", "trained": "readouts_trained.json",
             "vectors": {"control": "vectors_control", "trained": "vectors_trained"},
             "layer_star": results["trained"].extraction.layer_star}  # fmt: skip
@@ -428,11 +448,19 @@ def summarize(runner: StageRunner, cfg: StudyConfig) -> dict[str, Any]:
             "cos_min": pair(lambda r: r.geometry.cos_mold_gold.min),
             "cos_argmin": pair(lambda r: r.geometry.cos_mold_gold.argmin),
             "cos_avg": pair(lambda r: r.geometry.cos_mold_gold.avg),
-            "cos_min_p": pair(
-                lambda r: r.geometry.cos_mold_gold_null and r.geometry.cos_mold_gold_null.p_min
+            "cos_min_p": pair(lambda r: r.geometry.estimates and r.geometry.estimates.cos_mold_gold_min.p),
+            "cos_avg_p": pair(lambda r: r.geometry.estimates and r.geometry.estimates.cos_mold_gold_avg.p),
+            "cos_min_ci": pair(
+                lambda r: (
+                    r.geometry.estimates
+                    and [
+                        r.geometry.estimates.cos_mold_gold_min.ci_low,
+                        r.geometry.estimates.cos_mold_gold_min.ci_high,
+                    ]
+                )
             ),
-            "cos_avg_p": pair(
-                lambda r: r.geometry.cos_mold_gold_null and r.geometry.cos_mold_gold_null.p_avg
+            "cos_last_post_norm": pair(
+                lambda r: r.geometry.estimates and r.geometry.estimates.last_layer_post_norm.value
             ),
             "centred_mold_gold": pair(lambda r: r.geometry.centred.pairs.get("Mold·Gold")),
             "path_reference_last_layer": pair(lambda r: r.geometry.path_reference.last_layer),
@@ -449,8 +477,14 @@ def summarize(runner: StageRunner, cfg: StudyConfig) -> dict[str, Any]:
         "tracking": {
             "maze_d_gold_vector": pair(lambda r: r.tracking.maze_d_gold_vector_at_layer_star),
             "feedback_d": pair(lambda r: r.tracking.feedback_d_gold_vector_at_layer_star),
+            "control_maze_d_on_v_gold": (ctrl.tracking.maze_d_on_reference_vectors or {}).get("Gold")
+            and ctrl.tracking.maze_d_on_reference_vectors["Gold"].value,
         },
-        "q_readout": {"spearman_pooled_centred": pair(lambda r: r.q_readout.spearman_pooled_centred)},
+        "q_readout": {
+            "spearman_pooled_centred": pair(lambda r: r.q_readout.spearman_pooled_centred),
+            "implicit_reward_spearman": trn.q_readout.implicit_reward_spearman_estimate
+            and trn.q_readout.implicit_reward_spearman_estimate.value,
+        },
         "env_probes": {
             task: pair(lambda r, t=task: probe_score(r, t))
             for task, row in trn.env_probes.tasks.items()

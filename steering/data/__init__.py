@@ -1,7 +1,7 @@
 """Evaluation datasets shipped with :mod:`steering` (fields, counts and provenance: ``README.md`` here).
 
-``qa.jsonl`` lives in ``probes/data/`` (the readouts' feedback tracking reads it too, and probes sits below
-steering); :func:`load_jsonl` finds it there.
+``qa.jsonl`` and ``arithmetic.jsonl`` live in ``probes/data/`` (the readouts' feedback tracking grades the
+model's answers to them too, and probes sits below steering); :func:`load_jsonl` finds them there.
 
 Example:
     >>> from steering.data import load_jsonl, load_markers
@@ -20,9 +20,10 @@ from typing import Any
 import probes
 
 DATA_DIR = Path(__file__).resolve().parent
-"""The folder holding the shipped files (all but ``qa.jsonl``: :func:`dataset_path`)."""
+"""The folder holding the shipped files (all but ``qa.jsonl`` and ``arithmetic.jsonl``: :func:`dataset_path`)."""
 
-_ELSEWHERE = {"qa": Path(probes.__file__).resolve().parent / "data"}
+_PROBES_DATA = Path(probes.__file__).resolve().parent / "data"
+_ELSEWHERE = {"qa": _PROBES_DATA, "arithmetic": _PROBES_DATA}
 
 DATASETS = ("self_report", "qa", "refusal", "arithmetic")
 """Names accepted by :func:`load_jsonl` (file ``{name}.jsonl``)."""
@@ -35,7 +36,7 @@ def dataset_path(name: str) -> Path:
     """Where the shipped JSONL dataset ``name`` lives.
 
     Example:
-        >>> dataset_path("qa").parent.name, dataset_path("qa").parent.parent.name
+        >>> dataset_path("qa").parent.name, dataset_path("arithmetic").parent.parent.name
         ('data', 'probes')
     """
     if name not in DATASETS:

@@ -6,7 +6,7 @@ answer is right by construction. Problems are deduplicated by text; ids follow f
 
 Run from the repository root to rewrite the shipped file (it is deterministic for a given seed):
 
-    python -m steering.data.make_arithmetic            # writes steering/data/arithmetic.jsonl
+    python -m steering.data.make_arithmetic            # writes probes/data/arithmetic.jsonl
 
 Example:
     >>> problems = generate(n=3, seed=0)
@@ -24,10 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from probes.artifacts import write_text
+from steering.data import dataset_path
 
 DEFAULT_N = 200
 DEFAULT_SEED = 474747
-OUTPUT = Path(__file__).resolve().parent / "arithmetic.jsonl"
+OUTPUT = dataset_path("arithmetic")
+"""``probes/data/arithmetic.jsonl`` (probes grades the model's answers to it; steering reads it there)."""
 
 # (name, subject pronoun, possessive pronoun)
 PEOPLE = [

@@ -21,8 +21,9 @@ import torch
 from torch import nn
 
 import probes
+from probes.grading import grade_answer
 from steering.datasets import qa_items
-from steering.evals.confidence import grade_answer, propose_answers
+from steering.evals.confidence import propose_answers
 
 DATA = Path(probes.__file__).resolve().parent / "data"
 """``probes/data``: the general-English passages live with the readouts' other texts."""
@@ -90,7 +91,10 @@ class QAAccuracy:
 def qa_accuracy(
     model: nn.Module, tokenizer: Any, n: int | None = 100, *, seed: int = 0, batch_size: int = 16
 ) -> QAAccuracy:
-    """Greedy short answers to the shipped QA set (``probes/data/qa.jsonl``), graded by alias match."""
+    """Greedy short answers to the shipped QA set (``probes/data/qa.jsonl``), graded by alias match.
+
+    The grader is ``probes.grading.grade_answer``, the one the readouts' feedback tracking uses.
+    """
 
     items = qa_items(n=n, seed=seed)
     answers = propose_answers(model, tokenizer, items, batch_size=batch_size)

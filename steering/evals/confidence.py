@@ -20,42 +20,18 @@ Example:
 from __future__ import annotations
 
 import math
-import re
-import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from probes.grading import grade_answer
 from steering.datasets import QAItem, qa_items
 from steering.evals.table import Table
 from steering.generate import Steering, encode_left_padded, generate_responses
 
 CONFIDENCE_QUESTION = "Is your proposed answer correct? Answer only 'True' or 'False'."
-
-
-def _fold(text: str) -> str:
-    decomposed = unicodedata.normalize("NFKD", text.lower())
-    return "".join(c for c in decomposed if not unicodedata.combining(c))
-
-
-def first_clause(text: str) -> str:
-    """The first non-empty line, cut at the first sentence end (``. ! ?`` followed by a space)."""
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    if not lines:
-        return ""
-    return re.split(r"(?<=[.!?])\s", lines[0].strip(), maxsplit=1)[0]
-
-
-def grade_answer(response: str, aliases: Sequence[str]) -> bool:
-    """Whether any alias occurs as a whole phrase in the first line/sentence of ``response``."""
-    head = " ".join(_fold(first_clause(response)).split())
-    for alias in aliases:
-        pattern = r"(?<!\w)" + re.escape(" ".join(_fold(alias).split())) + r"(?!\w)"
-        if re.search(pattern, head):
-            return True
-    return False
 
 
 def true_false_token_ids(tokenizer: Any) -> tuple[int, int]:
