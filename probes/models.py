@@ -31,7 +31,11 @@ Tokenizer conventions, applied to every tokenizer this module returns:
   SmolLM2 the pad token *is* the EOS/end-of-turn token ``<|im_end|>``: mask labels with the attention
   mask, never by ``input_ids == pad_token_id``.
 - SmolLM2's chat template inserts a default system prompt ("You are a helpful AI assistant named
-  SmolLM, ...") when the messages have none.
+  SmolLM, ...") when the messages have none. ``system_prompt="none"`` (``load_model``,
+  :func:`without_default_system_prompt`) removes that insertion, so a chat with no system message
+  renders with no system block, as Qwen3's template (the paper's) renders it. The toolkit's default is
+  ``"template"``: the model's own chat format, in which SmolLM2-Instruct was tuned and in which every
+  documented training run was made.
 - The Gemma 3 GGUF ships no chat template; the official Gemma 3 template is installed
   (``<start_of_turn>user ... <end_of_turn>``, assistant role rendered as ``model``). It starts with
   ``<bos>`` and the Gemma tokenizer also adds ``<bos>`` by default: tokenize rendered chat text with
@@ -49,6 +53,7 @@ import importlib.metadata
 import importlib.util
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -499,6 +504,55 @@ def load_tokenizer(
     return _cheap_copy(_tokenizer_prototype(spec.name, root))
 
 
+SYSTEM_PROMPTS = ("template", "none")
+"""``template``: the chat template as shipped (SmolLM2's inserts its default system prompt); ``none``: no
+system block unless the messages have one (:func:`without_default_system_prompt`)."""
+
+_DEFAULT_SYSTEM_BLOCK = re.compile(
+    r"\{%-?\s*if\s+loop\.first\s+and\s+messages\[0\]\[['\"]role['\"]\]\s*!=\s*['\"]system['\"]\s*-?%\}"
+    r".*?\{%-?\s*endif\s*-?%\}",
+    re.DOTALL,
+)
+
+
+def without_default_system_prompt(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    """A copy of ``tokenizer`` whose chat template inserts no default system prompt.
+
+    Templates that insert none (Gemma 3, Qwen3) are returned unchanged (as a copy). A chat *with* a
+    system message renders exactly as before.
+
+    Raises:
+        ValueError: the template inserts a default system block in a form this function does not know.
+
+    Example:
+        >>> tok = without_default_system_prompt(load_tokenizer("smollm2-135m-instruct"))
+        >>> tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False)
+        '<|im_start|>user\\nhi<|im_end|>\\n'
+    """
+    clone = _cheap_copy(tokenizer)
+    template = tokenizer.chat_template
+    if not template:
+        return clone
+    probe = [{"role": "user", "content": "\u2063probe\u2063"}]
+    rendered = tokenizer.apply_chat_template(probe, tokenize=False)
+    if "system" not in rendered:
+        return clone
+    clone.chat_template = _DEFAULT_SYSTEM_BLOCK.sub("", template)
+    if "system" in clone.apply_chat_template(probe, tokenize=False):
+        raise ValueError(
+            "this chat template inserts a default system block that without_default_system_prompt cannot "
+            "remove; set tokenizer.chat_template yourself, or use system_prompt='template'"
+        )
+    return clone
+
+
+def apply_system_prompt(tokenizer: PreTrainedTokenizerBase, system_prompt: str) -> PreTrainedTokenizerBase:
+    """``tokenizer`` for ``system_prompt`` in :data:`SYSTEM_PROMPTS` (``template`` returns it as is)."""
+    if system_prompt not in SYSTEM_PROMPTS:
+        raise ValueError(f"system_prompt must be one of {SYSTEM_PROMPTS}; got {system_prompt!r}")
+    return tokenizer if system_prompt == "template" else without_default_system_prompt(tokenizer)
+
+
 def _cheap_copy(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
     """A copy whose Python-side settings (padding side, chat template, special tokens) are independent.
 
@@ -591,6 +645,7 @@ def load_model(
     device: str | torch.device = "auto",
     dtype: str | torch.dtype = "auto",
     cache_dir: str | os.PathLike[str] | None = None,
+    system_prompt: str = "template",
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a causal LM and its tokenizer, in eval mode, on ``device`` in ``dtype``.
 
@@ -601,6 +656,8 @@ def load_model(
         dtype: ``"auto"`` (float32 on CPU, bfloat16 on CUDA), a name like ``"bfloat16"``, or a dtype.
         cache_dir: root of the models cache (default ``$WELFARE_AXIS_CACHE/models`` or
             ``~/.cache/welfare-axis/models``); a bundled model lives in ``<cache_dir>/<name>``.
+        system_prompt: ``"template"`` (the chat template as shipped) or ``"none"`` (no default system
+            prompt; see the module docstring).
 
     Returns:
         ``(model, tokenizer)``; ``model.config.welfare_axis_name`` holds the canonical name for
@@ -612,6 +669,11 @@ def load_model(
         >>> model.config.welfare_axis_name  # doctest: +SKIP
         'smollm2-135m-instruct'
     """
+    if system_prompt not in SYSTEM_PROMPTS:
+        raise ValueError(f"system_prompt must be one of {SYSTEM_PROMPTS}; got {system_prompt!r}")
+    if system_prompt != "template":
+        model, tokenizer = load_model(name_or_path, device=device, dtype=dtype, cache_dir=cache_dir)
+        return model, apply_system_prompt(tokenizer, system_prompt)
     resolved_device = resolve_device(device)
     resolved_dtype = resolve_dtype(dtype, resolved_device)
     if not isinstance(name_or_path, (str, os.PathLike)):

@@ -133,6 +133,9 @@ class ReportSettings:
     """Turns per episode (the paper: 15); scripted trajectories have 1..n_turns steps."""
     tiles: str = "office"
     """tile set of the maze (office, swap, shuffle): read a model with the glyphs it was trained on."""
+    system_prompt: str = "template"
+    """For the command line: ``template`` or ``none`` (``probes.models.load_model``); a model passed to
+    :func:`readout_report` is read with the tokenizer it comes with."""
     batch_size: int = 8
     """Texts per forward."""
     lens_k: int = 5
@@ -354,7 +357,7 @@ def readout_report(
             by_layer=_curve(path_ref.cosines),
         ),
         centred=CentredCosines(layer=centred.layer, pairs={k: _round(v) for k, v in centred.pairs().items()}),
-        estimates=_geometry_estimates(model, train, resampler, centred.layer, s) if resampler else None,
+        estimates=geometry_estimates(model, train, resampler, centred.layer, s) if resampler else None,
     )
     lap("geometry")
 
@@ -693,7 +696,7 @@ def _batched_lens(model: nn.Module, token_ids: list[int], through_norm: bool) ->
     return lens
 
 
-def _geometry_estimates(
+def geometry_estimates(
     model: nn.Module, train: Any, resampler: TripletResampler, centred_layer: int, s: ReportSettings
 ) -> GeometryEstimates:
     """Eq. 1, Path-reference and centred cosines with intervals and nulls; the last layer before and after
@@ -933,7 +936,7 @@ def main(settings: ReportSettings) -> ReadoutReport:
     from probes.models import load_model
 
     torch.set_num_threads(2)
-    model, tokenizer = load_model(settings.model, device="cpu")
+    model, tokenizer = load_model(settings.model, device="cpu", system_prompt=settings.system_prompt)
     report = readout_report(model, tokenizer, settings)
     shown = {k: v for k, v in report.to_dict().items() if k != "settings"}
     print(json.dumps(shown, indent=1, ensure_ascii=False))

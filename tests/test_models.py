@@ -420,3 +420,38 @@ def test_cached_checkpoint_loads_in_nnsight_by_path_with_exact_logits() -> None:
     with torch.no_grad():
         expected = model(**tok("The maze is", return_tensors="pt")).logits
     assert torch.equal(logits, expected)
+
+
+def test_system_prompt_none_removes_only_the_default_system_block():
+    from probes.models import apply_system_prompt, load_tokenizer, without_default_system_prompt
+
+    tok = load_tokenizer("smollm2-135m-instruct")
+    chat = [{"role": "user", "content": "Where am I?"}, {"role": "assistant", "content": "N"}]
+    shipped = tok.apply_chat_template(chat, tokenize=False)
+    bare = without_default_system_prompt(tok)
+    assert "You are a helpful AI assistant named SmolLM" in shipped
+    assert bare.apply_chat_template(chat, tokenize=False) == "<|im_start|>user\nWhere am I?<|im_end|>\n" + (
+        "<|im_start|>assistant\nN<|im_end|>\n"
+    )
+    assert shipped.endswith(bare.apply_chat_template(chat, tokenize=False))  # nothing else changes
+    with_system = [{"role": "system", "content": "Be brief."}, *chat]
+    assert bare.apply_chat_template(with_system, tokenize=False) == tok.apply_chat_template(
+        with_system, tokenize=False
+    )
+    assert tok.apply_chat_template(chat, tokenize=False) == shipped  # the original is untouched
+    gemma = load_tokenizer("gemma3-270m")  # its template inserts no system block: unchanged
+    assert without_default_system_prompt(gemma).chat_template == gemma.chat_template
+    assert apply_system_prompt(tok, "template") is tok
+    with pytest.raises(ValueError, match="system_prompt must be one of"):
+        apply_system_prompt(tok, "default")
+
+
+def test_the_trainer_and_its_readouts_share_the_system_prompt_choice():
+    from training.config import Args
+    from training.policy import load_base_model
+
+    _, tok = load_base_model(Args(model="tiny-llama", system_prompt="none"))
+    text = tok.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False)
+    assert "system" not in text
+    _, shipped = load_base_model(Args(model="tiny-llama"))
+    assert "system" in shipped.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False)

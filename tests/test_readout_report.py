@@ -133,7 +133,7 @@ def test_the_last_layer_after_the_final_norm_is_eq1_on_normed_activations():
     from probes import layers
     from probes.extract import ClassActivations, aggregate
     from probes.nulls import TripletResampler
-    from probes.readout_report import _geometry_estimates
+    from probes.readout_report import geometry_estimates
 
     model, _ = tiny_model("llama", n_layers=2)
     norm = layers.final_norm(model)
@@ -145,7 +145,7 @@ def test_the_last_layer_after_the_final_norm_is_eq1_on_normed_activations():
         {c: {layer: torch.randn(9, width, generator=g) for layer in (0, 1)} for c in ("Mold", "Gold", "Path")}
     )
     settings = dataclasses.replace(TINY, null_shuffles=5, n_boot=5)
-    est = _geometry_estimates(model, acts, TripletResampler(acts, n_shuffles=5, n_boot=5), 1, settings)
+    est = geometry_estimates(model, acts, TripletResampler(acts, n_shuffles=5, n_boot=5), 1, settings)
     with torch.no_grad():
         normed = ClassActivations({c: {1: norm(a[1][:, None, :])[:, 0]} for c, a in acts.activations.items()})
     v = aggregate(normed, "mean_diff")

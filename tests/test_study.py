@@ -160,3 +160,20 @@ def test_default_study_sizes_and_their_precedence(tmp_path):
     assert full.tracking_n > settings.tracking_n
     with pytest.raises(ValueError, match="readout_scale must be"):
         study._readout_settings(StudyConfig.from_overrides(StudyConfig(), {"readout_scale": "huge"}), None)
+
+
+def test_the_control_can_be_steered_at_its_own_layer_star(tiny_study):
+    from probes.readouts import ReadoutReport
+
+    cfg, out, _ = tiny_study
+    run_study(StudyConfig.from_overrides(cfg, {"control_layer": "own"}), out)
+    steering = json.loads((out / "stages" / "steering" / "stage.json").read_text())["result"]
+    control = ReadoutReport.load(out / "stages" / "readouts" / "readouts_control.json")
+    assert steering["control_layer"] == "own"
+    for concept in ("Mold", "Gold"):
+        own = control.extraction.layer_star[concept]
+        assert steering[f"layer_u_{concept}"] == own
+        rows = [r for r in steering["slopes"] if r["vector"] == f"u_{concept}"]
+        assert rows and {r["layer"] for r in rows} == {own}
+        assert (out / "stages" / "steering" / steering["control_sweeps"][concept]).is_file()
+    run_study(cfg, out)  # back to the default for the other tests

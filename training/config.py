@@ -38,6 +38,9 @@ class Args:
     """Algorithm: dr_grpo (paper), grpo, reinforce (paper's token-level), rloo, ppo, tbrm, sft, iterative_sft."""
     model: str = "smollm2-135m-instruct"
     """A probes.models.load_model name or path, or tiny-llama / tiny-gemma3 (random tiny model, for tests)."""
+    system_prompt: str = "template"
+    """template: the model's chat template as shipped (SmolLM2's inserts its default system prompt); none: no
+    system block (as the paper's Qwen3 template renders a chat without one). ``probes.models.SYSTEM_PROMPTS``."""
     recipe: str | None = None
     """The recipe these defaults came from (``--recipe cpu``); recorded for provenance."""
     seed: int = 0

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from probes.models import load_model, resolve_autocast, resolve_device, tiny_model
+from probes.models import apply_system_prompt, load_model, resolve_autocast, resolve_device, tiny_model
 from training import distributed as D
 from training.algorithms import ALGORITHMS
 from training.config import TINY_MODELS, Args
@@ -76,8 +76,8 @@ def load_base_model(args: Args) -> tuple[nn.Module, Any]:
 
     if args.model in TINY_MODELS:
         model, tokenizer = tiny_model(args.model.removeprefix("tiny-"), seed=args.seed)
-        return model.to(resolve_device(args.device)), tokenizer
-    return load_model(args.model, device=args.device, dtype="float32")
+        return model.to(resolve_device(args.device)), apply_system_prompt(tokenizer, args.system_prompt)
+    return load_model(args.model, device=args.device, dtype="float32", system_prompt=args.system_prompt)
 
 
 def _lora_layer_indices(model: nn.Module, top: int | None) -> list[int] | None:

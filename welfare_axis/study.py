@@ -79,6 +79,9 @@ class StudyConfig:
     """Training algorithm (training.train: dr_grpo, grpo, reinforce, rloo, ppo, tbrm, sft, iterative_sft)."""
     tiles: str = "office"
     """tile set: office, swap (Mold↔Gold) or shuffle (3-way)."""
+    system_prompt: str = "template"
+    """template (the chat template as shipped; SmolLM2's adds its default system prompt) or none (no system
+    block, as the paper's Qwen3 renders a chat without one). Training and every readout use the same."""
     finetune: str = "lora"
     """lora or full fine-tuning."""
     train_recipe: str = "cpu"
@@ -94,6 +97,10 @@ class StudyConfig:
     defaults), fast (a few texts each, full maze) or smoke (tiny mazes)."""
     steer_model: str = "base"
     """Which model is steered: base (maze-naive, the paper's main setting) or trained."""
+    control_layer: str = "trained"
+    """Where the control u is steered: trained (at v's ℓ*, norm-matched per layer; the default, so v and u
+    differ only in direction) or own (at u's own ℓ*, scaled so that ‖u‖ there equals ‖v‖ at v's ℓ*, as the
+    paper's Table 27 reports each vector at its own layer)."""
     steer_evals: tuple[str, ...] = ("sentiment", "confidence", "refusal", "backtracking")
     """Steering evaluations to run."""
     alphas: tuple[float, ...] = (-4.0, -2.0, 0.0, 2.0, 4.0)
@@ -143,7 +150,8 @@ class StudyConfig:
         sizes (:data:`STUDY_TRAIN` or :data:`FAST_TRAIN`), then ``train_steps``, then ``train_overrides``."""
 
         overrides: dict[str, Any] = {"model": self.model, "algo": self.algo, "tiles": self.tiles,
-                                     "finetune": self.finetune, "seed": self.seed, "out": str(out)}  # fmt: skip
+                                     "finetune": self.finetune, "seed": self.seed, "out": str(out),
+                                     "system_prompt": self.system_prompt}  # fmt: skip
         overrides.update(FAST_TRAIN if self.fast else STUDY_TRAIN)
         if self.train_steps is not None:
             overrides["steps"] = self.train_steps
@@ -343,20 +351,38 @@ def stage_steering(cfg: StudyConfig, runner: StageRunner, work: Path) -> dict[st
     model = base if cfg.steer_model == "base" else trained
     readouts = runner.outputs["readouts"]
     vec_dirs = readouts.result["vectors"]
-    out: dict[str, Any] = {"steered_model": cfg.steer_model, "sweeps": {}, "slopes": []}
+    if cfg.control_layer not in ("trained", "own"):
+        raise ValueError(f"control_layer must be trained or own; got {cfg.control_layer!r}")
+    own_star = ReadoutReport.load(readouts.dir / readouts.result["control"]).extraction.layer_star
+    out: dict[str, Any] = {"steered_model": cfg.steer_model, "control_layer": cfg.control_layer,
+                           "sweeps": {}, "slopes": []}  # fmt: skip
     for concept in ("Mold", "Gold"):
         layer = int(readouts.result["layer_star"][concept])
         v = ConceptVector.load(readouts.dir / vec_dirs["trained"] / concept)
         u = ConceptVector.load(readouts.dir / vec_dirs["control"] / concept)
-        sweep_cfg = SweepConfig(alphas=tuple(cfg.alphas), layers=(layer,), evals=tuple(cfg.steer_evals),
-                                n_prompts=cfg.n_prompts, n_samples=cfg.n_samples, seeds=(cfg.seed,),
-                                max_new_tokens=cfg.max_new_tokens, norm_match_to=f"v_{concept}")  # fmt: skip
-        path = work / f"sweep_{concept}.jsonl"
-        records = run_sweep(model, tok, {f"v_{concept}": v, f"u_{concept}": u}, sweep_cfg, path)
-        out["sweeps"][concept] = path.name
-        out["slopes"] += [dataclasses.asdict(row) for row in dose_response_slopes(records, seed=cfg.seed)]
+        settings = dict(alphas=tuple(cfg.alphas), evals=tuple(cfg.steer_evals), n_prompts=cfg.n_prompts,
+                        n_samples=cfg.n_samples, seeds=(cfg.seed,), max_new_tokens=cfg.max_new_tokens)  # fmt: skip
+        if cfg.control_layer == "trained":  # one sweep: u rescaled to ‖v‖ at the same layer
+            plan = [(f"sweep_{concept}.jsonl", {f"v_{concept}": v, f"u_{concept}": u},
+                     SweepConfig(layers=(layer,), norm_match_to=f"v_{concept}", **settings))]  # fmt: skip
+            u_layer = layer
+        else:  # two sweeps, each vector at its own ℓ*; β‖u‖ = α‖v‖ (paper Table 27)
+            u_layer = int(own_star[concept])
+            scaled = u.select([u_layer]) * (v.norms()[layer] / u.norms()[u_layer])
+            plan = [
+                (f"sweep_{concept}.jsonl", {f"v_{concept}": v}, SweepConfig(layers=(layer,), **settings)),
+                (f"sweep_{concept}_control.jsonl", {f"u_{concept}": scaled},
+                 SweepConfig(layers=(u_layer,), **settings)),
+            ]  # fmt: skip
+        for name, vectors, sweep_cfg in plan:
+            records = run_sweep(model, tok, vectors, sweep_cfg, work / name)
+            out["slopes"] += [dataclasses.asdict(row) for row in dose_response_slopes(records, seed=cfg.seed)]
+        out["sweeps"][concept] = plan[0][0]
+        if len(plan) > 1:
+            out.setdefault("control_sweeps", {})[concept] = plan[1][0]
         out[f"norm_v_{concept}"] = v.norms()[layer]
-        out[f"norm_u_{concept}"] = u.norms()[layer]
+        out[f"norm_u_{concept}"] = u.norms()[u_layer]
+        out[f"layer_u_{concept}"] = u_layer
     return out
 
 
@@ -604,16 +630,24 @@ def report_sections(
         st = out["steering"]
         figures = []
         for concept, name in st.result["sweeps"].items():
-            cells = summarize_cells(load_records(st.dir / name))
+            records = load_records(st.dir / name)
+            control = st.result.get("control_sweeps", {}).get(concept)
+            if control:
+                records = records + load_records(st.dir / control)
             figures.append(
-                dose_response_figure(cells, title=f"steering with v_{concept} vs norm-matched u_{concept}")
+                dose_response_figure(
+                    summarize_cells(records), title=f"steering with v_{concept} vs norm-matched u_{concept}"
+                )
             )
         slope_rows = [{k: r.get(k) for k in ("vector", "eval", "layer", "slope", "se", "ci_low", "ci_high", "n")}
                       for r in st.result["slopes"]]  # fmt: skip
         sections.append(
             Section(
                 "Steering",
-                text=f"Steered model: {cfg.steer_model}. Control u is norm-matched to v.",
+                text=f"Steered model: {cfg.steer_model}. Control u is norm-matched to v"
+                + (
+                    " at v's ℓ*." if cfg.control_layer == "trained" else ", each at its own ℓ* (β‖u‖ = α‖v‖)."
+                ),
                 tables=[Table("dose-response slopes (OLS, bootstrap CI)", slope_rows)],
                 figures=figures,
             )
