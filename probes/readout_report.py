@@ -179,6 +179,9 @@ class ReportSettings:
     """Hold out the same indices in every class, letters balanced (False: each class split at random)."""
     mold_reversal: bool = False
     """Mold trajectories may end by stepping back onto the tile just left (``maze_env.scripted``)."""
+    progress: bool = False
+    """Print each stage's time as it finishes and show a bar over the extraction (the command line turns
+    this on)."""
     out: Path | None = None
     """Write the report JSON here (atomically)."""
 
@@ -290,6 +293,8 @@ def readout_report(
         now = time.perf_counter()
         timings[name] = round(now - clock, 2)
         clock = now
+        if s.progress:
+            print(f"readout_report: {name} done in {timings[name]:.0f} s", flush=True)
 
     sections: dict[str, Any] = {}
 
@@ -302,6 +307,7 @@ def readout_report(
         seed=s.seed,
         mold_reversal=s.mold_reversal,
         batch_size=s.batch_size,
+        progress=s.progress,
     )
     train, held = acts.split(s.held_out, seed=s.split_seed, matched=s.matched_split)
     resampler = (
@@ -937,7 +943,7 @@ def main(settings: ReportSettings) -> ReadoutReport:
 
     torch.set_num_threads(2)
     model, tokenizer = load_model(settings.model, device="cpu", system_prompt=settings.system_prompt)
-    report = readout_report(model, tokenizer, settings)
+    report = readout_report(model, tokenizer, dataclasses.replace(settings, progress=True))
     shown = {k: v for k, v in report.to_dict().items() if k != "settings"}
     print(json.dumps(shown, indent=1, ensure_ascii=False))
     return report

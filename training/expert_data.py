@@ -32,7 +32,7 @@ from maze_env.env import MazeEnv
 from maze_env.search import Expert
 from maze_env.text import episode_messages
 from probes.tokens import direction_token_ids
-from training.rollout import EpisodeBatch
+from training.rollout import EpisodeBatch, TurnTensors, right_pad
 
 __all__ = ["encode_episode", "expert_episodes"]
 
@@ -107,32 +107,25 @@ def expert_episodes(
         raise ValueError("the tokenizer has no pad token; set tokenizer.pad_token (probes.models does)")
     n, turns = len(seeds), config.n_turns
     expert = Expert(horizon=horizon, seed=expert_seed)
-    actions = torch.zeros(n, turns, dtype=torch.long)
-    logprobs = torch.zeros(n, turns)
-    q_values = torch.zeros(n, turns, 4)
-    rewards = torch.zeros(n, turns)
-    delta_gold = torch.zeros(n, turns, dtype=torch.long)
-    delta_mold = torch.zeros(n, turns, dtype=torch.long)
-    neighbours = torch.zeros(n, turns, 4, dtype=torch.long)
-    wind = torch.full((n, turns), -1, dtype=torch.long)
+    out = TurnTensors.empty(n, turns)  # direction_logits hold the planner's Q_h(s, a)
     all_messages, rows, all_positions = [], [], []
     for i, seed in enumerate(seeds):
         env = MazeEnv(config)
         obs, _ = env.reset(seed=seed)
         observations, chosen = [obs], []
         for t in range(turns):
-            neighbours[i, t] = torch.tensor([int(x) for x in env.neighbours()])
+            out.neighbours[i, t] = torch.tensor([int(x) for x in env.neighbours()])
             q, best = expert.plan(env)
             action, ties = expert.choose(best), len(best)
             obs, reward, _, _, info = env.step(action)
-            actions[i, t], q_values[i, t], logprobs[i, t] = (
+            out.actions[i, t], out.direction_logits[i, t], out.logprobs[i, t] = (
                 action,
                 torch.from_numpy(q).float(),
                 -math.log(ties),
             )
-            rewards[i, t] = reward
-            delta_gold[i, t], delta_mold[i, t] = info["delta_gold"], info["delta_mold"]
-            wind[i, t] = -1 if info["wind"] is None else info["wind"]["direction"]
+            out.rewards[i, t] = reward
+            out.delta_gold[i, t], out.delta_mold[i, t] = info["delta_gold"], info["delta_mold"]
+            out.wind[i, t] = -1 if info["wind"] is None else info["wind"]["direction"]
             chosen.append(action)
             if t + 1 < turns:
                 observations.append(obs)
@@ -141,25 +134,13 @@ def expert_episodes(
         all_messages.append(messages)
         rows.append(ids)
         all_positions.append(positions)
-    width = max(len(r) for r in rows)
     pad_id = int(tokenizer.pad_token_id)
-    input_ids = torch.full((n, width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros(n, width, dtype=torch.long)
-    for i, row in enumerate(rows):
-        input_ids[i, : len(row)] = torch.tensor(row)
-        attention_mask[i, : len(row)] = 1
+    input_ids, attention_mask = right_pad(rows, pad_id)
     return EpisodeBatch(
         input_ids=input_ids,
         attention_mask=attention_mask,
         action_positions=torch.tensor(all_positions, dtype=torch.long),
-        actions=actions,
-        logprobs=logprobs,
-        direction_logits=q_values,
-        rewards=rewards,
-        delta_gold=delta_gold,
-        delta_mold=delta_mold,
-        neighbours=neighbours,
-        wind=wind,
+        **out.fields(),
         seeds=seeds,
         messages=all_messages,
         temperature=1.0,

@@ -271,6 +271,51 @@ class EpisodeBatch:
 # ----------------------------------------------------------------------------------------------------
 
 
+@dataclasses.dataclass
+class TurnTensors:
+    """The per-turn tensors of an :class:`EpisodeBatch`, allocated once and filled turn by turn (by the
+    rollout and by the expert's episodes alike). ``wind`` starts at −1 (no push)."""
+
+    actions: Int[Tensor, "batch turn"]
+    logprobs: Float[Tensor, "batch turn"]
+    direction_logits: Float[Tensor, "batch turn 4"]
+    rewards: Float[Tensor, "batch turn"]
+    delta_gold: Int[Tensor, "batch turn"]
+    delta_mold: Int[Tensor, "batch turn"]
+    neighbours: Int[Tensor, "batch turn 4"]
+    wind: Int[Tensor, "batch turn"]
+
+    @classmethod
+    def empty(cls, n: int, turns: int) -> TurnTensors:
+        return cls(
+            actions=torch.zeros(n, turns, dtype=torch.long),
+            logprobs=torch.zeros(n, turns),
+            direction_logits=torch.zeros(n, turns, 4),
+            rewards=torch.zeros(n, turns),
+            delta_gold=torch.zeros(n, turns, dtype=torch.long),
+            delta_mold=torch.zeros(n, turns, dtype=torch.long),
+            neighbours=torch.zeros(n, turns, 4, dtype=torch.long),
+            wind=torch.full((n, turns), -1, dtype=torch.long),
+        )
+
+    def fields(self) -> dict[str, Tensor]:
+        """As keyword arguments of :class:`EpisodeBatch` (the tensors themselves, not copies)."""
+        return dict(vars(self))
+
+
+def right_pad(
+    rows: list[list[int]], pad_id: int
+) -> tuple[Int[Tensor, "batch seq"], Int[Tensor, "batch seq"]]:
+    """Token rows right-padded to one width: ``(input_ids, attention_mask)``."""
+    width = max(len(row) for row in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros(len(rows), width, dtype=torch.long)
+    for i, row in enumerate(rows):
+        input_ids[i, : len(row)] = torch.tensor(row)
+        attention_mask[i, : len(row)] = 1
+    return input_ids, attention_mask
+
+
 def _direction_ids(tokenizer: Any) -> list[int]:
 
     return list(direction_token_ids(tokenizer, ACTIONS))
@@ -413,20 +458,13 @@ def collect_episodes(
 
     turns = config.n_turns
     action_positions = torch.zeros(n, turns, dtype=torch.long)
-    actions = torch.zeros(n, turns, dtype=torch.long)
-    logprobs = torch.zeros(n, turns)
-    direction_logits = torch.zeros(n, turns, 4)
-    rewards = torch.zeros(n, turns)
-    delta_gold = torch.zeros(n, turns, dtype=torch.long)
-    delta_mold = torch.zeros(n, turns, dtype=torch.long)
-    neighbours = torch.zeros(n, turns, 4, dtype=torch.long)
-    wind = torch.full((n, turns), -1, dtype=torch.long)
+    out = TurnTensors.empty(n, turns)
 
     modes = [(module, module.training) for module in model.modules()]
     model.eval()
     try:
         for t in range(turns):
-            neighbours[:, t] = torch.from_numpy(mazes.neighbours())
+            out.neighbours[:, t] = torch.from_numpy(mazes.neighbours())
             messages = [episode_messages(observations[i], chosen[i]) for i in range(n)]
             chunks = _encode(tokenizer, renderer.new_text(messages))
             for i in range(n):
@@ -462,14 +500,14 @@ def collect_episodes(
                 uniform = torch.rand(n, generator=generator, device=generator.device).cpu()
                 cdf = log_p.exp().cumsum(-1)
                 picked = (cdf < uniform[:, None] * cdf[:, -1:]).sum(-1).clamp(max=3)
-            actions[:, t] = picked
-            logprobs[:, t] = log_p.gather(1, picked[:, None]).squeeze(1)
-            direction_logits[:, t] = turn_logits
+            out.actions[:, t] = picked
+            out.logprobs[:, t] = log_p.gather(1, picked[:, None]).squeeze(1)
+            out.direction_logits[:, t] = turn_logits
             step_rewards, info = mazes.step(picked.numpy().astype(np.int64))
-            rewards[:, t] = torch.from_numpy(np.asarray(step_rewards, dtype=np.float32))
-            delta_gold[:, t] = torch.from_numpy(info["delta_gold"])
-            delta_mold[:, t] = torch.from_numpy(info["delta_mold"])
-            wind[:, t] = torch.from_numpy(info["wind"])
+            out.rewards[:, t] = torch.from_numpy(np.asarray(step_rewards, dtype=np.float32))
+            out.delta_gold[:, t] = torch.from_numpy(info["delta_gold"])
+            out.delta_mold[:, t] = torch.from_numpy(info["delta_mold"])
+            out.wind[:, t] = torch.from_numpy(info["wind"])
             picked_list = picked.tolist()
             for i in range(n):
                 chosen[i].append(picked_list[i])
@@ -483,24 +521,12 @@ def collect_episodes(
 
     for i in range(n):
         token_rows[i].append(direction_ids[chosen[i][-1]])  # the final letter (open assistant turn)
-    width = max(len(row) for row in token_rows)
-    input_ids = torch.full((n, width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros(n, width, dtype=torch.long)
-    for i, row in enumerate(token_rows):
-        input_ids[i, : len(row)] = torch.tensor(row)
-        attention_mask[i, : len(row)] = 1
+    input_ids, attention_mask = right_pad(token_rows, pad_id)
     return EpisodeBatch(
         input_ids=input_ids,
         attention_mask=attention_mask,
         action_positions=action_positions,
-        actions=actions,
-        logprobs=logprobs,
-        direction_logits=direction_logits,
-        rewards=rewards,
-        delta_gold=delta_gold,
-        delta_mold=delta_mold,
-        neighbours=neighbours,
-        wind=wind,
+        **out.fields(),
         seeds=seeds,
         messages=[episode_messages(observations[i], chosen[i]) for i in range(n)],
         temperature=float(temperature),
