@@ -748,6 +748,7 @@ def tiny_model(
     n_kv_heads: int | None = None,
     d_mlp: int | None = None,
     max_position_embeddings: int = 4096,
+    vocab_size: int | None = None,
     config_overrides: Mapping[str, Any] | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -767,6 +768,8 @@ def tiny_model(
         n_kv_heads: key/value heads (default ``n_heads // 2`` when even, i.e. grouped-query attention).
         d_mlp: MLP width (default ``4 * d_model``).
         max_position_embeddings: context length of the config.
+        vocab_size: a smaller vocabulary (default: the tokenizer's), for tests that feed their own token
+            ids: fast logits, but the tokenizer then encodes ids the model does not have.
         config_overrides: extra config fields, e.g. ``{"sliding_window": 8}`` for Gemma 3.
         cache_dir: models cache root (see :func:`load_model`) where the tokenizer is found.
 
@@ -791,7 +794,7 @@ def tiny_model(
 
     tokenizer = load_tokenizer(_FAMILY_TO_BUNDLED[family], cache_dir=cache_dir)
     common: dict[str, Any] = {
-        "vocab_size": len(tokenizer),
+        "vocab_size": len(tokenizer) if vocab_size is None else vocab_size,
         "hidden_size": d_model,
         "intermediate_size": d_mlp,
         "num_hidden_layers": n_layers,

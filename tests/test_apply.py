@@ -9,9 +9,9 @@ from contextlib import contextmanager
 import pytest
 import torch
 from torch import Tensor, nn
-from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM
 
 from probes.layers import blocks
+from probes.models import tiny_model
 from steering.apply import SteeringError, apply, prompt_position_mask
 from steering.operators import ablate, ablate_then_add
 
@@ -21,40 +21,15 @@ VOCAB = 97
 
 
 def _llama() -> nn.Module:
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=D_MODEL,
-        intermediate_size=64,
-        num_hidden_layers=N_LAYERS,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
-    return LlamaForCausalLM(cfg).eval()
+    return tiny_model("llama", n_layers=N_LAYERS, d_model=D_MODEL, d_mlp=64, vocab_size=VOCAB)[0]
 
 
 def _gemma() -> nn.Module:
-    torch.manual_seed(0)
-    cfg = Gemma3TextConfig(
-        vocab_size=VOCAB,
-        hidden_size=D_MODEL,
-        intermediate_size=64,
-        num_hidden_layers=N_LAYERS,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=8,
-        sliding_window=4,
-        layer_types=["sliding_attention", "full_attention", "sliding_attention"],
-        max_position_embeddings=256,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
-    return Gemma3ForCausalLM(cfg).eval()
+    types = ["sliding_attention", "full_attention", "sliding_attention"]
+    overrides = {"sliding_window": 4, "layer_types": types}
+    return tiny_model(
+        "gemma3", n_layers=N_LAYERS, d_model=D_MODEL, d_mlp=64, vocab_size=VOCAB, config_overrides=overrides
+    )[0]
 
 
 @pytest.fixture(scope="module", params=["llama", "gemma3"])

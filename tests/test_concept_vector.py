@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from probes import layers as L
 from probes.concept_vector import (
@@ -17,6 +16,7 @@ from probes.concept_vector import (
     WidthMismatchError,
     dataset_hash,
 )
+from probes.models import tiny_model
 
 
 def make(seed: int = 0, layers=(0, 1, 2), d: int = 8, **kw) -> ConceptVector:
@@ -159,16 +159,7 @@ def test_from_gguf_reads_a_plain_repeng_file(tmp_path):
 
 def test_check_model_width_family_and_range():
     torch.manual_seed(0)
-    model = LlamaForCausalLM(
-        LlamaConfig(
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            vocab_size=50,
-        )
-    )
+    model = tiny_model("llama", vocab_size=50)[0]
     family = L.model_family(model)
     ok = ConceptVector({1: torch.ones(64)}, model_family=family)
     ok.check_model(model)
@@ -189,16 +180,7 @@ def test_steering_with_a_concept_vector_checks_its_family():
     from steering.apply import apply
 
     torch.manual_seed(0)
-    model = LlamaForCausalLM(
-        LlamaConfig(
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            vocab_size=50,
-        )
-    ).eval()
+    model = tiny_model("llama", vocab_size=50)[0]
     ids = torch.randint(0, 50, (2, 5))
     v = ConceptVector({0: torch.randn(64)}, model_family=L.model_family(model))
     with torch.no_grad():

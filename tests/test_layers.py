@@ -5,40 +5,24 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
-from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM
 
 from probes import layers as L
+from probes.models import tiny_model
 
 
-def tiny_llama(n_layers: int = 2) -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=n_layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+def tiny_llama(n_layers: int = 2) -> nn.Module:
+    return tiny_model("llama", n_layers=n_layers, d_mlp=128, vocab_size=97, max_position_embeddings=128)[0]
+
+
+def tiny_gemma3(n_layers: int = 3) -> nn.Module:
+    model = tiny_model(
+        "gemma3",
+        n_layers=n_layers,
+        d_mlp=128,
         vocab_size=97,
         max_position_embeddings=128,
-    )
-    return LlamaForCausalLM(cfg).eval()
-
-
-def tiny_gemma3(n_layers: int = 3) -> Gemma3ForCausalLM:
-    torch.manual_seed(0)
-    cfg = Gemma3TextConfig(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=n_layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-        vocab_size=97,
-        sliding_window=4,
-        max_position_embeddings=128,
-        layer_types=["sliding_attention"] * (n_layers - 1) + ["full_attention"],
-    )
-    model = Gemma3ForCausalLM(cfg).eval()
+        config_overrides={"sliding_window": 4},
+    )[0]
     # Random RMSNorm weights (init is zero = identity), so a wrong norm choice shows up in the numbers.
     with torch.no_grad():
         for name, p in model.named_parameters():
