@@ -60,29 +60,15 @@ def save_checkpoint(
         name: D.to_full(p.detach()).to("cpu").contiguous()
         for name, p in policy.trainable_parameters().items()
     }
-    opt_state = optimizer.state_dict()
-    tensors: dict[str, torch.Tensor] = {}
-    scalars: dict[str, Any] = {}
-    for index, entry in opt_state["state"].items():
-        for key, value in entry.items():
-            if isinstance(value, torch.Tensor):
-                tensors[f"state.{index}.{key}"] = D.to_full(value.detach()).to("cpu").contiguous()
-            else:
-                scalars[f"state.{index}.{key}"] = value
+    tensors, optimizer_meta = D.flatten_optimizer_state(optimizer.state_dict())  # full tensors (FSDP gathers)
     if not ctx.is_main:
         D.barrier(ctx)
         return final
 
     def fill(tmp: Path) -> None:
         save_file(weights, str(tmp / "trainable.safetensors"))
-        groups = [
-            {k: (list(v) if isinstance(v, tuple) else v) for k, v in group.items()}
-            for group in opt_state["param_groups"]
-        ]
         save_file(tensors, str(tmp / "optimizer.safetensors"))
-        (tmp / "optimizer.json").write_text(
-            json.dumps({"param_groups": groups, "scalars": scalars}, indent=1)
-        )
+        (tmp / "optimizer.json").write_text(json.dumps(optimizer_meta, indent=1))
         rng_tensors = {"torch_cpu": torch.get_rng_state()}
         if torch.cuda.is_available():
             for i, state in enumerate(torch.cuda.get_rng_state_all()):
@@ -132,21 +118,20 @@ def load_checkpoint(path: Path, policy: Policy, optimizer: torch.optim.Optimizer
         for name, p in params.items():
             p.copy_(D.like_param(weights[name], p))  # FSDP: this rank's shard
     if optimizer is not None:
-        tensors = load_file(str(path / "optimizer.safetensors"))
-        meta = json.loads((path / "optimizer.json").read_text())
-        opt_state: dict[int, dict[str, Any]] = {}
+        saved = D.unflatten_optimizer_state(
+            load_file(str(path / "optimizer.safetensors")), json.loads((path / "optimizer.json").read_text())
+        )
         ordered = list(params.values())  # make_optimizer's order: the state's indices
-        for key, value in tensors.items():
-            _, index, name = key.split(".", 2)
+        opt_state: dict[int, dict[str, Any]] = {}
+        for index, slots in saved["state"].items():
             param = ordered[int(index)]
-            opt_state.setdefault(int(index), {})[name] = (
-                value if name == "step" or value.shape != param.shape else D.like_param(value, param)
-            )
-        for key, value in meta["scalars"].items():
-            _, index, name = key.split(".", 2)
-            opt_state.setdefault(int(index), {})[name] = value
-        groups = [{k: (tuple(v) if k == "betas" else v) for k, v in g.items()} for g in meta["param_groups"]]
-        optimizer.load_state_dict({"state": opt_state, "param_groups": groups})
+            opt_state[int(index)] = {
+                name: value
+                if not isinstance(value, torch.Tensor) or name == "step" or value.shape != param.shape
+                else D.like_param(value, param)  # FSDP: this rank's shard
+                for name, value in slots.items()
+            }
+        optimizer.load_state_dict({"state": opt_state, "param_groups": saved["param_groups"]})
         rng = json.loads((path / "rng.json").read_text())
         version, internal, gauss = rng["python"]
         random.setstate((version, tuple(internal), gauss))

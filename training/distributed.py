@@ -509,14 +509,28 @@ def like_param(full: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
     return distribute_tensor(full.to(dtype=param.dtype), mesh, param.placements)
 
 
-def _flatten_optimizer(state: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def flatten_optimizer_state(state: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """An optimizer ``state_dict`` as safetensors-ready tensors plus JSON: the one on-disk optimizer format
+    (trainer checkpoints and :func:`save_full_state` alike).
+
+    Tensors are keyed ``state.<param>.<slot>`` (``<param>`` an index or a name, which may contain dots;
+    ``<slot>`` never does); the JSON holds the non-tensor slots the same way and the param groups.
+
+    Example:
+        >>> t, meta = flatten_optimizer_state({"state": {0: {"step": 3, "exp_avg": torch.ones(2)}},
+        ...                                   "param_groups": [{"lr": 0.1, "betas": (0.9, 0.99)}]})
+        >>> sorted(t), meta["scalars"], meta["param_groups"][0]["betas"]
+        (['state.0.exp_avg'], {'state.0.step': 3}, [0.9, 0.99])
+        >>> unflatten_optimizer_state(t, meta)["state"]["0"]["step"]
+        3
+    """
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, Any] = {}
     for name, entry in state.get("state", {}).items():
         for key, value in entry.items():
-            slot = f"{name}\x1f{key}"
+            slot = f"state.{name}.{key}"
             if isinstance(value, torch.Tensor):
-                tensors[slot] = value.detach().to("cpu").contiguous()
+                tensors[slot] = to_full(value.detach()).to("cpu").contiguous()
             else:
                 scalars[slot] = value
     groups = [
@@ -526,10 +540,12 @@ def _flatten_optimizer(state: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor
     return tensors, {"scalars": scalars, "param_groups": groups}
 
 
-def _unflatten_optimizer(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> dict[str, Any]:
+def unflatten_optimizer_state(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> dict[str, Any]:
+    """Inverse of :func:`flatten_optimizer_state`: ``{"state": {param: {slot: value}}, "param_groups"}``
+    (``param`` as the string it was written with)."""
     state: dict[str, dict[str, Any]] = {}
     for slot, value in list(tensors.items()) + list(meta["scalars"].items()):
-        name, key = slot.split("\x1f", 1)
+        name, key = slot.removeprefix("state.").rsplit(".", 1)
         state.setdefault(name, {})[key] = value
     groups = [{k: (tuple(v) if k == "betas" else v) for k, v in g.items()} for g in meta["param_groups"]]
     return {"state": state, "param_groups": groups}
@@ -568,7 +584,7 @@ def save_full_state(
     def fill(tmp: Path) -> None:
         save_file(_unshared(model_state), str(tmp / "model.safetensors"))
         if optim_state is not None:
-            tensors, meta = _flatten_optimizer(optim_state)
+            tensors, meta = flatten_optimizer_state(optim_state)
             save_file(tensors, str(tmp / "optimizer.safetensors"))
             (tmp / "optimizer.json").write_text(json.dumps(meta, indent=1))
         (tmp / "extra.json").write_text(json.dumps(dict(extra or {}), indent=1, default=str))
@@ -592,7 +608,7 @@ def load_full_state(
     optim_state = None
     if (directory / "optimizer.safetensors").is_file():
         meta = json.loads((directory / "optimizer.json").read_text())
-        optim_state = _unflatten_optimizer(load_file(str(directory / "optimizer.safetensors")), meta)
+        optim_state = unflatten_optimizer_state(load_file(str(directory / "optimizer.safetensors")), meta)
     extra_path = directory / "extra.json"
     extra = json.loads(extra_path.read_text()) if extra_path.is_file() else {}
     return model_state, optim_state, extra
