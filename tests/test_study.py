@@ -9,6 +9,7 @@ import pytest
 from welfare_axis.cli import main as cli
 from welfare_axis.compare import compare_runs
 from welfare_axis.study import PRESETS, StudyConfig, run_study
+from welfare_axis.summary import StudySummary
 
 TINY = {
     "model": "tiny-llama",
@@ -31,23 +32,21 @@ def tiny_study(tmp_path_factory):
 
 def test_study_fills_every_section(tiny_study):
     cfg, out, summary = tiny_study
-    assert summary["fast"] is True and summary["training"]["steps"] == 3
-    for key in (
-        "geometry",
-        "logit_lens",
-        "emotions",
-        "tracking",
-        "q_readout",
-        "env_probes",
-        "forgetting",
-        "steering",
-    ):
-        assert summary[key], key
-    assert set(summary["geometry"]["cos_min"]) == {"trained", "control"}
-    assert -1.0 <= summary["geometry"]["cos_min"]["trained"] <= 1.0
+    assert summary.fast is True and summary.training.steps == 3
+    for section in ("geometry", "logit_lens", "emotions", "tracking", "q_readout", "env_probes"):
+        assert summary.section(section), section
+    assert summary.forgetting and summary.steering
+    cos = summary.measure("cos_min")
+    assert -1.0 <= cos.trained <= 1.0 and -1.0 <= cos.control <= 1.0
     assert (
-        summary["steering"]["v_Gold_sentiment"]["n"] > 0 and summary["steering"]["u_Gold_sentiment"]["n"] > 0
+        cos.trained_estimate.value == cos.trained
+        and cos.control_estimate.ci_low <= cos.control_estimate.ci_high
     )
+    assert summary.measure("control_maze_d_on_v_gold").control_estimate is not None  # the control read on v
+    assert summary.measure("implicit_reward_spearman").trained_estimate is not None  # π vs the naive π_ref
+    assert summary.steering["v_Gold_sentiment"]["n"] > 0 and summary.steering["u_Gold_sentiment"]["n"] > 0
+    with pytest.raises(KeyError, match="no measure 'cos'"):
+        summary.measure("cos")
     html = (out / "report.html").read_text()
     for title in ("Training", "Geometry", "Logit lens", "Emotion alignment", "Tracking", "Logits as Q-values",
                   "Environment probes", "Forgetting", "Steering", "FAST MODE"):  # fmt: skip
@@ -59,16 +58,13 @@ def test_study_fills_every_section(tiny_study):
         assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
     else:  # no browser: the report says why and how to get the PNGs
         assert "PNG export skipped" in html and "Chromium" in html
-    assert json.loads((out / "summary.json").read_text())["geometry"] == summary["geometry"]
+    assert StudySummary.load(out) == summary  # summary.json reads back typed
 
 
 def test_rerun_is_cached_and_a_changed_setting_reruns_only_downstream(tiny_study, capsys):
     cfg, out, summary = tiny_study
 
-    def normal(x):
-        return json.loads(json.dumps(x, default=str))
-
-    assert normal(run_study(cfg, out)) == normal(summary)
+    assert run_study(cfg, out) == summary
     assert capsys.readouterr().out.count("cached") == 4
     changed = StudyConfig.from_overrides(cfg, {"alphas": (-2.0, 0.0, 2.0)})
     run_study(changed, out)

@@ -8,7 +8,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,51 +15,41 @@ from typing import Any
 import plotly.graph_objects as go
 
 from probes.artifacts import write_text
+from welfare_axis.summary import StudySummary
 
-MEASURES: dict[str, tuple[str, ...]] = {
-    "cos_min": ("geometry", "cos_min"),
-    "cos_avg": ("geometry", "cos_avg"),
-    "centred_mold_gold": ("geometry", "centred_mold_gold"),
-    "emotion_slope": ("emotions", "slope"),
-    "tracking_d": ("tracking", "maze_d_gold_vector"),
-    "q_spearman": ("q_readout", "spearman_pooled_centred"),
+MEASURES: dict[str, str] = {
+    "cos_min": "cos_min",
+    "cos_avg": "cos_avg",
+    "centred_mold_gold": "centred_mold_gold",
+    "emotion_slope": "slope",
+    "tracking_d": "maze_d_gold_vector",
+    "q_spearman": "spearman_pooled_centred",
 }
+"""Column label: the study measure it reads (``welfare_axis.summary.StudySummary.measures``)."""
 
 
-def _get(summary: dict[str, Any], path: Sequence[str]) -> Any:
-    node: Any = summary
-    for key in path:
-        if not isinstance(node, dict) or key not in node:
-            return None
-        node = node[key]
-    return node
+def load_summary(run: Path) -> StudySummary:
+    """``<run>/summary.json`` as a :class:`~welfare_axis.summary.StudySummary`."""
+    return StudySummary.load(run)
 
 
-def load_summary(run: Path) -> dict[str, Any]:
-    path = run / "summary.json"
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{run} has no summary.json: run `welfare-axis run --out {run}` to finish it first"
-        )
-    return json.loads(path.read_text())
-
-
-def comparison_rows(summaries: Sequence[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+def comparison_rows(summaries: Sequence[tuple[str, StudySummary]]) -> list[dict[str, Any]]:
     """One row per run: its settings, training gain, trained/control measures and forgetting."""
     rows = []
     for name, s in summaries:
-        cfg = s.get("config", {})
+        cfg = s.config
         row: dict[str, Any] = {"run": name, "model": cfg.get("model"), "algo": cfg.get("algo"), "tiles": cfg.get("tiles"),
-                               "finetune": cfg.get("finetune"), "fast": s.get("fast")}  # fmt: skip
-        gain = _get(s, ("training", "return_gain"))
-        row["return_gain"] = gain["diff"] if gain else None
-        row["return_gain_z"] = gain["z"] if gain else None
-        for label, path in MEASURES.items():
-            value = _get(s, path)
-            row[f"{label}_trained"] = value.get("trained") if isinstance(value, dict) else None
-            row[f"{label}_control"] = value.get("control") if isinstance(value, dict) else None
-        row["qa_accuracy_drop"] = _get(s, ("forgetting", "drop", "qa_accuracy_drop"))
-        row["perplexity_increase"] = _get(s, ("forgetting", "drop", "perplexity_increase"))
+                               "finetune": cfg.get("finetune"), "fast": s.fast}  # fmt: skip
+        gain = s.training.return_gain
+        row["return_gain"] = gain.diff if gain else None
+        row["return_gain_z"] = gain.z if gain else None
+        for label, measure in MEASURES.items():
+            m = s.measures.get(measure)
+            row[f"{label}_trained"] = m.trained if m else None
+            row[f"{label}_control"] = m.control if m else None
+        drop = (s.forgetting or {}).get("drop", {})
+        row["qa_accuracy_drop"] = drop.get("qa_accuracy_drop")
+        row["perplexity_increase"] = drop.get("perplexity_increase")
         rows.append(row)
     return rows
 

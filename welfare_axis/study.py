@@ -32,7 +32,7 @@ from probes.artifacts import read_json, write_json, write_text
 from probes.concept_vector import ConceptVector
 from probes.plots import layer_cosine_curves
 from probes.readout_report import ReportSettings, load_figures, readout_report, report_emotion_vectors
-from probes.readouts import ReadoutReport
+from probes.readouts import Estimate, ReadoutReport
 from steering.evals.capability import general_texts, perplexity, qa_accuracy
 from steering.plots import dose_response_figure
 from steering.stats import dose_response_slopes, summarize_cells
@@ -41,6 +41,7 @@ from training import Args, load_base_model, load_trained, main, recipe_args
 from training.episodes import load_episodes
 from welfare_axis.report import export_figures, render_report
 from welfare_axis.stages import StageRunner
+from welfare_axis.summary import Measure, StudySummary, TrainingSummary
 
 if TYPE_CHECKING:
     from welfare_axis.report import Section
@@ -450,91 +451,98 @@ def _slope(slopes: list[dict[str, Any]], vector: str, eval_name: str) -> dict[st
     return None
 
 
-def summarize(runner: StageRunner, cfg: StudyConfig) -> dict[str, Any]:
-    """Headline numbers, trained vs control, with the paper's values beside them."""
+def summarize(runner: StageRunner, cfg: StudyConfig) -> StudySummary:
+    """Headline numbers, trained vs control, with their intervals and nulls and the paper's values beside them."""
     out = runner.outputs
     train = out["train"].result
     rd = out["readouts"]
     ctrl = ReadoutReport.load(rd.dir / rd.result["control"])
     trn = ReadoutReport.load(rd.dir / rd.result["trained"])
+    measures: dict[str, Measure] = {}
 
-    def pair(read: Callable[[ReadoutReport], Any]) -> dict[str, Any]:
-        return {"trained": read(trn), "control": read(ctrl)}
+    def add(
+        section: str,
+        name: str,
+        read: Callable[[ReadoutReport], Any],
+        estimate: Callable[[ReadoutReport], Any] | None = None,
+    ) -> None:
+        measures[name] = Measure(
+            section=section,
+            trained=read(trn),
+            control=read(ctrl),
+            trained_estimate=estimate(trn) if estimate else None,
+            control_estimate=estimate(ctrl) if estimate else None,
+            paper_trained=PAPER.get(f"{name}_trained", ""),
+            paper_control=PAPER.get(f"{name}_control", ""),
+        )
 
-    def probe_score(report: ReadoutReport, task: str) -> float | None:
-        row = report.env_probes.tasks.get(task)
-        return None if row is None else row.score
+    def geometry(attribute: str) -> Callable[[ReadoutReport], Any]:
+        return lambda r: getattr(r.geometry.estimates, attribute) if r.geometry.estimates else None
 
-    summary: dict[str, Any] = {
-        "config": dataclasses.asdict(cfg),
-        "fast": cfg.fast,
-        "model": cfg.model,
-        "training": {k: train.get(k) for k in ("steps", "before", "after", "return_gain")},
-        "geometry": {
-            "cos_min": pair(lambda r: r.geometry.cos_mold_gold.min),
-            "cos_argmin": pair(lambda r: r.geometry.cos_mold_gold.argmin),
-            "cos_avg": pair(lambda r: r.geometry.cos_mold_gold.avg),
-            "cos_min_p": pair(lambda r: r.geometry.estimates and r.geometry.estimates.cos_mold_gold_min.p),
-            "cos_avg_p": pair(lambda r: r.geometry.estimates and r.geometry.estimates.cos_mold_gold_avg.p),
-            "cos_min_ci": pair(
-                lambda r: (
-                    r.geometry.estimates
-                    and [
-                        r.geometry.estimates.cos_mold_gold_min.ci_low,
-                        r.geometry.estimates.cos_mold_gold_min.ci_high,
-                    ]
-                )
-            ),
-            "cos_last_post_norm": pair(
-                lambda r: r.geometry.estimates and r.geometry.estimates.last_layer_post_norm.value
-            ),
-            "centred_mold_gold": pair(lambda r: r.geometry.centred.pairs.get("Mold·Gold")),
-            "path_reference_last_layer": pair(lambda r: r.geometry.path_reference.last_layer),
-        },
-        "logit_lens": {
-            "v_mold_top_raw": pair(lambda r: r.logit_lens.of("Mold").top),
-            "v_gold_bottom_raw": pair(lambda r: r.logit_lens.of("Gold").bottom),
-            "v_mold_failure_auroc": pair(lambda r: r.logit_lens.of("Mold").failure_auroc),
-        },
-        "emotions": {
-            "slope": pair(lambda r: r.emotions.scatter.slope),
-            "r": pair(lambda r: r.emotions.scatter.r),
-        },
-        "tracking": {
-            "maze_d_gold_vector": pair(lambda r: r.tracking.maze_d_gold_vector_at_layer_star),
-            "feedback_d": pair(lambda r: r.tracking.feedback_d_gold_vector_at_layer_star),
-            "control_maze_d_on_v_gold": (ctrl.tracking.maze_d_on_reference_vectors or {}).get("Gold")
-            and ctrl.tracking.maze_d_on_reference_vectors["Gold"].value,
-        },
-        "q_readout": {
-            "spearman_pooled_centred": pair(lambda r: r.q_readout.spearman_pooled_centred),
-            "implicit_reward_spearman": trn.q_readout.implicit_reward_spearman_estimate
-            and trn.q_readout.implicit_reward_spearman_estimate.value,
-        },
-        "env_probes": {
-            task: pair(lambda r, t=task: probe_score(r, t))
-            for task, row in trn.env_probes.tasks.items()
-            if row is not None
-        },
-        "layer_star": trn.extraction.layer_star,
-        "paper": PAPER,
-    }
-    if "forgetting" in out:
-        summary["forgetting"] = out["forgetting"].result
-    if "checkpoint_series" in out:
-        summary["checkpoint_series"] = out["checkpoint_series"].result["headline"]
+    add("geometry", "cos_min", lambda r: r.geometry.cos_mold_gold.min, geometry("cos_mold_gold_min"))
+    add("geometry", "cos_argmin", lambda r: r.geometry.cos_mold_gold.argmin)
+    add("geometry", "cos_avg", lambda r: r.geometry.cos_mold_gold.avg, geometry("cos_mold_gold_avg"))
+    add("geometry", "cos_last_layer_post_norm", lambda r: geometry("last_layer_post_norm")(r)
+        and geometry("last_layer_post_norm")(r).value, geometry("last_layer_post_norm"))  # fmt: skip
+    add("geometry", "centred_mold_gold", lambda r: r.geometry.centred.pairs.get("Mold·Gold"),
+        lambda r: r.geometry.estimates.centred.get("Mold·Gold") if r.geometry.estimates else None)  # fmt: skip
+    add("geometry", "path_reference_last_layer", lambda r: r.geometry.path_reference.last_layer,
+        geometry("path_reference_last"))  # fmt: skip
+    add("logit_lens", "v_mold_top_raw", lambda r: r.logit_lens.of("Mold").top)
+    add("logit_lens", "v_gold_bottom_raw", lambda r: r.logit_lens.of("Gold").bottom)
+    add("logit_lens", "v_mold_failure_auroc", lambda r: r.logit_lens.of("Mold").failure_auroc,
+        lambda r: r.logit_lens.of("Mold").failure_auroc_estimate)  # fmt: skip
+    add("emotions", "slope", lambda r: r.emotions.scatter.slope, lambda r: r.emotions.scatter.slope_estimate)
+    add("emotions", "r", lambda r: r.emotions.scatter.r, lambda r: r.emotions.scatter.r_estimate)
+    add("tracking", "maze_d_gold_vector", lambda r: r.tracking.maze_d_gold_vector_at_layer_star,
+        lambda r: r.tracking.maze_d_gold_estimate)  # fmt: skip
+    add("tracking", "feedback_d", lambda r: r.tracking.feedback_d_gold_vector_at_layer_star,
+        lambda r: r.tracking.feedback_d_gold_estimate)  # fmt: skip
+    on_v = (ctrl.tracking.maze_d_on_reference_vectors or {}).get("Gold")
+    measures["control_maze_d_on_v_gold"] = Measure(
+        section="tracking", trained=None, control=on_v.value if on_v else None, control_estimate=on_v
+    )
+    add("q_readout", "spearman_pooled_centred", lambda r: r.q_readout.spearman_pooled_centred,
+        lambda r: r.q_readout.spearman_pooled_estimate)  # fmt: skip
+    implicit = trn.q_readout.implicit_reward_spearman_estimate
+    measures["implicit_reward_spearman"] = Measure(
+        section="q_readout",
+        trained=implicit.value if implicit else None,
+        control=None,
+        trained_estimate=implicit,
+    )
+    for task, row in trn.env_probes.tasks.items():
+        if row is not None:
+            add("env_probes", task,
+                lambda r, t=task: None if r.env_probes.tasks.get(t) is None else r.env_probes.tasks[t].score)  # fmt: skip
+
+    steering = None
     if "steering" in out:
         slopes = out["steering"].result["slopes"]
-        summary["steering"] = {
+        steering = {
             f"{vec}_{ev}": _slope(slopes, vec, ev)
             for vec in ("v_Mold", "u_Mold", "v_Gold", "u_Gold")
             for ev in cfg.steer_evals
         }
-    return summary
+        steering = json.loads(json.dumps(steering))  # as summary.json holds it (lists, not tuples)
+    return StudySummary(
+        config=json.loads(json.dumps(dataclasses.asdict(cfg), default=str)),
+        fast=cfg.fast,
+        model=cfg.model,
+        training=TrainingSummary.from_dict(
+            {k: train.get(k) for k in ("steps", "before", "after", "return_gain")}
+        ),
+        measures=measures,
+        layer_star=trn.extraction.layer_star,
+        forgetting=out["forgetting"].result if "forgetting" in out else None,
+        checkpoint_series=out["checkpoint_series"].result["headline"] if "checkpoint_series" in out else None,
+        steering=steering,
+        paper=PAPER,
+    )
 
 
 def report_sections(
-    runner: StageRunner, cfg: StudyConfig, summary: dict[str, Any]
+    runner: StageRunner, cfg: StudyConfig, summary: StudySummary
 ) -> tuple[str, list, list[str]]:
     """The report's title, sections (tables and plotly figures) and notes, from the stage outputs."""
     from welfare_axis.report import Section, Table
@@ -560,17 +568,21 @@ def report_sections(
                 chosen.append(fig.update_layout(title=f"{model}: {fig.layout.title.text or name}"))
         return chosen
 
-    def rows(section: Mapping[str, Any]) -> list[dict[str, Any]]:
-        return [{"measure": k, "trained": v.get("trained"), "control": v.get("control"),
-                 "paper trained": PAPER.get(f"{k}_trained", ""), "paper control": PAPER.get(f"{k}_control", "")}
-                for k, v in section.items() if isinstance(v, dict)]  # fmt: skip
+    def rows(section: str) -> list[dict[str, Any]]:
+        def shown(value: Any, estimate: Estimate | None) -> Any:
+            return estimate.text() if estimate is not None else value
+
+        return [{"measure": name, "trained": shown(m.trained, m.trained_estimate),
+                 "control": shown(m.control, m.control_estimate),
+                 "paper trained": m.paper_trained, "paper control": m.paper_control}
+                for name, m in summary.section(section).items()]  # fmt: skip
 
     def eval_row(when: str, e: Mapping[str, Any]) -> dict[str, Any]:
         freq = e.get("action_freq") or {}
         return {"when": when, **{k: v for k, v in e.items() if k != "action_freq"},
                 "actions N/E/S/W": " / ".join(f"{freq.get(a, 0):.2f}" for a in "NESW")}  # fmt: skip
 
-    t = summary["training"]
+    t = summary.training.to_dict()
     sections = [
         Section(
             "Training",
@@ -594,7 +606,7 @@ def report_sections(
         Section(
             "Geometry of the reward vectors",
             text="Per-layer cos(v_Mold, v_Gold) for the trained model (v) and the untrained control (u).",
-            tables=[Table("headline", rows(summary["geometry"]))],
+            tables=[Table("headline", rows("geometry"))],
             figures=[
                 layer_cosine_curves(
                     {
@@ -606,24 +618,24 @@ def report_sections(
         ),  # fmt: skip
         Section(
             "Logit lens",
-            tables=[Table("top / bottom tokens and failure-token AUROC", rows(summary["logit_lens"]))],
+            tables=[Table("top / bottom tokens and failure-token AUROC", rows("logit_lens"))],
             figures=readout_figures(("trained", "logit_lens_mold"), ("trained", "logit_lens_gold")),
         ),
-        Section("Emotion alignment", tables=[Table("scatter slope and r", rows(summary["emotions"]))],
+        Section("Emotion alignment", tables=[Table("scatter slope and r", rows("emotions"))],
                 figures=readout_figures(("trained", "emotion_scatter"), ("control", "emotion_scatter"))),
-        Section("Tracking", tables=[Table("Cohen's d", rows(summary["tracking"]))],
+        Section("Tracking", tables=[Table("Cohen's d", rows("tracking"))],
                 figures=[layer_cosine_curves(
                     {"trained v_Gold": dict(enumerate(trn.tracking.maze_d_gold_vector_by_layer)),
                      "control u_Gold": dict(enumerate(ctrl.tracking.maze_d_gold_vector_by_layer))},
                     title="maze tracking: Cohen's d of Gold-final vs Mold-final projections, by layer",
                     y_title="Cohen's d", y_range=None)]),
-        Section("Logits as Q-values", tables=[Table("Spearman(Q̂, true Q)", rows(summary["q_readout"]))],
+        Section("Logits as Q-values", tables=[Table("Spearman(Q̂, true Q)", rows("q_readout"))],
                 figures=readout_figures(("trained", "q_scatter"))),
-        Section("Environment probes", tables=[Table("best-layer probe score", rows(summary["env_probes"]))],
+        Section("Environment probes", tables=[Table("best-layer probe score", rows("env_probes"))],
                 figures=readout_figures(("trained", "probe_accuracy"))),
     ]  # fmt: skip
-    if "forgetting" in summary:
-        f = summary["forgetting"]
+    if summary.forgetting is not None:
+        f = summary.forgetting
         sections.append(Section("Forgetting", tables=[Table("non-target capability", [
             {"when": k, **f[k]} for k in ("before", "after")] + [{"when": "drop", **f["drop"]}])]))  # fmt: skip
     if "steering" in out:
@@ -708,7 +720,7 @@ def frozen_layers_note(
 # ======================================================================================================
 
 
-def run_study(cfg: StudyConfig, out: str | Path) -> dict[str, Any]:
+def run_study(cfg: StudyConfig, out: str | Path) -> StudySummary:
     """Run (or resume) every stage of the study into ``out``; returns the summary."""
     runner = StageRunner(out)
     write_json(Path(out) / "study_config.json", dataclasses.asdict(cfg))
@@ -736,7 +748,7 @@ def run_study(cfg: StudyConfig, out: str | Path) -> dict[str, Any]:
         how = "cached" if result.cached else f"{time.perf_counter() - start:.0f} s"
         print(f"[welfare-axis] stage {name} done ({how})", flush=True)
     summary = summarize(runner, cfg)
-    write_json(Path(out) / "summary.json", summary)
+    write_json(Path(out) / "summary.json", summary.to_dict())
     title, sections, notes = report_sections(runner, cfg, summary)
     pngs, skipped = export_figures(sections, Path(out) / "figures")
     if skipped:

@@ -30,15 +30,14 @@ def _run(args: argparse.Namespace) -> int:
     cfg = StudyConfig.from_overrides(cfg, _parse_set(args.set))
     out = Path(args.out or f"runs/{args.preset}{'-fast' if cfg.fast and args.preset != 'fast' else ''}")
     summary = run_study(cfg, out)
-    g = summary["geometry"]
     print(f"\nreport: {out / 'report.html'}\nsummary: {out / 'summary.json'}")
-    p = g.get("cos_min_p", {})
+    cos = summary.measure("cos_min")
 
-    def with_p(which: str) -> str:
-        value = f"{g['cos_min'][which]:+.3f}"
-        return value if p.get(which) is None else f"{value} (permutation p {p[which]:.3f})"
+    def shown(value: float, estimate) -> str:
+        return f"{value:+.3f}" if estimate is None else estimate.text()
 
-    print(f"min cos(v_Mold, v_Gold): trained {with_p('trained')}, control {with_p('control')}")
+    print(f"min cos(v_Mold, v_Gold): trained {shown(cos.trained, cos.trained_estimate)}, "
+          f"control {shown(cos.control, cos.control_estimate)}")  # fmt: skip
     return 0
 
 

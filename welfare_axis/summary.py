@@ -1,0 +1,103 @@
+"""A study's headline numbers as typed objects: what ``summary.json`` holds and what compare and the report read.
+
+A :class:`StudySummary` has the training result (:class:`TrainingSummary`) and one :class:`Measure` per
+headline number: the trained model's value (v) beside the untrained control's (u), each with its 95%
+interval and permutation null where the readout gives one (``probes.readouts.Estimate``), and the paper's
+values. Measures are grouped by ``section`` (geometry, logit lens, emotions, tracking, logit-as-Q,
+environment probes) and read by name::
+
+    summary = StudySummary.load("runs/default")
+    summary.measure("cos_min").trained, summary.measure("cos_min").trained_estimate.p
+
+Example:
+    >>> m = Measure(section="geometry", trained=-0.8, control=-0.5)
+    >>> Measure.from_dict(m.to_dict()) == m
+    True
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from probes.readouts import Estimate, Readout
+
+SECTIONS: tuple[str, ...] = ("geometry", "logit_lens", "emotions", "tracking", "q_readout", "env_probes")
+"""The measure sections, in report order."""
+
+
+@dataclass(frozen=True)
+class Measure(Readout):
+    """One headline number: trained (v) and control (u), their uncertainty where measured, the paper's value.
+
+    ``trained``/``control`` are the plain values (a number, a layer, a token list, or None where a run
+    could not measure it); ``*_estimate`` add the interval and the null when the readout has them.
+    """
+
+    section: str
+    trained: Any
+    control: Any
+    trained_estimate: Estimate | None = None
+    control_estimate: Estimate | None = None
+    paper_trained: str = ""
+    paper_control: str = ""
+
+
+@dataclass(frozen=True)
+class ReturnGain(Readout):
+    """Held-out mean return after minus before training, its standard error and z."""
+
+    diff: float
+    se: float
+    z: float
+
+
+@dataclass(frozen=True)
+class TrainingSummary(Readout):
+    """Optimizer steps and the held-out evaluation before and after training (``training.evaluation``)."""
+
+    steps: int
+    before: dict[str, Any] | None = None
+    after: dict[str, Any] | None = None
+    return_gain: ReturnGain | None = None
+
+
+@dataclass(frozen=True)
+class StudySummary(Readout):
+    """Everything ``welfare-axis run`` reports in one object (``summary.json``)."""
+
+    config: dict[str, Any]
+    fast: bool
+    model: str
+    training: TrainingSummary
+    measures: dict[str, Measure]
+    layer_star: dict[str, int]
+    forgetting: dict[str, Any] | None = None
+    checkpoint_series: dict[str, Any] | None = None
+    steering: dict[str, dict[str, Any] | None] | None = None
+    """Dose-response slope rows by ``"{vector}_{eval}"`` (``steering.stats``), None where not swept."""
+    paper: dict[str, str] = field(default_factory=dict)
+
+    def measure(self, name: str) -> Measure:
+        """The measure called ``name``; a KeyError lists the names there are."""
+        if name not in self.measures:
+            raise KeyError(f"no measure {name!r}; this summary has {sorted(self.measures)}")
+        return self.measures[name]
+
+    def section(self, section: str) -> dict[str, Measure]:
+        """The measures of one section, in order."""
+        return {name: m for name, m in self.measures.items() if m.section == section}
+
+    @classmethod
+    def load(cls, run: str | os.PathLike[str]) -> StudySummary:
+        """Read ``<run>/summary.json`` (or the file itself)."""
+        path = Path(run)
+        path = path / "summary.json" if path.is_dir() else path
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{path.parent} has no summary.json: run `welfare-axis run --out {path.parent}` to finish it first"
+            )
+        return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
