@@ -10,13 +10,8 @@ import numpy as np
 import pytest
 
 from probes.models import tiny_model
-from probes.readout_report import (
-    ReportSettings,
-    load_figures,
-    markdown_tables,
-    readout_report,
-    uncertainty_table,
-)
+from probes.readout_markdown import markdown_tables, uncertainty_table
+from probes.readout_report import ReportSettings, load_figures, readout_report
 from probes.readouts import ReadoutReport
 
 SECTIONS = [

@@ -1,5 +1,8 @@
 """Data-parallel training under ``torch.distributed``: process groups, seed shards, DDP/FSDP, rank-0 I/O.
 
+(Just over 600 lines: every collective the trainer makes lives here, so that a one-process run can make
+them all no-ops in one place.)
+
 Launch any training script with ``torchrun --nproc_per_node=N`` or ``accelerate launch`` (both set
 ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``). :func:`init` joins the process group (gloo on CPU,
 NCCL on CUDA). A plain ``python`` run gets a one-process context, and every helper here is then a

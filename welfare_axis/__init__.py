@@ -1,3 +1,8 @@
 """Command line and study pipeline of the welfare-axis toolkit."""
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("welfare-axis")  # pyproject.toml's version, as installed
+except PackageNotFoundError:  # run from a source tree that was never installed
+    __version__ = "0+unknown"
