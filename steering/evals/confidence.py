@@ -5,16 +5,8 @@ Phase 0 (unsteered): a greedy answer to each question. Phase 1: render
 steering on during that pass (by default at every assistant-turn token, the paper's rule). Read the
 logits of the first token of ``"True"`` and ``"False"`` at the last position:
 ``P(True) = P(True) / (P(True) + P(False)) = sigmoid(logit_True - logit_False)``. Correctness of the
-phase-0 answer is graded against the QA answers and aliases (lower-cased, accents stripped, whole phrase
-in the first line or sentence).
-
-Example:
-    >>> grade_answer("The capital of France is Paris. It is large.", ["Paris"])
-    True
-    >>> grade_answer("Brasilia, I think", ["Brasília", "Brasilia"])
-    True
-    >>> grade_answer("I believe it is Lyon.\\nParis is bigger.", ["Paris"])
-    False
+phase-0 answer is graded against the QA answers and aliases by the toolkit's one grader,
+``probes.grading.grade_answer`` (lower-cased, accents stripped, whole phrase in the first line or sentence).
 """
 
 from __future__ import annotations
