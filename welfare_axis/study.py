@@ -488,6 +488,14 @@ def summarize(runner: StageRunner, cfg: StudyConfig) -> StudySummary:
         lambda r: r.geometry.estimates.centred.get("Mold·Gold") if r.geometry.estimates else None)  # fmt: skip
     add("geometry", "path_reference_last_layer", lambda r: r.geometry.path_reference.last_layer,
         geometry("path_reference_last"))  # fmt: skip
+    rotation = vector_rotation(
+        rd.dir / rd.result["vectors"]["trained"], rd.dir / rd.result["vectors"]["control"]
+    )
+    for concept in ("Mold", "Gold"):  # 1: training left the vector where it was (v = u)
+        star = trn.extraction.layer_star[concept]
+        measures[f"cos_v_u_{concept.lower()}_at_layer_star"] = Measure(
+            section="geometry", trained=round(rotation[concept][star], 6), control=None
+        )
     add("logit_lens", "v_mold_top_raw", lambda r: r.logit_lens.of("Mold").top)
     add("logit_lens", "v_gold_bottom_raw", lambda r: r.logit_lens.of("Gold").bottom)
     add("logit_lens", "v_mold_failure_auroc", lambda r: r.logit_lens.of("Mold").failure_auroc,
@@ -605,7 +613,9 @@ def report_sections(
         ),
         Section(
             "Geometry of the reward vectors",
-            text="Per-layer cos(v_Mold, v_Gold) for the trained model (v) and the untrained control (u).",
+            text="Per-layer cos(v_Mold, v_Gold) for the trained model (v) and the untrained control (u); and "
+            "cos(v, u) per layer: where it is 1, training did not move the vector and v and u cannot differ "
+            "in any readout there (below the adapted layers it is 1 by construction).",
             tables=[Table("headline", rows("geometry"))],
             figures=[
                 layer_cosine_curves(
@@ -613,7 +623,11 @@ def report_sections(
                         "trained v": dict(enumerate(trn.geometry.cos_mold_gold.by_layer)),
                         "control u": dict(enumerate(ctrl.geometry.cos_mold_gold.by_layer)),
                     }
-                )
+                ),
+                layer_cosine_curves(
+                    vector_rotation(rd.dir / rd.result["vectors"]["trained"], rd.dir / rd.result["vectors"]["control"]),
+                    title="cos(v, u) per layer: how far training moved each vector",
+                ),
             ] + readout_figures(("trained", "centred_geometry"), ("control", "centred_geometry")),
         ),  # fmt: skip
         Section(
@@ -675,6 +689,14 @@ def report_sections(
     if frozen:
         notes.append(frozen)
     return f"welfare-axis study: {cfg.model}, {cfg.algo}, tiles {cfg.tiles}", sections, notes
+
+
+def vector_rotation(trained_dir: Path, control_dir: Path) -> dict[str, dict[int, float]]:
+    """``{"Mold": {layer: cos(v, u)}, "Gold": ...}`` from the vectors a readouts stage saved."""
+    return {
+        concept: ConceptVector.load(trained_dir / concept).cosine(ConceptVector.load(control_dir / concept))
+        for concept in ("Mold", "Gold")
+    }
 
 
 def maze_view(run_dir: Path) -> list:
