@@ -173,3 +173,25 @@ def test_the_control_can_be_steered_at_its_own_layer_star(tiny_study):
         assert rows and {r["layer"] for r in rows} == {own}
         assert (out / "stages" / "steering" / steering["control_sweeps"][concept]).is_file()
     run_study(cfg, out)  # back to the default for the other tests
+
+
+def test_the_learn_preset_trains_the_cpu_recipes_tbrm_on_every_layer():
+    from pathlib import Path
+
+    from training.config import recipe_args
+
+    args = StudyConfig.preset("learn").train_args(Path("run"))
+    recipe = recipe_args("cpu", algo="tbrm")
+    assert args.algo == "tbrm" and args.lora_layers is None  # every layer adapted: v can differ from u
+    for key in (
+        "steps",
+        "lr",
+        "tbrm_beta",
+        "curriculum_steps",
+        "curriculum_scale",
+        "minibatches",
+        "eval_episodes",
+    ):
+        assert getattr(args, key) == getattr(recipe, key), key
+    with pytest.raises(ValueError, match="train_sizes"):
+        StudyConfig.from_overrides(StudyConfig(), {"train_sizes": "huge"}).train_args(Path("run"))

@@ -87,6 +87,10 @@ class StudyConfig:
     """lora or full fine-tuning."""
     train_recipe: str = "cpu"
     """training.train preset the run starts from."""
+    train_sizes: str = "study"
+    """study: the recipe's settings under the study's small sizes (:data:`STUDY_TRAIN`, 3 steps); recipe:
+    the training recipe itself, with its per-algorithm values (the CPU recipe's TBRM learns the maze),
+    under ``train_overrides``. Fast mode always uses :data:`FAST_TRAIN`."""
     train_steps: int | None = None
     """Override the preset's number of optimisation steps."""
     train_overrides: dict[str, Any] = field(default_factory=dict)
@@ -153,11 +157,15 @@ class StudyConfig:
         overrides: dict[str, Any] = {"model": self.model, "algo": self.algo, "tiles": self.tiles,
                                      "finetune": self.finetune, "seed": self.seed, "out": str(out),
                                      "system_prompt": self.system_prompt}  # fmt: skip
-        overrides.update(FAST_TRAIN if self.fast else STUDY_TRAIN)
+        if self.train_sizes not in ("study", "recipe"):
+            raise ValueError(f"train_sizes must be study or recipe; got {self.train_sizes!r}")
+        from_recipe = self.train_sizes == "recipe" and not self.fast
+        if not from_recipe:
+            overrides.update(FAST_TRAIN if self.fast else STUDY_TRAIN)
         if self.train_steps is not None:
             overrides["steps"] = self.train_steps
         overrides.update(self.train_overrides)
-        return recipe_args(self.train_recipe, per_algorithm=False, **overrides)
+        return recipe_args(self.train_recipe, per_algorithm=from_recipe, **overrides)
 
 
 _STUDY_OPTIMISER = {"lr": 2e-4, "anneal_fraction": 1.0, "minibatches": 1, "temperature": 0.7,
@@ -218,6 +226,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     "iterative-sft": {"algo": "iterative_sft"},
     "reinforce": {"algo": "reinforce"},
     "tbrm": {"algo": "tbrm"},
+    # A model that learns (issue 17): the CPU recipe's TBRM as it is (6 single-turn steps of 192 states,
+    # 64 held-out 15-turn mazes before and after), with LoRA on every layer so v can differ from u wherever
+    # it is read.
+    "learn": {"algo": "tbrm", "train_sizes": "recipe", "train_overrides": {"lora_layers": None}},
     "full-ft": {"finetune": "full"},
     "steer-trained": {"steer_model": "trained"},
     # App. G: the vectors at every checkpoint (every 2nd step kept; fast mode: steps 2 and 3).
