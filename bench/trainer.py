@@ -69,7 +69,6 @@ if not __package__:  # run as a file: drop bench/ from sys.path so it cannot sha
     sys.path.insert(0, str(_here.parent))
 
 import argparse
-import resource
 import statistics
 import tempfile
 import time
@@ -79,6 +78,7 @@ import torch
 
 from maze_env import MazeConfig
 from probes.models import resolve_autocast
+from probes.resources import peak_rss_gb
 from training.rollout import EpisodeBatch, collect_episodes
 
 MODEL = "smollm2-135m-instruct"
@@ -93,10 +93,6 @@ def load(name: str):
     if name.startswith("tiny-"):
         return tiny_model(name.removeprefix("tiny-"), seed=0)
     return load_model(name, device="cpu", dtype="float32")
-
-
-def peak_rss_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9  # ru_maxrss is KiB on Linux
 
 
 def log(message: str) -> None:

@@ -107,6 +107,7 @@ from probes.readouts import (
     ValenceAxisSummary,
 )
 from probes.record import capture
+from probes.resources import peak_rss_gb
 from probes.selection import best_mean_auroc_layer, select_layer
 from probes.sentiment import labelled_sentiment_axis, load_sentiment, prompt_sentiment_axis
 from probes.tracking import (
@@ -291,6 +292,7 @@ def readout_report(
     config = config_for_tiles(s.tiles, size=s.maze_size, n_turns=s.n_turns)
     n_layers = _layers.n_layers(model)
     timings: dict[str, float] = {}
+    peak_rss: dict[str, float] = {}
     clock = time.perf_counter()
 
     def lap(name: str) -> None:
@@ -298,8 +300,12 @@ def readout_report(
         now = time.perf_counter()
         timings[name] = round(now - clock, 2)
         clock = now
+        peak_rss[name] = round(peak_rss_gb(), 3)
         if s.progress:
-            print(f"readout_report: {name} done in {timings[name]:.0f} s", flush=True)
+            print(
+                f"readout_report: {name} done in {timings[name]:.0f} s (peak RSS {peak_rss[name]:.1f} GB)",
+                flush=True,
+            )
 
     sections: dict[str, Any] = {}
 
@@ -662,9 +668,10 @@ def readout_report(
         d_model=_layers.d_model(model),
         settings={k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(s).items()},
         timings_s=timings,
+        peak_rss_gb=peak_rss,
         **sections,
     )
-    _finite_tree({k: v for k, v in report.to_dict().items() if k != "timings_s"})
+    _finite_tree({k: v for k, v in report.to_dict().items() if k not in ("timings_s", "peak_rss_gb")})
     if s.out is not None:
         out = Path(s.out)
         figures_path = out.with_name(out.stem + ".figures.json")

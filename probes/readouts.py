@@ -393,6 +393,9 @@ class ReadoutReport(Readout):
     q_readout: QReadoutSummary
     env_probes: EnvProbes
     timings_s: dict[str, float] = field(default_factory=dict)
+    peak_rss_gb: dict[str, float] = field(default_factory=dict)
+    """The process's peak resident memory when each stage finished (``ru_maxrss``: it only grows), to see
+    which stage sets the peak."""
     figures: str | None = None
     """The figures file written beside the report JSON (``load_figures`` reads it), if any."""
 

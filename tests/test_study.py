@@ -47,6 +47,13 @@ def test_study_fills_every_section(tiny_study):
     assert summary.steering["v_Gold_sentiment"]["n"] > 0 and summary.steering["u_Gold_sentiment"]["n"] > 0
     with pytest.raises(KeyError, match="no measure 'cos'"):
         summary.measure("cos")
+    from probes.readouts import ReadoutReport
+
+    trained = ReadoutReport.load(out / "stages" / "readouts" / "readouts_trained.json")
+    control = ReadoutReport.load(out / "stages" / "readouts" / "readouts_control.json")
+    # the paper's common ground: one emotion basis (the untrained model's), read at the trained layer
+    assert trained.emotions.basis_model == control.emotions.basis_model == control.model
+    assert control.emotions.scatter.layer == trained.extraction.best_mean_auroc_layer
     html = (out / "report.html").read_text()
     for title in ("Training", "Geometry", "Logit lens", "Emotion alignment", "Tracking", "Logits as Q-values",
                   "Environment probes", "Forgetting", "Steering", "FAST MODE"):  # fmt: skip
