@@ -82,6 +82,7 @@ from probes.resources import peak_rss_gb
 from training.rollout import EpisodeBatch, collect_episodes
 
 MODEL = "smollm2-135m-instruct"
+CPU = torch.device("cpu")
 LINEAR_LAYERS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 """Every linear layer of a Llama decoder block: peft's "all-linear" for these models, spelled out."""
 
@@ -122,22 +123,32 @@ def matmul_peak_gflops(dtype: torch.dtype, n: int = 2048, reps: int = 5) -> floa
 # ----------------------------------------------------------------------------------------------------
 
 
-def naive_rollout_seconds(model, tokenizer, episodes: EpisodeBatch, *, autocast: bool) -> float:
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA runs asynchronously), so a timer reads finished work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def naive_rollout_seconds(
+    model, tokenizer, episodes: EpisodeBatch, *, autocast: bool, device: torch.device = CPU
+) -> float:
     """Per turn: re-render every conversation in full and ``generate(max_new_tokens=1)`` without cache reuse.
 
     Replays ``episodes``' conversations (the sampled token is discarded; the recorded move is taken), so
-    the work is that of a per-turn ``generate`` loop over the same episodes.
+    the work is that of a per-turn ``generate`` loop over the same episodes. On CUDA the timer waits for
+    the device at both ends.
     """
     tokenizer.padding_side = "left"
     n_turns = episodes.n_turns
+    sync(device)
     start = time.perf_counter()
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
         for t in range(n_turns):
             texts = [
                 tokenizer.apply_chat_template(m[: 2 * t + 1], tokenize=False, add_generation_prompt=True)
                 for m in episodes.messages
             ]
-            enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+            enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
             model.generate(
                 **enc,
                 max_new_tokens=1,
@@ -147,6 +158,7 @@ def naive_rollout_seconds(model, tokenizer, episodes: EpisodeBatch, *, autocast:
                 top_p=1.0,
                 pad_token_id=tokenizer.pad_token_id,
             )
+    sync(device)
     return time.perf_counter() - start
 
 
@@ -247,8 +259,13 @@ def training_flops(model, policy, episodes: EpisodeBatch) -> dict[str, float]:
 # ----------------------------------------------------------------------------------------------------
 
 
-def run_trl_interleaved(ours: TrainerStep, tokenizer, *, reps: int, bf16: bool) -> dict[str, Any]:
+def run_trl_interleaved(
+    ours: Any, tokenizer, *, reps: int, bf16: bool, device: torch.device = CPU
+) -> dict[str, Any]:
     """TRL's GRPOTrainer on ``ours``' model and adapter, with one of our steps after each TRL step.
+
+    ``ours`` is a :class:`TrainerStep` (or anything with its ``policy``, ``args``, ``episodes`` and a call
+    that runs one step). On CUDA, ``use_cpu`` is off and every timing edge waits for the device.
 
     Interleaving exposes both to the same background load on a shared machine. TRL's step window runs
     from ``on_step_begin`` to ``on_step_end``; its ``_prepare_inputs`` (generation + rewards) is
@@ -268,6 +285,7 @@ def run_trl_interleaved(ours: TrainerStep, tokenizer, *, reps: int, bf16: bool) 
     original_enter, original_log = context.__enter__, context._log_metrics
 
     def enter(self):
+        sync(device)
         self._cpu_start = time.process_time()
         return original_enter(self)
 
@@ -282,9 +300,11 @@ def run_trl_interleaved(ours: TrainerStep, tokenizer, *, reps: int, bf16: bool) 
 
     class StepTimer(TrainerCallback):
         def on_step_begin(self, args, state, control, **kwargs):
+            sync(device)
             self.wall, self.cpu = time.perf_counter(), time.process_time()
 
         def on_step_end(self, args, state, control, **kwargs):
+            sync(device)
             end, cpu = time.perf_counter(), time.process_time()
             inside = [(w, c) for t, w, c in prepared if self.wall <= t <= end]
             step = {
@@ -338,7 +358,7 @@ def run_trl_interleaved(ours: TrainerStep, tokenizer, *, reps: int, bf16: bool) 
             epsilon=args.clip_eps,
             bf16=bf16,
             gradient_checkpointing=False,  # TRL's GRPO default is True; our trainer does not checkpoint
-            use_cpu=True,
+            use_cpu=device.type == "cpu",
             report_to=[],
             logging_steps=1,
             save_strategy="no",

@@ -169,6 +169,7 @@ def test_the_control_can_be_steered_at_its_own_layer_star(tiny_study):
     from probes.readouts import ReadoutReport
 
     cfg, out, _ = tiny_study
+    run_study(cfg, out)  # the default first: the option alone must rerun the steering stage
     run_study(StudyConfig.from_overrides(cfg, {"control_layer": "own"}), out)
     steering = json.loads((out / "stages" / "steering" / "stage.json").read_text())["result"]
     control = ReadoutReport.load(out / "stages" / "readouts" / "readouts_control.json")

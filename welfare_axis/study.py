@@ -693,7 +693,10 @@ def report_sections(
     if "checkpoint_series" in out:
         sections.append(checkpoint_series_section(runner))
     notes = (
-        ["FAST MODE: small settings for a quick look; numbers are noisy and not comparable to the paper."]
+        [
+            "FAST MODE: a pipeline check. Its 3 short training steps do not teach the maze and its readouts use a "
+            "few trajectories per class: the numbers test the code, not the paper."
+        ]
         if cfg.fast
         else []
     )
@@ -772,7 +775,7 @@ def run_study(cfg: StudyConfig, out: str | Path) -> StudySummary:
         "train": train_stage_settings(cfg),
         "forgetting": {"qa": cfg.forgetting_qa, "texts": cfg.forgetting_texts, "seed": cfg.seed},
         "readouts": {"n_per_class": cfg.n_per_class, "scale": cfg.readout_scale, "seed": cfg.seed},
-        "steering": {k: getattr(cfg, k) for k in ("steer_model", "steer_evals", "alphas", "n_prompts", "n_samples", "max_new_tokens", "seed")},
+        "steering": {k: getattr(cfg, k) for k in ("steer_model", "steer_evals", "alphas", "n_prompts", "n_samples", "max_new_tokens", "seed", "control_layer")},
         "checkpoint_series": series_settings(cfg),
     }  # fmt: skip
     for name, fn, depends, resumable in stages:
