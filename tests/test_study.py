@@ -33,6 +33,14 @@ def tiny_study(tmp_path_factory):
 def test_study_fills_every_section(tiny_study):
     cfg, out, summary = tiny_study
     assert summary.fast is True and summary.training.steps == 3
+    import numpy as np
+
+    evals = json.loads((out / "stages" / "train" / "run" / "eval.json").read_text())
+    diff = np.array(evals["after"]["returns"]) - np.array(evals["before"]["returns"])
+    gain = summary.training.return_gain  # paired by maze: the same held-out mazes before and after
+    assert gain.paired and gain.diff == pytest.approx(diff.mean())
+    assert gain.se == pytest.approx(diff.std(ddof=1) / np.sqrt(len(diff)))
+    assert summary.study_minutes > 0 and set(summary.stage_seconds) >= {"train", "readouts", "steering"}
     for section in ("geometry", "logit_lens", "emotions", "tracking", "q_readout", "env_probes"):
         assert summary.section(section), section
     assert summary.forgetting and summary.steering

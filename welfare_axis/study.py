@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -39,6 +38,7 @@ from steering.stats import dose_response_slopes, summarize_cells
 from steering.sweep import SweepConfig, load_records, run_sweep
 from training import Args, load_base_model, load_trained, main, recipe_args
 from training.episodes import load_episodes
+from training.evaluation import EvalResult, compare_evals
 from welfare_axis.report import export_figures, render_report
 from welfare_axis.stages import StageRunner
 from welfare_axis.summary import Measure, StudySummary, TrainingSummary
@@ -273,9 +273,12 @@ def stage_train(cfg: StudyConfig, work: Path) -> dict[str, Any]:
     out: dict[str, Any] = {"run": "run", "steps": result.steps_done, "before": before, "after": after,
                            "train_args": dataclasses.asdict(args) | {"out": "run"}}  # fmt: skip
     if before and after:
-        diff = after["mean_return"] - before["mean_return"]
-        se = math.sqrt(after["stderr_return"] ** 2 + before["stderr_return"] ** 2)
-        out["return_gain"] = {"diff": diff, "se": se, "z": diff / se if se > 0 else float("inf")}
+        gain = compare_evals(EvalResult(**evals["before"]), EvalResult(**evals["after"]))
+        paired = "stderr_diff_paired" in gain  # the same held-out mazes before and after
+        se = gain["stderr_diff_paired"] if paired else gain["stderr_diff_unpaired"]
+        out["return_gain"] = {"diff": gain["return_diff"], "se": se, "z": gain["return_diff"] / se if se > 0
+                              else float("inf"), "paired": paired, "gold_diff": gain["gold_diff"],
+                              "mold_diff": gain["mold_diff"]}  # fmt: skip
     return out
 
 
@@ -558,6 +561,7 @@ def summarize(runner: StageRunner, cfg: StudyConfig) -> StudySummary:
         checkpoint_series=out["checkpoint_series"].result["headline"] if "checkpoint_series" in out else None,
         steering=steering,
         paper=PAPER,
+        stage_seconds={name: round(stage.seconds, 1) for name, stage in out.items()},
     )
 
 
@@ -613,6 +617,12 @@ def report_sections(
                     f"{t['after']['mean_return']:+.2f} ± {t['after']['stderr_return']:.2f}"
                     if t.get("before") and t.get("after")
                     else "not evaluated"
+                )
+                + (
+                    f"; gain {g['diff']:+.2f} ± {g['se']:.2f} ({'paired by maze' if g.get('paired') else 'unpaired'}"
+                    f" z {g['z']:.1f}; Gold {g['gold_diff']:+.2f}, Mold {g['mold_diff']:+.2f} per episode)."
+                    if (g := t.get("return_gain")) and g.get("gold_diff") is not None
+                    else "."
                 )
             ),  # fmt: skip
             tables=[

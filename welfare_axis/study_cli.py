@@ -38,6 +38,12 @@ def _run(args: argparse.Namespace) -> int:
 
     print(f"min cos(v_Mold, v_Gold): trained {shown(cos.trained, cos.trained_estimate)}, "
           f"control {shown(cos.control, cos.control_estimate)}")  # fmt: skip
+    gain = summary.training.return_gain
+    if gain is not None:
+        print(f"training gain on held-out mazes: {gain.diff:+.1f} ± {gain.se:.1f} (z {gain.z:.1f})")
+    print(
+        f"BENCH study_minutes {summary.study_minutes:.1f} <=30{' (fast: a pipeline check)' if summary.fast else ''}"
+    )
     return 0
 
 

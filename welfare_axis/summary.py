@@ -48,11 +48,15 @@ class Measure(Readout):
 
 @dataclass(frozen=True)
 class ReturnGain(Readout):
-    """Held-out mean return after minus before training, its standard error and z."""
+    """Held-out mean return after minus before training, its standard error and z: paired by maze when
+    both evaluations played the same mazes (``training.evaluation.compare_evals``), else unpaired."""
 
     diff: float
     se: float
     z: float
+    paired: bool = False
+    gold_diff: float | None = None
+    mold_diff: float | None = None
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,13 @@ class StudySummary(Readout):
     steering: dict[str, dict[str, Any] | None] | None = None
     """Dose-response slope rows by ``"{vector}_{eval}"`` (``steering.stats``), None where not swept."""
     paper: dict[str, str] = field(default_factory=dict)
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    """Each stage's own run time (a cached stage keeps the time it took when it ran)."""
+
+    @property
+    def study_minutes(self) -> float:
+        """The whole study's compute time: the sum of its stages' run times, in minutes."""
+        return sum(self.stage_seconds.values()) / 60
 
     def measure(self, name: str) -> Measure:
         """The measure called ``name``; a KeyError lists the names there are."""
