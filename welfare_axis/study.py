@@ -226,9 +226,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     "iterative-sft": {"algo": "iterative_sft"},
     "reinforce": {"algo": "reinforce"},
     "tbrm": {"algo": "tbrm"},
-    # A model that learns (issue 17): the CPU recipe's TBRM as it is (6 single-turn steps of 192 states,
-    # 64 held-out 15-turn mazes before and after), with LoRA on every layer so v can differ from u wherever
-    # it is read.
+    # Toward a model that learns with every layer adapted (issue 17): the CPU recipe's TBRM as it is, with
+    # LoRA on all layers so v can differ from u wherever it is read. Measured (docs/results.md, session 8):
+    # at the recipe's lr it does NOT learn (+2.2 ± 6.8) and forgets (QA 0.36 -> 0.04); its step size needs
+    # retuning for 30 adapted layers.
     "learn": {"algo": "tbrm", "train_sizes": "recipe", "train_overrides": {"lora_layers": None}},
     "full-ft": {"finetune": "full"},
     "steer-trained": {"steer_model": "trained"},
