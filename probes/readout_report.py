@@ -517,6 +517,11 @@ def readout_report(
     maze_mold = tracking_from_activations(v_mold, final["Gold"], final["Mold"], labels=labels)
     on_reference: dict[str, Estimate] = {}
     for concept, vector in (tracking_vectors or {}).items():
+        if len(vector.layers) != 1:
+            raise ValueError(
+                f"tracking_vectors[{concept!r}] has layers {vector.layers}; pass each vector selected to the one "
+                "layer to read, e.g. v.select([layer_star])"
+            )
         (layer,) = vector.layers
         on_ref = tracking_from_activations(vector, final["Gold"], final["Mold"], labels=labels)
         on_reference[concept] = Estimate.of(
