@@ -191,7 +191,7 @@ def test_the_control_can_be_steered_at_its_own_layer_star(tiny_study):
     run_study(cfg, out)  # back to the default for the other tests
 
 
-def test_the_learn_preset_trains_the_cpu_recipes_tbrm_on_every_layer():
+def test_the_learn_preset_trains_the_cpu_recipes_tbrm_on_every_layer_at_a_quarter_of_its_lr():
     from pathlib import Path
 
     from training.config import recipe_args
@@ -201,7 +201,6 @@ def test_the_learn_preset_trains_the_cpu_recipes_tbrm_on_every_layer():
     assert args.algo == "tbrm" and args.lora_layers is None  # every layer adapted: v can differ from u
     for key in (
         "steps",
-        "lr",
         "tbrm_beta",
         "curriculum_steps",
         "curriculum_scale",
@@ -209,5 +208,6 @@ def test_the_learn_preset_trains_the_cpu_recipes_tbrm_on_every_layer():
         "eval_episodes",
     ):
         assert getattr(args, key) == getattr(recipe, key), key
+    assert args.lr == recipe.lr / 4  # a quarter of the recipe's step size: 30 adapted layers, not 8
     with pytest.raises(ValueError, match="train_sizes"):
         StudyConfig.from_overrides(StudyConfig(), {"train_sizes": "huge"}).train_args(Path("run"))
