@@ -726,7 +726,8 @@ def geometry_estimates(
     the final norm (each activation normed first, as the unembedding reads it)."""
     last = _layers.n_layers(model) - 1
     norm = _layers.final_norm(model)
-    device, dtype = _layers.unembed(model).device, _layers.unembed(model).dtype
+    w_u = _layers.unembed(model)
+    device, dtype = w_u.device, w_u.dtype
     with torch.no_grad():
         normed = {
             c: {last: norm(acts[last].to(device=device, dtype=dtype)[:, None, :])[:, 0].float().cpu()}
