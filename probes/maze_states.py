@@ -46,6 +46,7 @@ from maze_env.text import episode_messages, render_chat
 from probes import layers as _layers
 from probes import positions as _positions
 from probes.record import record
+from probes.resources import release_freed_memory
 from probes.tokens import direction_token_ids
 
 Message = dict[str, str]
@@ -489,6 +490,8 @@ def read_decisions(
         logits_out.append(logits[:, ids_t].float().cpu())
         for layer in chosen:
             acts[layer].append(got[layer].float().cpu())
+        del hidden, picked, logits, encoded
+        release_freed_memory()
     direction_logits = torch.cat(logits_out)
     activations = {layer: torch.cat(parts) for layer, parts in acts.items()}
     for layer, tensor in activations.items():

@@ -45,6 +45,7 @@ from torch import Tensor, nn
 from probes import layers as _layers
 from probes import positions as _positions
 from probes.positions import Message, Position
+from probes.resources import release_freed_memory
 
 Backend = Literal["hooks", "nnsight", "transformer_lens"]
 BACKENDS: tuple[str, ...] = ("hooks", "nnsight", "transformer_lens")
@@ -456,6 +457,8 @@ def capture(
                 got = _run_bridge(bridge, encoded, chosen, site, position, assistant)
             for layer in chosen:
                 per_layer[layer].append(got[layer].to(device="cpu", dtype=dtype))
+            del got, encoded
+            release_freed_memory()
 
     result: dict[int, Tensor] = {}
     inverse = torch.empty(len(order), dtype=torch.long)

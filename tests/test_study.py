@@ -109,7 +109,8 @@ def test_bad_settings_get_clear_errors(tmp_path, capsys):
         "gemma",
         "sft",
         "reinforce",
-        "tbrm",
+        "tbrm-short",
+        "short",
         "iterative-sft",
         "full-ft",
     }
@@ -141,26 +142,29 @@ def test_frozen_layers_note_only_when_a_selected_layer_is_below_the_adapted_ones
 def test_default_study_sizes_and_their_precedence(tmp_path):
     from welfare_axis import study
 
-    args = StudyConfig().train_args(tmp_path)
+    args = StudyConfig.preset("short").train_args(tmp_path)
     assert (args.recipe, args.steps, args.eval_episodes, args.lora_layers) == ("cpu", 3, 24, 16)
     assert args.episodes_per_step == 16 and args.n_turns == 15  # the CPU recipe's episodes
-    # the documented study runs' optimiser settings stay pinned while the CPU recipe moves on
+    # the documented short study runs' optimiser settings stay pinned while the CPU recipe moves on
     pinned = (args.lr, args.temperature, args.entropy_coef, args.minibatches, args.curriculum_steps)
     assert pinned == (2e-4, 0.7, 0.05, 1, 0) and args.checkpoint_every == 8
     fast = StudyConfig.preset("fast").train_args(tmp_path)
-    assert (fast.checkpoint_every, fast.lr, fast.curriculum_steps, fast.n_turns) == (1, 2e-4, 0, 5)
-    sft = StudyConfig.from_overrides(StudyConfig(), {"algo": "sft"}).train_args(tmp_path)
-    assert (sft.lr, sft.minibatches, sft.sft_targets) == (2e-4, 1, "expert")
-    tbrm = StudyConfig.preset("tbrm").train_args(tmp_path)  # not the CPU recipe's single-turn TBRM recipe
+    assert (fast.checkpoint_every, fast.lr, fast.curriculum_steps, fast.n_turns) == (1, 5e-4, 0, 5)
+    assert (fast.algo, fast.lora_layers) == ("tbrm", None)  # the default's algorithm, at fast sizes
+    sft = StudyConfig.preset("sft").train_args(tmp_path)
+    assert (sft.lr, sft.minibatches, sft.sft_targets, sft.lora_layers) == (2e-4, 1, "expert", 16)
+    tbrm = StudyConfig.preset("tbrm-short").train_args(tmp_path)  # not the CPU recipe's TBRM recipe
     assert (tbrm.algo, tbrm.curriculum_scale, tbrm.update_epochs, tbrm.tbrm_beta) == (
         "tbrm",
         None,
         None,
         10.0,
     )
+    series = StudyConfig.preset("checkpoint-series").train_args(tmp_path)
+    assert (series.lora_layers, series.lr, series.checkpoint_every) == (None, 5e-4, 2)  # the default, kept
     # train_steps beats the study's sizes; train_overrides beat everything
     cfg = StudyConfig.from_overrides(
-        StudyConfig(), {"train_steps": 12, "train_overrides": {"lora_layers": 8}}
+        StudyConfig.preset("short"), {"train_steps": 12, "train_overrides": {"lora_layers": 8}}
     )
     assert (cfg.train_args(tmp_path).steps, cfg.train_args(tmp_path).lora_layers) == (12, 8)
     assert StudyConfig.preset("fast").train_args(tmp_path).steps == study.FAST_TRAIN["steps"]
@@ -191,12 +195,13 @@ def test_the_control_can_be_steered_at_its_own_layer_star(tiny_study):
     run_study(cfg, out)  # back to the default for the other tests
 
 
-def test_the_learn_preset_trains_the_cpu_recipes_tbrm_on_every_layer_at_a_quarter_of_its_lr():
+def test_the_default_study_trains_the_cpu_recipes_tbrm_on_every_layer_at_a_quarter_of_its_lr():
     from pathlib import Path
 
     from training.config import recipe_args
 
-    args = StudyConfig.preset("learn").train_args(Path("run"))
+    args = StudyConfig().train_args(Path("run"))
+    assert StudyConfig.preset("learn") == StudyConfig.preset("default") == StudyConfig()
     recipe = recipe_args("cpu", algo="tbrm")
     assert args.algo == "tbrm" and args.lora_layers is None  # every layer adapted: v can differ from u
     for key in (
@@ -211,3 +216,35 @@ def test_the_learn_preset_trains_the_cpu_recipes_tbrm_on_every_layer_at_a_quarte
     assert args.lr == recipe.lr / 4  # a quarter of the recipe's step size: 30 adapted layers, not 8
     with pytest.raises(ValueError, match="train_sizes"):
         StudyConfig.from_overrides(StudyConfig(), {"train_sizes": "huge"}).train_args(Path("run"))
+
+
+def test_a_shipped_trained_model_is_read_out_and_steered_without_training(tmp_path, monkeypatch):
+    import training as T
+    from training import shipped as S
+    from welfare_axis import study
+
+    T.main(T.Args(model="tiny-llama", steps=1, episodes_per_step=4, group_size=2, n_turns=3, maze_size=12,
+                  progress=False, threads=1, lr=1e-2, eval_episodes=4, out=str(tmp_path / "run")))  # fmt: skip
+    root = tmp_path / "shipped"
+    S.ship_run(tmp_path / "run", "tiny-rl", command="python -m training.train ...", commit="c0ffee", root=root,
+               progress=False)  # fmt: skip
+    monkeypatch.setattr(S, "SHIPPED_DIR", root)
+    monkeypatch.setattr(T, "main", lambda *a, **k: pytest.fail("a shipped model must not be trained"))
+    monkeypatch.setattr(study, "main", lambda *a, **k: pytest.fail("a shipped model must not be trained"))
+    out = tmp_path / "study"
+    assert cli(["run", "--fast", "--trained", "tiny-llama/tiny-rl", "--out", str(out),
+                "--set", "n_per_class=8", "--set", "steer_evals=('sentiment',)", "--set", "n_prompts=2",
+                "--set", "max_new_tokens=6", "--set", "forgetting_qa=4", "--set", "forgetting_texts=4"]) == 0  # fmt: skip
+    summary = StudySummary.load(out / "summary.json")
+    prov = S.find_shipped("tiny-llama", "tiny-rl").provenance
+    assert summary.config["trained"] == "tiny-rl" and summary.model == "tiny-llama"
+    assert summary.training.after["mean_return"] == prov.after["mean_return"]
+    assert summary.training.return_gain.diff == pytest.approx(prov.gain["return_diff"])
+    assert summary.steering and summary.forgetting
+    report = (out / "report.html").read_text()
+    assert "Shipped trained model tiny-llama/tiny-rl" in report and "c0ffee" in report
+    with pytest.raises(S.ShippedModelError, match="no shipped trained model"):
+        run_study(StudyConfig.from_overrides(StudyConfig(), {"trained": "nope"}), tmp_path / "x")
+    with pytest.raises(ValueError, match="no checkpoints"):
+        run_study(StudyConfig.from_overrides(StudyConfig(), {"trained": "tiny-rl", "checkpoint_series": True}),
+                  tmp_path / "y")  # fmt: skip

@@ -12,6 +12,7 @@ module              what it holds
 ``update``          one optimisation step over a batch of episodes
 ``evaluation``      held-out evaluation with standard errors, and paired comparisons
 ``checkpoints``     atomic safetensors + JSON checkpoints, the final adapter, loading a run back
+``shipped``         the trained adapters that ship with the toolkit (``load_trained(model, recipe)``)
 ``train``           the loop (``main``) and the command line (``python -m training.train``)
 ``distributed``     DDP / FSDP2 under torchrun; ``top_layers`` reuses the rollout's frozen activations
 ``expert_data``     SFT demonstrations; ``episodes``: episode logs; ``baselines``: scripted policies
@@ -46,6 +47,7 @@ _EXPORTS = {
     "load_base_model": "training.policy",
     "load_checkpoint": "training.checkpoints",
     "load_run_args": "training.checkpoints",
+    "load_shipped": "training.shipped",
     "load_trained": "training.checkpoints",
     "main": "training.train",
     "make_optimizer": "training.policy",
@@ -55,6 +57,7 @@ _EXPORTS = {
     "recipe_args": "training.config",
     "save_checkpoint": "training.checkpoints",
     "select_top_episodes": "training.update",
+    "shipped_models": "training.shipped",
     "step_turns": "training.config",
     "train_seeds": "training.config",
     "train_step": "training.update",

@@ -195,14 +195,28 @@ def load_run_args(run_dir: str | os.PathLike[str]) -> Args:
     return Args(**saved)
 
 
-def load_trained(run_dir: str | os.PathLike[str], *, checkpoint: str | None = None, merge: bool = True):
-    """The trained model and tokenizer of a run (its latest checkpoint, or ``checkpoint``'s directory name).
+def load_trained(
+    run_dir: str | os.PathLike[str],
+    recipe: str | None = None,
+    *,
+    checkpoint: str | None = None,
+    merge: bool = True,
+):
+    """The trained model and tokenizer of a run (its latest checkpoint, or ``checkpoint``'s directory name),
+    or, with ``recipe``, of a model that ships with the toolkit (``training.shipped``).
 
     With ``merge=True`` LoRA adapters are merged into the weights (a plain HF model, as the probes expect).
 
     Example:
         >>> model, tok = load_trained("runs/grpo_cpu")  # doctest: +SKIP
+        >>> model, tok = load_trained("smollm2-135m-instruct", "tbrm")  # doctest: +SKIP
     """
+    if recipe is not None:
+        if checkpoint is not None:
+            raise ValueError("checkpoint= applies to run directories; a shipped model has one adapter")
+        from training.shipped import load_shipped
+
+        return load_shipped(str(run_dir), recipe, merge=merge)
     run_dir = Path(run_dir)
     args = load_run_args(run_dir)
     path = run_dir / "checkpoints" / checkpoint if checkpoint else latest_checkpoint(run_dir)

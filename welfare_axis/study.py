@@ -39,6 +39,7 @@ from steering.sweep import SweepConfig, load_records, run_sweep
 from training import Args, load_base_model, load_trained, main, recipe_args
 from training.episodes import load_episodes
 from training.evaluation import EvalResult, compare_evals
+from training.shipped import find_shipped, load_shipped
 from welfare_axis.report import export_figures, render_report
 from welfare_axis.stages import StageRunner
 from welfare_axis.summary import Measure, StudySummary, TrainingSummary
@@ -70,14 +71,30 @@ PAPER = {
 }
 
 
+LEARN_OVERRIDES: dict[str, Any] = {"lora_layers": None, "lr": 5e-4}
+"""The default study's changes to the CPU recipe's TBRM (issue 17): LoRA on all layers, so v can differ from u
+wherever it is read, at a quarter of the recipe's lr. Measured (docs/training_runs/tbrm_cpu_all_layers_lr5e-4):
++21.4 ± 6.1 paired (z 3.5) on 64 held-out 15-turn mazes in 27.7 min of training; at the recipe's 2e-3 it does not
+learn (+2.2 ± 6.8) and forgets (QA 0.36 -> 0.04)."""
+SHORT = {"algo": "dr_grpo", "train_sizes": "study", "train_overrides": {}}
+"""The study's earlier default (3 Dr. GRPO steps with LoRA on the top 16 layers, ~26 min end to end): it does not
+teach the maze (paired z 2.0), kept as the ``short`` preset and as the base of the algorithm presets."""
+
+
 @dataclass(frozen=True)
 class StudyConfig:
     """Settings of one study. Every field can be set from the command line with ``--set key=value``."""
 
     model: str = "smollm2-135m-instruct"
     """Model to train and study (bundled name, HF id or local path)."""
-    algo: str = "dr_grpo"
-    """Training algorithm (training.train: dr_grpo, grpo, reinforce, rloo, ppo, tbrm, sft, iterative_sft)."""
+    trained: str | None = None
+    """Study a trained model that ships with the toolkit instead of training one: its recipe name
+    (``training.shipped``; ``welfare-axis run --trained tbrm``). The train stage then records the shipped
+    model's provenance (its held-out evaluation and paired gain) and trains nothing."""
+    algo: str = "tbrm"
+    """Training algorithm (training.train: dr_grpo, grpo, reinforce, rloo, ppo, tbrm, sft, iterative_sft). The
+    default, TBRM (RL from scratch) under the CPU recipe's sizes with LoRA on every layer, is the smallest run
+    measured to learn the maze (:data:`LEARN`)."""
     tiles: str = "office"
     """tile set: office, swap (Mold↔Gold) or shuffle (3-way)."""
     system_prompt: str = "template"
@@ -87,14 +104,15 @@ class StudyConfig:
     """lora or full fine-tuning."""
     train_recipe: str = "cpu"
     """training.train preset the run starts from."""
-    train_sizes: str = "study"
+    train_sizes: str = "recipe"
     """study: the recipe's settings under the study's small sizes (:data:`STUDY_TRAIN`, 3 steps); recipe:
     the training recipe itself, with its per-algorithm values (the CPU recipe's TBRM learns the maze),
     under ``train_overrides``. Fast mode always uses :data:`FAST_TRAIN`."""
     train_steps: int | None = None
     """Override the preset's number of optimisation steps."""
-    train_overrides: dict[str, Any] = field(default_factory=dict)
-    """Any other training.Args fields."""
+    train_overrides: dict[str, Any] = field(default_factory=lambda: dict(LEARN_OVERRIDES))
+    """Any other training.Args fields (default :data:`LEARN_OVERRIDES`: every layer adapted, lr 5e-4).
+    ``--set train_overrides=...`` replaces the whole dict."""
     n_per_class: int = 24
     """Scripted trajectories per class (Mold, Gold, Path) for the vectors (paper: 5,000)."""
     readout_scale: str = "study"
@@ -216,26 +234,25 @@ FAST_SERIES_EMOTIONS = {"n_emotions": 12, "stories_per_emotion": 4, "n_neutral":
 
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {},
+    "short": SHORT,
     "fast": {"fast": True, "readout_scale": "fast", "steer_evals": ("sentiment", "confidence"),
              "alphas": (-4.0, 0.0, 4.0), "forgetting_qa": 20, "forgetting_texts": 12},
     # The paper's robustness table, one preset each.
     "tile-swap": {"tiles": "swap"},
     "tile-shuffle": {"tiles": "shuffle"},
     "gemma": {"model": "gemma3-270m"},
-    "sft": {"algo": "sft"},
-    "iterative-sft": {"algo": "iterative_sft"},
-    "reinforce": {"algo": "reinforce"},
-    "tbrm": {"algo": "tbrm"},
-    # A model that learns with every layer adapted (issue 17): the CPU recipe's TBRM with LoRA on all layers,
-    # so v can differ from u wherever it is read, at a quarter of the recipe's lr. Measured (docs/results.md,
-    # session 8): lr 5e-4 gains +21.4 ± 6.1 paired (z 3.5) in 27.7 min of training; the recipe's 2e-3 does
-    # not learn (+2.2 ± 6.8) and forgets (QA 0.36 -> 0.04).
-    "learn": {"algo": "tbrm", "train_sizes": "recipe", "train_overrides": {"lora_layers": None, "lr": 5e-4}},
-    "full-ft": {"finetune": "full"},
+    # Other algorithms at the short study's sizes (3 steps, top 16 layers).
+    "sft": {**SHORT, "algo": "sft"},
+    "iterative-sft": {**SHORT, "algo": "iterative_sft"},
+    "reinforce": {**SHORT, "algo": "reinforce"},
+    "tbrm-short": {**SHORT, "algo": "tbrm"},
+    # The default's settings under the name the session-8 records use.
+    "learn": {},
+    "full-ft": {**SHORT, "finetune": "full"},
     "steer-trained": {"steer_model": "trained"},
     # App. G: the vectors at every checkpoint (every 2nd step kept; fast mode: steps 2 and 3).
     "checkpoint-series": {"checkpoint_series": True,
-                          "train_overrides": {"checkpoint_every": 2, "keep_checkpoints": 1000}},
+                          "train_overrides": {**LEARN_OVERRIDES, "checkpoint_every": 2, "keep_checkpoints": 1000}},
 }  # fmt: skip
 
 
@@ -259,13 +276,33 @@ _RUN_ONLY_ARGS = ("out", "progress", "resume", "stop_at_step", "threads", "devic
 def train_stage_settings(cfg: StudyConfig) -> dict[str, Any]:
     """The train stage's cache key: the fully resolved ``training.Args`` (preset, fast mode and
     overrides applied), so a change to a preset or to the fast settings retrains instead of reusing a
-    stale run."""
+    stale run; for a shipped model, its name and sha256."""
+    if cfg.trained is not None:
+        shipped = find_shipped(cfg.model, cfg.trained)
+        return {"shipped": shipped.name, "sha256": shipped.provenance.sha256}
     args = dataclasses.asdict(cfg.train_args(Path("run")))
     return {k: v for k, v in args.items() if k not in _RUN_ONLY_ARGS}
 
 
+def stage_shipped(cfg: StudyConfig) -> dict[str, Any]:
+    """The train stage of a study of a shipped trained model: its provenance, nothing trained."""
+    shipped = find_shipped(cfg.model, str(cfg.trained))
+    p = shipped.provenance
+    gain = p.gain
+    paired = "stderr_diff_paired" in gain
+    se = gain["stderr_diff_paired"] if paired else gain["stderr_diff_unpaired"]
+    return {"shipped": shipped.name, "sha256": p.sha256, "command": p.command, "commit": p.commit,
+            "steps": p.args["steps"], "before": _eval_summary(p.before), "after": _eval_summary(p.after),
+            "train_args": p.args | {"out": None},
+            "return_gain": {"diff": gain["return_diff"], "se": se, "z": gain["return_diff"] / se if se > 0
+                            else float("inf"), "paired": paired, "gold_diff": gain["gold_diff"],
+                            "mold_diff": gain["mold_diff"]}}  # fmt: skip
+
+
 def stage_train(cfg: StudyConfig, work: Path) -> dict[str, Any]:
 
+    if cfg.trained is not None:
+        return stage_shipped(cfg)
     args = cfg.train_args(work / "run")
     args = dataclasses.replace(args, resume=(work / "run" / "config.json").is_file())
     result = main(args)
@@ -287,8 +324,12 @@ def _load_models(runner: StageRunner) -> tuple[Any, Any, Any]:
     """(base model, trained model, tokenizer)."""
 
     train = runner.outputs["train"]
-    base, tok = load_base_model(Args(**train.result["train_args"]))
-    trained, _ = load_trained(train.dir / train.result["run"], merge=True)
+    args = Args(**train.result["train_args"])
+    base, tok = load_base_model(args)
+    if "shipped" in train.result:
+        trained, _ = load_shipped(args.model, train.result["shipped"].split("/")[-1])
+    else:
+        trained, _ = load_trained(train.dir / train.result["run"], merge=True)
     return base, trained, tok
 
 
@@ -577,8 +618,13 @@ def report_sections(
     ctrl = ReadoutReport.load(rd.dir / rd.result["control"])
     trn = ReadoutReport.load(rd.dir / rd.result["trained"])
     train = out["train"]
-    metrics_path = train.dir / train.result["run"] / "metrics.jsonl"
-    metrics = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    run_dir = train.dir / train.result["run"] if "run" in train.result else None
+    metrics_path = run_dir / "metrics.jsonl" if run_dir is not None else None
+    metrics = (
+        [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+        if metrics_path is not None and metrics_path.is_file()
+        else []
+    )
     figs = {
         "trained": load_figures(rd.dir / rd.result["trained"]),
         "control": load_figures(rd.dir / rd.result["control"]),
@@ -608,11 +654,18 @@ def report_sections(
                 "actions N/E/S/W": " / ".join(f"{freq.get(a, 0):.2f}" for a in "NESW")}  # fmt: skip
 
     t = summary.training.to_dict()
+    algo = train.result.get("train_args", {}).get("algo", cfg.algo)
     sections = [
         Section(
             "Training",
             text=(
-                f"{cfg.algo} on {cfg.model}, {t['steps']} steps. Held-out return before → after: "
+                (
+                    f"Shipped trained model {train.result['shipped']} ({train.result['command']}; commit "
+                    f"{train.result['commit'][:10]}); its held-out evaluation is the one recorded with it. "
+                    if "shipped" in train.result
+                    else ""
+                )
+                + f"{algo} on {cfg.model}, {t['steps']} steps. Held-out return before → after: "
                 + (
                     f"{t['before']['mean_return']:+.2f} ± {t['before']['stderr_return']:.2f} → "
                     f"{t['after']['mean_return']:+.2f} ± {t['after']['stderr_return']:.2f}"
@@ -632,7 +685,7 @@ def report_sections(
                     [{"when": k, **(t[k] or {})} for k in ("before", "after") if t.get(k)],
                 )
             ],
-            figures=([training_curves(metrics)] if metrics else []) + maze_view(train.dir / train.result["run"]),
+            figures=([training_curves(metrics)] if metrics else []) + (maze_view(run_dir) if run_dir else []),
         ),
         Section(
             "Geometry of the reward vectors",
@@ -708,13 +761,18 @@ def report_sections(
             "FAST MODE: a pipeline check. Its 3 short training steps do not teach the maze and its readouts use a "
             "few trajectories per class: the numbers test the code, not the paper."
         ]
+        if cfg.fast and cfg.trained is None
+        else [
+            "FAST MODE: the shipped trained model read out with a few trajectories per class and small steering "
+            "cells: a quick look, not a measurement."
+        ]
         if cfg.fast
         else []
     )
     frozen = frozen_layers_note(train.result.get("train_args", {}), trn.n_layers, trn.extraction.layer_star)
     if frozen:
         notes.append(frozen)
-    return f"welfare-axis study: {cfg.model}, {cfg.algo}, tiles {cfg.tiles}", sections, notes
+    return f"welfare-axis study: {cfg.model}, {algo}, tiles {cfg.tiles}", sections, notes
 
 
 def vector_rotation(trained_dir: Path, control_dir: Path) -> dict[str, dict[int, float]]:
@@ -770,6 +828,10 @@ def frozen_layers_note(
 
 def run_study(cfg: StudyConfig, out: str | Path) -> StudySummary:
     """Run (or resume) every stage of the study into ``out``; returns the summary."""
+    if cfg.trained is not None and cfg.checkpoint_series:
+        raise ValueError("a shipped trained model has no checkpoints: drop checkpoint_series or train (no --trained)")
+    if cfg.trained is not None:
+        find_shipped(cfg.model, cfg.trained)  # a clear error before any stage runs
     runner = StageRunner(out)
     write_json(Path(out) / "study_config.json", dataclasses.asdict(cfg))
     stages: list[tuple[str, Callable[[Path], dict[str, Any]], list[str], bool]] = [

@@ -28,7 +28,12 @@ def _run(args: argparse.Namespace) -> int:
     if args.fast:  # the fast sizes on top of the chosen preset (its model, algo, tiles... are kept)
         cfg = StudyConfig.from_overrides(cfg, PRESETS["fast"])
     cfg = StudyConfig.from_overrides(cfg, _parse_set(args.set))
-    out = Path(args.out or f"runs/{args.preset}{'-fast' if cfg.fast and args.preset != 'fast' else ''}")
+    name = args.preset
+    if args.trained:  # model/recipe or recipe (of the preset's model)
+        model, _, recipe = args.trained.rpartition("/")
+        cfg = StudyConfig.from_overrides(cfg, {"trained": recipe, **({"model": model} if model else {})})
+        name = f"trained-{recipe}"
+    out = Path(args.out or f"runs/{name}{'-fast' if cfg.fast and name != 'fast' else ''}")
     summary = run_study(cfg, out)
     print(f"\nreport: {out / 'report.html'}\nsummary: {out / 'summary.json'}")
     cos = summary.measure("cos_min")
@@ -69,6 +74,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--fast", action="store_true", help="small settings: a few minutes end to end (the report says so)"
+    )
+    p.add_argument(
+        "--trained",
+        default=None,
+        metavar="NAME",
+        help="read out and steer a shipped trained model instead of training (recipe or model/recipe, e.g. tbrm; "
+        "python -c 'import training; print([m.name for m in training.shipped_models()])' lists them)",
     )
     p.add_argument("--out", default=None, help="run directory (default runs/<preset>)")
     p.add_argument(

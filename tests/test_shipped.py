@@ -1,0 +1,89 @@
+"""Shipped trained models: ship a run's adapter, load it by name, reproduce its check evaluation exactly."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import training as T
+from training import shipped as S
+
+TINY = dict(model="tiny-llama", steps=2, episodes_per_step=4, group_size=2, n_turns=3, maze_size=12,
+            progress=False, threads=1, lr=1e-2, checkpoint_every=1, eval_episodes=4)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def shipped_root(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ship")
+    T.main(T.Args(**TINY, out=str(tmp / "run")))
+    root = tmp / "shipped"
+    S.ship_run(tmp / "run", "tbrm-test", command="python -m training.train ...", commit="abc", root=root,
+               progress=False)  # fmt: skip
+    return tmp, root
+
+
+def test_ship_run_writes_bf16_adapter_and_complete_provenance(shipped_root):
+    tmp, root = shipped_root
+    (found,) = S.shipped_models(root)
+    assert found.name == "tiny-llama/tbrm-test"
+    prov = found.provenance
+    stored = load_file(str(found.path / "adapter.safetensors"))
+    trained = load_file(str(T.latest_checkpoint(tmp / "run") / "trainable.safetensors"))
+    assert set(stored) == set(trained)
+    for name, w in stored.items():
+        assert w.dtype == torch.bfloat16
+        assert torch.equal(w, trained[name].to(torch.bfloat16))
+    assert prov.sha256 == S._sha256(found.path / "adapter.safetensors")
+    assert prov.size_bytes == (found.path / "adapter.safetensors").stat().st_size
+    assert prov.commit == "abc" and prov.seed == 0 and prov.stored_dtype == "bfloat16"
+    assert prov.train_args == T.load_run_args(tmp / "run")
+    assert prov.before == json.loads((tmp / "run" / "eval.json").read_text())["before"]
+    assert prov.after["n_episodes"] == 4 and prov.check["n_episodes"] == S.CHECK_EPISODES
+    assert prov.gain["return_diff"] == pytest.approx(prov.after["mean_return"] - prov.before["mean_return"])
+    assert "torch" in prov.versions and "held-out" in prov.line()
+    assert not list(root.glob("**/.*scratch*")) and not list(root.glob("**/.*tmp*"))  # nothing half-written
+
+
+def test_load_trained_by_name_merges_the_stored_adapter_and_reproduces_the_check(shipped_root):
+    tmp, root = shipped_root
+    net, tok = S.load_shipped("tiny-llama", "tbrm-test", root=root)
+    assert not any(p.requires_grad for p in net.parameters())
+    assert not any("lora" in name for name, _ in net.named_parameters())  # merged into a plain model
+    base, _ = T.load_base_model(T.load_run_args(tmp / "run"))
+    moved = [n for n, p in net.state_dict().items() if not torch.equal(p, base.state_dict()[n])]
+    assert moved and all(".layers." in n for n in moved)
+    got = S.verify_shipped("tiny-llama", "tbrm-test", root=root)
+    assert got.returns == found_check(root)["returns"]
+
+
+def found_check(root):
+    (found,) = S.shipped_models(root)
+    return found.provenance.check
+
+
+def test_shipped_model_errors_name_the_problem(shipped_root, monkeypatch):
+    tmp, root = shipped_root
+    with pytest.raises(S.ShippedModelError, match="shipped: tiny-llama/tbrm-test"):
+        S.load_shipped("tiny-llama", "nope", root=root)
+    with pytest.raises(ValueError, match="checkpoint= applies to run directories"):
+        T.load_trained("tiny-llama", "tbrm-test", checkpoint="step_000001")
+    (found,) = S.shipped_models(root)
+    monkeypatch.setattr(S, "_sha256", lambda path: "0" * 64)
+    with pytest.raises(S.ShippedModelError, match="does not match the sha256"):
+        S.load_shipped("tiny-llama", "tbrm-test", root=root)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("shipped", S.shipped_models(), ids=lambda m: m.name)
+def test_every_shipped_model_loads_and_reproduces_its_recorded_check_evaluation(shipped):
+    prov = shipped.provenance
+    assert shipped.path.joinpath("adapter.safetensors").stat().st_size == prov.size_bytes
+    got = S.verify_shipped(prov.model, prov.recipe)  # raises unless returns, Gold and Mold are identical
+    assert got.mean_return == pytest.approx(prov.check["mean_return"], abs=0)
+
+
+def test_shipped_adapters_stay_within_the_size_budget():
+    assert sum(m.provenance.size_bytes for m in S.shipped_models()) <= 30 * 2**20
