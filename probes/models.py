@@ -90,6 +90,7 @@ __all__ = [
     "default_cache_dir",
     "load_model",
     "load_tokenizer",
+    "quiet_loading",
     "resolve_device",
     "resolve_dtype",
     "tiny_model",
@@ -333,6 +334,17 @@ def autocast(
 # ----------------------------------------------------------------------------------------------------
 # Cache
 # ----------------------------------------------------------------------------------------------------
+
+
+def quiet_loading() -> None:
+    """Hide the weight-loading progress bars of transformers (notebook outputs stay clean); warnings still show.
+
+    Example:
+        >>> quiet_loading()
+    """
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
 
 def default_cache_dir() -> Path:

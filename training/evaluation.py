@@ -111,6 +111,13 @@ def evaluate(
     )
     if log_path is not None:
         save_episodes(episodes, log_path, extra={"eval": True, "sample_seed": int(sample_seed)})
+    return summarize_episodes(episodes, greedy=greedy, temperature=temperature)
+
+
+def summarize_episodes(episodes: EpisodeBatch, *, greedy: bool, temperature: float) -> EvalResult:
+    """The :class:`EvalResult` of played episodes (one per maze seed), e.g. an evaluation log read back with
+    ``training.episodes.load_episodes``."""
+    seeds = [int(s) for s in episodes.seeds]
     returns = episodes.returns.double().numpy()
     gold = episodes.delta_gold.sum(1).numpy()
     mold = episodes.delta_mold.sum(1).numpy()

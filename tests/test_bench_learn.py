@@ -1,0 +1,38 @@
+"""bench.learn: the paired gain curve read back from a run's evaluation logs, and the learn_minutes rule."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import training as T
+from bench.learn import GainPoint, gain_curve, learn_minutes
+from training.episodes import load_episodes
+from training.evaluation import compare_evals, summarize_episodes
+
+
+def test_gain_curve_pairs_every_mid_run_evaluation_with_the_untrained_one(tmp_path):
+    out = tmp_path / "run"
+    T.main(T.Args(model="tiny-llama", steps=3, episodes_per_step=4, group_size=2, n_turns=3, maze_size=12,
+                  progress=False, threads=1, lr=1e-2, eval_episodes=4, eval_every=1, out=str(out)))  # fmt: skip
+    points = gain_curve(out)
+    assert [p.step for p in points] == [1, 2, 3]
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert points[-1].train_minutes == pytest.approx(sum(m["step_seconds"] for m in metrics) / 60)
+    assert points[0].train_minutes == pytest.approx(metrics[0]["step_seconds"] / 60)
+    evals = json.loads((out / "eval.json").read_text())
+    before = T.EvalResult(**evals["before"])
+    mid = summarize_episodes(load_episodes(out / "episodes" / "eval_step_000001"), greedy=False, temperature=before.temperature)
+    assert mid.mean_return == pytest.approx(metrics[0]["eval_mean_return"])  # the log is the evaluation
+    gain = compare_evals(before, mid)
+    assert (points[0].gain, points[0].se) == pytest.approx((gain["return_diff"], gain["stderr_diff_paired"]))
+    final = compare_evals(before, T.EvalResult(**evals["after"]))
+    assert points[-1].gain == pytest.approx(final["return_diff"])
+
+
+def test_learn_minutes_is_the_first_point_at_the_threshold():
+    points = [GainPoint(1, 4.0, 10.0, 3.0), GainPoint(2, 8.0, 25.0, 5.0), GainPoint(3, 12.0, 30.0, 5.0)]
+    assert learn_minutes(points) == 8.0
+    assert learn_minutes(points, threshold=31) is None
+    assert points[1].z == 5.0
