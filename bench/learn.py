@@ -77,7 +77,9 @@ def gain_curve(run_dir: str | Path) -> list[GainPoint]:
     results: dict[int, EvalResult] = {}
     for log in sorted((run_dir / "episodes").glob("eval_step_*.safetensors")):
         step = int(log.stem.removeprefix("eval_step_"))
-        results[step] = summarize_episodes(load_episodes(log), greedy=before.greedy, temperature=before.temperature)
+        results[step] = summarize_episodes(
+            load_episodes(log), greedy=before.greedy, temperature=before.temperature
+        )
     if evals.get("after") and seconds:
         results[max(seconds)] = EvalResult(**evals["after"])
     points = []
@@ -113,17 +115,25 @@ def train(out: Path, eval_every: int, overrides: dict) -> Path:
     from welfare_axis.study import StudyConfig
 
     args = StudyConfig().train_args(out)
-    args = dataclasses.replace(args, eval_every=eval_every, resume=(out / "config.json").is_file(), **overrides)
+    args = dataclasses.replace(
+        args, eval_every=eval_every, resume=(out / "config.json").is_file(), **overrides
+    )
     main(args)
     return out
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("runs", nargs="*", help="finished run directories to read")
-    parser.add_argument("--train", default=None, metavar="OUT", help="train the default study's run here first")
+    parser.add_argument(
+        "--train", default=None, metavar="OUT", help="train the default study's run here first"
+    )
     parser.add_argument("--eval-every", type=int, default=1)
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="training.Args override")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="training.Args override"
+    )
     parser.add_argument("--threshold", type=float, default=25.0)
     a = parser.parse_args()
     runs = [Path(r) for r in a.runs]

@@ -83,14 +83,18 @@ def measure(model: str, scale: str, n_per_class: int | None, trim: bool) -> dict
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--scale", default="full", choices=("full", "study"))
     parser.add_argument("--n-per-class", type=int, default=None)
     parser.add_argument("--no-baseline", action="store_true")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--untrimmed", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--out", default=None, help="child: where to write its peaks; else a JSON of both runs")
+    parser.add_argument(
+        "--out", default=None, help="child: where to write its peaks; else a JSON of both runs"
+    )
     a = parser.parse_args()
     if a.child:
         child(a.model, a.scale, a.n_per_class, not a.untrimmed, Path(a.out))

@@ -14,7 +14,9 @@ from training.shipped import ship_run
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("run_dir")
     parser.add_argument("recipe", help="name it ships under: load_trained(model, recipe)")
     parser.add_argument("--command", required=True, help="the exact command that trained the run")

@@ -23,7 +23,9 @@ def test_gain_curve_pairs_every_mid_run_evaluation_with_the_untrained_one(tmp_pa
     assert points[0].train_minutes == pytest.approx(metrics[0]["step_seconds"] / 60)
     evals = json.loads((out / "eval.json").read_text())
     before = T.EvalResult(**evals["before"])
-    mid = summarize_episodes(load_episodes(out / "episodes" / "eval_step_000001"), greedy=False, temperature=before.temperature)
+    mid = summarize_episodes(
+        load_episodes(out / "episodes" / "eval_step_000001"), greedy=False, temperature=before.temperature
+    )
     assert mid.mean_return == pytest.approx(metrics[0]["eval_mean_return"])  # the log is the evaluation
     gain = compare_evals(before, mid)
     assert (points[0].gain, points[0].se) == pytest.approx((gain["return_diff"], gain["stderr_diff_paired"]))

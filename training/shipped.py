@@ -225,7 +225,11 @@ def verify_shipped(model: str, recipe: str, root: str | os.PathLike[str] | None 
 def _git_commit() -> str:
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, cwd=Path(__file__).parent
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).parent,
         )
         return out.stdout.strip()
     except (OSError, subprocess.CalledProcessError):
@@ -268,7 +272,9 @@ def ship_run(
     run_dir = Path(run_dir)
     args = load_run_args(run_dir)
     if args.finetune != "lora":
-        raise ValueError(f"only LoRA runs ship (the adapter is small); {run_dir} is finetune={args.finetune!r}")
+        raise ValueError(
+            f"only LoRA runs ship (the adapter is small); {run_dir} is finetune={args.finetune!r}"
+        )
     if dtype not in _DTYPES:
         raise ValueError(f"dtype must be one of {sorted(_DTYPES)}; got {dtype!r}")
     evals = json.loads((run_dir / "eval.json").read_text())

@@ -829,7 +829,9 @@ def frozen_layers_note(
 def run_study(cfg: StudyConfig, out: str | Path) -> StudySummary:
     """Run (or resume) every stage of the study into ``out``; returns the summary."""
     if cfg.trained is not None and cfg.checkpoint_series:
-        raise ValueError("a shipped trained model has no checkpoints: drop checkpoint_series or train (no --trained)")
+        raise ValueError(
+            "a shipped trained model has no checkpoints: drop checkpoint_series or train (no --trained)"
+        )
     if cfg.trained is not None:
         find_shipped(cfg.model, cfg.trained)  # a clear error before any stage runs
     runner = StageRunner(out)
