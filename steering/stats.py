@@ -97,7 +97,7 @@ class CellSummary:
     masked: bool
 
 
-def _expand_baselines(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+def expand_baselines(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Shared α = 0 baseline records (``vector is None``) copied into every (vector, layer) of their eval."""
     records = [dict(r) for r in records]
     baselines = [r for r in records if r.get("vector") is None]
@@ -125,7 +125,7 @@ def summarize_cells(
 ) -> list[CellSummary]:
     """Per (vector, eval, layer, α): mean ± 1.96·SE of the pooled values, incoherence rate and the mask flag."""
     grouped: dict[tuple, list[Mapping[str, Any]]] = defaultdict(list)
-    for record in _expand_baselines(records):
+    for record in expand_baselines(records):
         grouped[(record["vector"], record["eval"], record["layer"], float(record["alpha"]))].append(record)
     out = []
     for (vector, eval_name, layer, alpha), group in sorted(grouped.items(), key=lambda kv: str(kv[0])):
@@ -165,7 +165,7 @@ def dose_response_slopes(
 
     Masked cells (> ``mask_threshold`` incoherent) are left out when ``exclude_masked``.
     """
-    records = _expand_baselines(records)
+    records = expand_baselines(records)
     masked = {
         (c.vector, c.eval, c.layer, c.alpha)
         for c in summarize_cells(records, mask_threshold=mask_threshold)
