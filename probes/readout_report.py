@@ -107,6 +107,7 @@ from probes.readouts import (
     ValenceAxisSummary,
 )
 from probes.record import capture
+from probes.consistency import consistency_table
 from probes.resources import peak_rss_gb
 from probes.selection import best_mean_auroc_layer, select_layer
 from probes.sentiment import labelled_sentiment_axis, load_sentiment, prompt_sentiment_axis
@@ -351,6 +352,9 @@ def readout_report(
             "Gold": _round(v_gold.norms()[layer_gold]),
         },
         best_mean_auroc_layer=own_emotion_layer,
+        consistency_at_layer_star={
+            c: _round(x) for c, x in consistency_table(train, {"Mold": layer_mold, "Gold": layer_gold}).items()
+        },
     )
     lap("extraction")
 

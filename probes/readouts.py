@@ -87,6 +87,9 @@ class Extraction(Readout):
     auroc_at_layer_star: dict[str, float]
     norm_at_layer_star: dict[str, float]
     best_mean_auroc_layer: int
+    consistency_at_layer_star: dict[str, float] | None = None
+    """Mean pairwise cosine of the matched-triplet differences behind each vector at its ℓ* (training split;
+    ``probes.consistency``): the consistency predictor of steerability (Braun et al. 2025)."""
 
 
 @dataclass(frozen=True)

@@ -12,14 +12,13 @@ records (``steering.sweep.run_sweep``), per (vector, eval, layer):
 - the **share of variance explained by α**: R² of the pooled OLS fit;
 - the **incoherence rate by α** (responses the coherence rule flags);
 
-and, from the activations a vector is built from, the **consistency predictor**: the mean pairwise cosine of
-the per-example differences (:func:`difference_consistency`; for Eq. 1's reward vectors the matched-triplet
-differences of :func:`triplet_differences`).
+and, from the activations a vector is built from, the **consistency predictor** (``probes.consistency``, re-exported
+here): the mean pairwise cosine of the per-example differences (:func:`difference_consistency`; for Eq. 1's
+reward vectors the matched-triplet differences of :func:`triplet_differences`).
 
 Example:
-    >>> import torch
-    >>> difference_consistency(torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]]))  # pairs: 1, 0, 0
-    0.3333333333333333
+    >>> table = reliability_table(load_records("sweep.jsonl"))  # doctest: +SKIP
+    >>> [(r.vector, r.anti_steerable) for r in table]  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -31,10 +30,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
-from jaxtyping import Float
-from torch import Tensor
 
+from probes.consistency import consistency_table, difference_consistency, triplet_differences
 from probes.ols import ols_slope
 from steering.stats import expand_baselines
 
@@ -203,51 +200,6 @@ def reliability_table(
             )
         )
     return out
-
-
-def difference_consistency(differences: Float[Tensor, "n d"]) -> float:
-    """Mean pairwise cosine of the rows of ``differences`` (each pair once, no row with itself).
-
-    With unit rows ``û_i``, ``Σ_{i≠j} û_i·û_j = ‖Σ û_i‖² − n``, so this is ``(‖Σ û_i‖² − n) / (n(n−1))``.
-    Zero rows are left out.
-
-    Raises:
-        ValueError: fewer than two non-zero rows.
-    """
-    x = differences.detach().double().cpu()
-    norms = x.norm(dim=1)
-    x = x[norms > 0] / norms[norms > 0, None]
-    n = x.shape[0]
-    if n < 2:
-        raise ValueError(f"need at least two non-zero differences; got {n}")
-    total = x.sum(0)
-    return float((total @ total - n) / (n * (n - 1)))
-
-
-def triplet_differences(activations: Any, concept: str, layer: int) -> Float[Tensor, "n d"]:
-    """Per-example differences behind Eq. 1's ``v_concept`` on a matched design: row ``i`` is the
-    ``concept`` trajectory's activation minus the mean of the other classes' ``i``-th activations (the same
-    maze cell), so their mean is exactly ``v_concept`` (``probes.extract.aggregate(..., "mean_diff")``).
-
-    Args:
-        activations: ``probes.extract.ClassActivations`` (or ``{class: {layer: (n, d)}}``) with one size per class.
-    """
-    by_class = getattr(activations, "activations", activations)
-    if concept not in by_class:
-        raise KeyError(f"no class {concept!r}; classes: {sorted(by_class)}")
-    sizes = {c: int(by_class[c][layer].shape[0]) for c in by_class}
-    if len(set(sizes.values())) != 1:
-        raise ValueError(f"matched differences need one size per class; got {sizes}")
-    others = [c for c in sorted(by_class) if c != concept]
-    if not others:
-        raise ValueError("need at least two classes")
-    rest = torch.stack([by_class[c][layer].double() for c in others]).mean(0)
-    return by_class[concept][layer].double() - rest
-
-
-def consistency_table(activations: Any, layers: Mapping[str, int]) -> dict[str, float]:
-    """``{concept: difference_consistency(triplet_differences(...))}`` at each concept's layer."""
-    return {c: difference_consistency(triplet_differences(activations, c, layer)) for c, layer in layers.items()}
 
 
 __all__: Sequence[str] = (

@@ -47,6 +47,8 @@ def test_report_on_a_tiny_model_has_every_section_and_writes_json(tmp_path):
     assert [k for k in SECTIONS if k in saved] == SECTIONS
     assert saved == report.to_dict() and ReadoutReport.load(tmp_path / "r.json") == report  # typed round trip
     assert report.geometry.centred.layer == 2  # floor(2 * 3 / 3) clipped to L - 1
+    consistency = report.extraction.consistency_at_layer_star  # the steerability predictor, in [-1, 1]
+    assert set(consistency) == {"Mold", "Gold"} and all(-1 <= x <= 1 for x in consistency.values())
     est = report.geometry.estimates  # every geometry number beside its interval and permutation null
     assert est.n_shuffles == TINY.null_shuffles and est.n_boot == TINY.n_boot
     assert est.cos_mold_gold_min.value == report.geometry.cos_mold_gold.min
