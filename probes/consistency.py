@@ -59,4 +59,6 @@ def triplet_differences(activations: Any, concept: str, layer: int) -> Float[Ten
 
 def consistency_table(activations: Any, layers: Mapping[str, int]) -> dict[str, float]:
     """``{concept: difference_consistency(triplet_differences(...))}`` at each concept's layer."""
-    return {c: difference_consistency(triplet_differences(activations, c, layer)) for c, layer in layers.items()}
+    return {
+        c: difference_consistency(triplet_differences(activations, c, layer)) for c, layer in layers.items()
+    }

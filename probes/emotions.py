@@ -98,6 +98,23 @@ def load_neutral_texts(path: str | Path | None = None) -> list[str]:
     return [str(r["text"]) for r in rows]
 
 
+def subset_stories(
+    stories: list[EmotionStory], n_emotions: int | None, per_emotion: int | None
+) -> list[EmotionStory]:
+    """``n_emotions`` evenly spaced through the file (spanning its valence range), ``per_emotion`` stories each
+    (None: all), in file order; the report and the checkpoint series use the same subset."""
+    names = list(dict.fromkeys(story.emotion for story in stories))
+    if n_emotions is not None and n_emotions < len(names):  # evenly spaced: spans the file's valence range
+        names = [names[int(i)] for i in np.linspace(0, len(names) - 1, n_emotions).round()]
+    counts: dict[str, int] = {}
+    out = []
+    for story in stories:
+        if story.emotion in names and (per_emotion is None or counts.get(story.emotion, 0) < per_emotion):
+            counts[story.emotion] = counts.get(story.emotion, 0) + 1
+            out.append(story)
+    return out
+
+
 def story_mean_activations(
     model: nn.Module,
     tokenizer: Any,

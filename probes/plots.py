@@ -191,3 +191,51 @@ def probe_accuracy(
         **_LAYOUT,
     )
     return fig
+
+
+def axis_monitor_figure(
+    head: Mapping[str, object], records: Sequence[Mapping[str, object]], *, title: str | None = None
+) -> go.Figure:
+    """Training and the reward axis on one time axis (a run trained with ``monitor_every``;
+    ``training.monitor.axis_records`` reads ``head`` and ``records``, also while the run is going).
+
+    Rows: the rollout return (and the held-out return where evaluated); at the monitor's analysis layer
+    cos(v_Mold, v_Gold) (and its minimum over layers), cos(v, u) and cos(v, valence PC1); the tracking d. Step 0
+    is the untrained model's reading.
+    """
+    from plotly.subplots import make_subplots
+
+    base = dict(head["base"])  # type: ignore[arg-type]
+    layer = int(base["layer"])
+    fig = make_subplots(rows=3, cols=1, shared_xaxes=True, vertical_spacing=0.06,
+                        subplot_titles=("return", f"reward axis at layer {layer}", "tracking d (held-out)"))  # fmt: skip
+    steps = [int(r["step"]) + 1 for r in records]  # type: ignore[call-overload]
+    fig.add_trace(go.Scatter(x=steps, y=[r.get("mean_return") for r in records], name="rollout return",
+                             mode="lines+markers"), row=1, col=1)  # fmt: skip
+    evaluated = [(s, r["eval_mean_return"]) for s, r in zip(steps, records) if "eval_mean_return" in r]
+    if evaluated:
+        fig.add_trace(go.Scatter(x=[s for s, _ in evaluated], y=[y for _, y in evaluated], name="held-out return",
+                                 mode="markers"), row=1, col=1)  # fmt: skip
+    readings = [(0, base)] + [(s, dict(r["axis"])) for s, r in zip(steps, records) if "axis" in r]  # type: ignore[arg-type]
+    xs = [s for s, _ in readings]
+
+    def at_layer(name: str) -> list[float]:
+        return [float(a[name][layer]) for _, a in readings]
+
+    curves = {
+        "cos(v_Mold, v_Gold)": at_layer("cos_mold_gold"),
+        "min over layers": [min(a["cos_mold_gold"]) for _, a in readings],
+        "cos(v_Mold, u_Mold)": at_layer("cos_mold_u"),
+        "cos(v_Gold, u_Gold)": at_layer("cos_gold_u"),
+    }
+    if base.get("cos_mold_valence") is not None:
+        curves["cos(v_Mold, valence)"] = [a["cos_mold_valence"] for _, a in readings]
+        curves["cos(v_Gold, valence)"] = [a["cos_gold_valence"] for _, a in readings]
+    for name, ys in curves.items():
+        fig.add_trace(go.Scatter(x=xs, y=ys, name=name, mode="lines+markers"), row=2, col=1)
+    fig.add_trace(go.Scatter(x=xs, y=[a["tracking_d"] for _, a in readings], name="tracking d",
+                             mode="lines+markers"), row=3, col=1)  # fmt: skip
+    fig.update_yaxes(range=[-1.05, 1.05], row=2, col=1)
+    fig.update_xaxes(title_text="training step (0: untrained)", row=3, col=1)
+    fig.update_layout(title=title or "training and the reward axis", height=760, template="plotly_white")
+    return fig

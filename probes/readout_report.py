@@ -45,14 +45,15 @@ from maze_env.scripted import scripted_trajectories
 from probes import layers as _layers
 from probes.artifacts import write_text
 from probes.concept_vector import ConceptVector
+from probes.consistency import consistency_table
 from probes.emotions import (
     DEFAULT_TOKEN_OFFSET,
-    EmotionStory,
     EmotionVectors,
     emotion_scatter,
     emotion_vectors,
     load_emotion_stories,
     load_neutral_texts,
+    subset_stories,
     valence_axis,
 )
 from probes.env_probes import run_probes
@@ -107,7 +108,6 @@ from probes.readouts import (
     ValenceAxisSummary,
 )
 from probes.record import capture
-from probes.consistency import consistency_table
 from probes.resources import peak_rss_gb
 from probes.selection import best_mean_auroc_layer, select_layer
 from probes.sentiment import labelled_sentiment_axis, load_sentiment, prompt_sentiment_axis
@@ -232,23 +232,6 @@ def _finite_tree(tree: Any, path: str = "report") -> None:
         raise ValueError(f"non-finite number at {path}: {tree}")
 
 
-def subset_stories(
-    stories: list[EmotionStory], n_emotions: int | None, per_emotion: int | None
-) -> list[EmotionStory]:
-    """``n_emotions`` evenly spaced through the file (spanning its valence range), ``per_emotion`` stories each
-    (None: all), in file order; the report and the checkpoint series use the same subset."""
-    names = list(dict.fromkeys(story.emotion for story in stories))
-    if n_emotions is not None and n_emotions < len(names):  # evenly spaced: spans the file's valence range
-        names = [names[int(i)] for i in np.linspace(0, len(names) - 1, n_emotions).round()]
-    counts: dict[str, int] = {}
-    out = []
-    for story in stories:
-        if story.emotion in names and (per_emotion is None or counts.get(story.emotion, 0) < per_emotion):
-            counts[story.emotion] = counts.get(story.emotion, 0) + 1
-            out.append(story)
-    return out
-
-
 def _subset_pairs(rows: list[dict[str, Any]], n_pairs: int | None) -> list[dict[str, Any]]:
     if n_pairs is None:
         return rows
@@ -353,7 +336,8 @@ def readout_report(
         },
         best_mean_auroc_layer=own_emotion_layer,
         consistency_at_layer_star={
-            c: _round(x) for c, x in consistency_table(train, {"Mold": layer_mold, "Gold": layer_gold}).items()
+            c: _round(x)
+            for c, x in consistency_table(train, {"Mold": layer_mold, "Gold": layer_gold}).items()
         },
     )
     lap("extraction")

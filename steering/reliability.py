@@ -83,7 +83,9 @@ class Reliability:
             "anti-steerable": f"{self.anti_steerable:.2f} [{self.anti_ci_low:.2f}, {self.anti_ci_high:.2f}]",
             "R² (α)": round(self.variance_explained, 4),
             "slope sd": round(self.prompt_slope_sd, 4),
-            "incoherent by α": ", ".join(f"{a:+g}: {r:.2f}" for a, r in sorted(self.incoherence_by_alpha.items())),
+            "incoherent by α": ", ".join(
+                f"{a:+g}: {r:.2f}" for a, r in sorted(self.incoherence_by_alpha.items())
+            ),
         }
 
 
@@ -108,7 +110,9 @@ def wilson_interval(successes: int, n: int, level: float = 0.95) -> tuple[float,
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def _responses(records: Iterable[Mapping[str, Any]]) -> dict[tuple, list[tuple[float, str, float | None, bool]]]:
+def _responses(
+    records: Iterable[Mapping[str, Any]],
+) -> dict[tuple, list[tuple[float, str, float | None, bool]]]:
     """(vector, eval, layer) -> [(α, prompt id, value, incoherent)] over every response."""
     grouped: dict[tuple, list[tuple[float, str, float | None, bool]]] = defaultdict(list)
     for record in expand_baselines(records):

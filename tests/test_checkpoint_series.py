@@ -10,9 +10,14 @@ import pytest
 import torch
 
 import training as T
-from probes.emotions import emotion_vectors, load_emotion_stories, load_neutral_texts, valence_axis
+from probes.emotions import (
+    emotion_vectors,
+    load_emotion_stories,
+    load_neutral_texts,
+    subset_stories,
+    valence_axis,
+)
 from probes.extract import reward_vectors
-from probes.readout_report import subset_stories
 from welfare_axis import checkpoint_series as CS
 
 SIZES = dict(n_per_class=4, n_emotions=4, stories_per_emotion=2, n_neutral=6)

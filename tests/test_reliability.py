@@ -28,7 +28,9 @@ def sweep():
     # prompts a, b rise with α (slopes 1 and 2); prompt c falls (slope -1); a shared α = 0 baseline
     records = [record(None, 0.0, [0.0, 0.0, 0.0], ["a", "b", "c"], [False, False, True], layer=None)]
     for alpha in (-2.0, 2.0):
-        records.append(record("v", alpha, [alpha, 2 * alpha, -alpha], ["a", "b", "c"], [alpha > 0, False, False]))
+        records.append(
+            record("v", alpha, [alpha, 2 * alpha, -alpha], ["a", "b", "c"], [alpha > 0, False, False])
+        )
     return records
 
 
@@ -44,7 +46,11 @@ def test_reliability_by_hand():
     ys = [-2, -4, 2, 0, 0, 0, 2, 4, -2]
     slope = np.polyfit(xs, ys, 1)[0]
     assert row.pooled_slope == pytest.approx(slope) and row.expected_sign == 1
-    assert row.n_prompts == 3 and row.anti_steerable == pytest.approx(1 / 3) and row.steerable == pytest.approx(2 / 3)
+    assert (
+        row.n_prompts == 3
+        and row.anti_steerable == pytest.approx(1 / 3)
+        and row.steerable == pytest.approx(2 / 3)
+    )
     assert (row.anti_ci_low, row.anti_ci_high) == pytest.approx(wilson_interval(1, 3))
     assert row.variance_explained == pytest.approx(np.corrcoef(xs, ys)[0, 1] ** 2)
     assert row.prompt_slope_sd == pytest.approx(np.std([1.0, 2.0, -1.0], ddof=1))

@@ -67,6 +67,14 @@ def test_study_fills_every_section(tiny_study):
                   "Environment probes", "Forgetting", "Steering", "FAST MODE"):  # fmt: skip
         assert title in html, title
     assert "<script src" not in html  # self-contained
+    assert "anti-steerable" in html and "consistency predictor" in html  # reliability beside every slope
+    from welfare_axis.study import steering_reliability
+
+    steering = json.loads((out / "stages" / "steering" / "stage.json").read_text())["result"]
+    rows = {(r.vector, r.eval): r for r in steering_reliability(out / "stages" / "steering", steering)}
+    for concept in ("Mold", "Gold"):  # the control is expected to move as its vector does
+        v, u = rows[(f"v_{concept}", "sentiment")], rows[(f"u_{concept}", "sentiment")]
+        assert u.expected_sign == v.expected_sign == (1 if v.pooled_slope >= 0 else -1)
     pngs = sorted((out / "figures").glob("*.png")) if (out / "figures").is_dir() else []
     if pngs:  # a Chromium for kaleido is present: one PNG per report figure
         assert len(pngs) == html.count('class="plotly-graph-div"')

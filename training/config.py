@@ -183,6 +183,12 @@ class Args:
     """Evaluate with argmax moves instead of sampling at ``temperature``."""
     eval_every: int = 0
     """Also evaluate every N steps during training (0: never)."""
+    monitor_every: int = 0
+    """Read the reward axis every N steps (0: never): ``probes.axis_monitor`` on a fixed probe set, per layer
+    cos(v_Mold, v_Gold) and cos(v, u), cos(v, valence PC1) and tracking d, logged as ``axis`` in
+    ``metrics.jsonl`` (the untrained model's reading and the settings in ``axis_monitor.json``)."""
+    monitor_n_per_class: int = 12
+    """Scripted trajectories per class of the monitor's probe set (half for the vectors, half for tracking)."""
     log_episodes: bool = True
     """Write every step's episodes and every evaluation's to ``out/episodes/`` (safetensors + JSON: messages,
     token ids, actions, per-turn rewards, log-probs; ``training.episodes.load_episodes`` reads them back)."""
@@ -296,6 +302,8 @@ def validate(args: Args) -> Args:
     if args.eval_chunk_size is not None:
         check_positive_int("eval_chunk_size", args.eval_chunk_size)
     check_positive_int("eval_every", args.eval_every, 0)
+    check_positive_int("monitor_every", args.monitor_every, 0)
+    check_positive_int("monitor_n_per_class", args.monitor_n_per_class, 8)
     if args.update_epochs is not None:
         check_positive_int("update_epochs", args.update_epochs)
     if args.anneal_steps is not None:

@@ -71,6 +71,7 @@ from training.config import (
 from training.episodes import save_episodes
 from training.evaluation import EvalResult, compare_evals, eval_settings, evaluate
 from training.expert_data import expert_episodes
+from training.monitor import start_monitor
 from training.policy import Policy, make_optimizer, make_policy, use_autocast
 from training.rollout import EpisodeBatch, collect_episodes
 from training.top_layers import assemble, capture_below
@@ -81,7 +82,8 @@ from training.update import NonFiniteLossError, top_layer_start, train_step
 # ====================================================================================================
 
 SUMMARY_KEYS = ("mean_return", "stderr_return", "gold_per_episode", "mold_per_episode", "action_freq")
-_RESUME_FREE = ("resume", "stop_at_step", "threads", "progress", "device", "parallel", "log_episodes")
+_RESUME_FREE = ("resume", "stop_at_step", "threads", "progress", "device", "parallel", "log_episodes", "monitor_every",
+                "monitor_n_per_class")  # fmt: skip
 
 
 def _check_same_config(saved: dict[str, Any], args: Args, run_dir: Path) -> None:
@@ -216,6 +218,9 @@ def _main(args: Args, ctx: D.DistContext) -> RunResult:
             write_json(eval_path, evals)
             print(f"before training: {before.line()}", file=sys.stderr)
 
+    monitor = (
+        start_monitor(policy, args, run_dir, start, ctx) if args.monitor_every else None
+    )  # the reward axis
     algo = ALGORITHMS[args.algo]
     end = args.steps if args.stop_at_step is None else min(args.steps, args.stop_at_step)
     start_layer = top_layer_start(policy, args)
@@ -259,6 +264,11 @@ def _main(args: Args, ctx: D.DistContext) -> RunResult:
                 mid.gold_per_episode,
                 mid.mold_per_episode,
             )
+        if monitor is not None and done % args.monitor_every == 0:
+            t0 = time.perf_counter()
+            with _eval_mode(policy):
+                record["axis"] = policy.call_no_grad(monitor.read).to_dict()
+            record["monitor_seconds"] = time.perf_counter() - t0
         if ctx.is_main:
             with open(metrics_path, "a", encoding="utf-8") as handle:
                 handle.write(json.dumps(record) + "\n")

@@ -59,11 +59,16 @@ from torch import Tensor, nn
 
 from probes import layers as _layers
 from probes.artifacts import read_json, write_json, write_text
-from probes.emotions import DEFAULT_TOKEN_OFFSET, emotion_vectors, load_emotion_stories, load_neutral_texts
+from probes.emotions import (
+    DEFAULT_TOKEN_OFFSET,
+    emotion_vectors,
+    load_emotion_stories,
+    load_neutral_texts,
+    subset_stories,
+)
 from probes.emotions import valence_axis as _valence_axis
 from probes.extract import PAPER_SEED, aggregate, reward_activations
 from probes.geometry import analysis_layer, cosine
-from probes.readout_report import subset_stories
 from training import RunDirError, load_base_model, load_checkpoint, load_run_args, make_policy, maze_config
 
 SERIES_FORMAT = 1

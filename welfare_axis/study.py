@@ -34,6 +34,7 @@ from probes.readout_report import ReportSettings, load_figures, readout_report, 
 from probes.readouts import Estimate, ReadoutReport
 from steering.evals.capability import general_texts, perplexity, qa_accuracy
 from steering.plots import dose_response_figure
+from steering.reliability import Reliability, reliability_table
 from steering.stats import dose_response_slopes, summarize_cells
 from steering.sweep import SweepConfig, load_records, run_sweep
 from training import Args, load_base_model, load_trained, main, recipe_args
@@ -269,8 +270,10 @@ def _eval_summary(e: Mapping[str, Any] | None) -> dict[str, Any] | None:
     return {k: e[k] for k in keys if k in e}
 
 
-_RUN_ONLY_ARGS = ("out", "progress", "resume", "stop_at_step", "threads", "device", "log_episodes")
-"""Train Args that do not change what is trained (left out of the stage's cache key)."""
+_RUN_ONLY_ARGS = ("out", "progress", "resume", "stop_at_step", "threads", "device", "log_episodes", "monitor_every",
+                  "monitor_n_per_class")  # fmt: skip
+"""Train Args that do not change what is trained (left out of the stage's cache key; the axis monitor reads the
+model without gradients or random numbers)."""
 
 
 def train_stage_settings(cfg: StudyConfig) -> dict[str, Any]:
@@ -743,6 +746,12 @@ def report_sections(
             )
         slope_rows = [{k: r.get(k) for k in ("vector", "eval", "layer", "slope", "se", "ci_low", "ci_high", "n")}
                       for r in st.result["slopes"]]  # fmt: skip
+        reliability = steering_reliability(st.dir, st.result)
+        consistency = [
+            {"vector": f"{name}_{c}", "consistency at ℓ*": x}
+            for name, report in (("v", trn), ("u", ctrl))
+            for c, x in (report.extraction.consistency_at_layer_star or {}).items()
+        ]
         sections.append(
             Section(
                 "Steering",
@@ -750,7 +759,18 @@ def report_sections(
                 + (
                     " at v's ℓ*." if cfg.control_layer == "trained" else ", each at its own ℓ* (β‖u‖ = α‖v‖)."
                 ),
-                tables=[Table("dose-response slopes (OLS, bootstrap CI)", slope_rows)],
+                tables=[
+                    Table("dose-response slopes (OLS, bootstrap CI)", slope_rows),
+                    Table(
+                        "reliability: per-prompt slopes (anti-steerable share with a 95% Wilson interval; u is "
+                        "expected to move as its v does), R² of α, incoherence by α",
+                        [r.row() for r in reliability],
+                    ),
+                    Table(
+                        "consistency predictor: mean pairwise cosine of the matched-triplet differences",
+                        consistency,
+                    ),  # fmt: skip
+                ],
                 figures=figures,
             )
         )
@@ -773,6 +793,17 @@ def report_sections(
     if frozen:
         notes.append(frozen)
     return f"welfare-axis study: {cfg.model}, {algo}, tiles {cfg.tiles}", sections, notes
+
+
+def steering_reliability(stage_dir: Path, result: Mapping[str, Any]) -> list[Reliability]:
+    """The reliability of every steering effect of the steering stage (``steering.reliability``); the control
+    u_X is expected to move in the direction its v_X moves (per eval), so its anti-steerable share is comparable."""
+    files = list(result["sweeps"].values()) + list(result.get("control_sweeps", {}).values())
+    records = [r for name in files for r in load_records(stage_dir / name)]
+    first = reliability_table(records)
+    signs = {(row.vector, row.eval): row.expected_sign for row in first if row.vector.startswith("v_")}
+    expected = {("u_" + v.removeprefix("v_"), ev): sign for (v, ev), sign in signs.items()}
+    return reliability_table(records, expected_signs=expected)
 
 
 def vector_rotation(trained_dir: Path, control_dir: Path) -> dict[str, dict[int, float]]:
