@@ -15,6 +15,7 @@ from typing import Any
 import plotly.graph_objects as go
 
 from probes.artifacts import write_text
+from welfare_axis.claims import claims_markdown, claims_table
 from welfare_axis.summary import StudySummary
 
 MEASURES: dict[str, str] = {
@@ -71,8 +72,14 @@ def compare_runs(runs: Sequence[Path], *, out: Path | None = None) -> tuple[str,
 
     summaries = [(run.name, load_summary(run)) for run in runs]
     rows = comparison_rows(summaries)
+    claims = claims_table(dict(summaries))
+    text = (
+        _format(rows)
+        + "\n\nClaims (welfare_axis.claims; seeds of one configuration pooled):\n"
+        + claims_markdown(claims)
+    )
     if out is None:
-        return _format(rows), None
+        return text, None
     figures = []
     for label in MEASURES:
         fig = go.Figure()
@@ -84,7 +91,15 @@ def compare_runs(runs: Sequence[Path], *, out: Path | None = None) -> tuple[str,
         figures.append(fig)
     html = render_report(
         "welfare-axis: runs compared",
-        [Section("Runs", tables=[Table("headline measures", rows)], figures=figures)],
+        [
+            Section(
+                "The paper's claims",
+                text="Per claim and configuration: trained v and untrained u across seeds (mean and 95% t-interval), "
+                "the tile-swap control, the label-shuffle null, and a verdict with its reason (welfare_axis.claims).",
+                tables=[Table("claims", [r.row() for r in claims])],
+            ),
+            Section("Runs", tables=[Table("headline measures", rows)], figures=figures),
+        ],
     )
     write_text(out, html)
-    return _format(rows), out
+    return text, out

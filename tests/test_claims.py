@@ -1,0 +1,81 @@
+"""The claims table: spreads across seeds, configurations, and every verdict rule."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from scipy.stats import t
+
+from probes.readouts import Estimate
+from welfare_axis.claims import CLAIMS, Claim, Spread, claims_markdown, claims_table, configuration_name
+from welfare_axis.summary import Measure, StudySummary, TrainingSummary
+
+COS = Claim("antiparallel", "min cos", "cos_min", "lower", "−0.9")
+
+
+def summary(trained, control, *, seed=0, tiles="office", p=0.01, fast=False, algo="tbrm"):
+    estimate = Estimate(
+        value=trained, ci_low=trained - 0.1, ci_high=trained + 0.1, null_mean=-0.5, null_sd=0.1, p=p, alternative="less"
+    )
+    measures = {
+        "cos_min": Measure(section="geometry", trained=trained, control=control, trained_estimate=estimate)
+    }
+    config = {"model": "m", "algo": algo, "finetune": "lora", "seed": seed, "tiles": tiles}
+    return StudySummary(config=config, fast=fast, model="m", training=TrainingSummary(steps=1), measures=measures,
+                        layer_star={"Mold": 1, "Gold": 1})  # fmt: skip
+
+
+def runs(pairs, **kw):
+    return {f"{kw.get('tiles', 'office')}{i}": summary(a, b, seed=i, **kw) for i, (a, b) in enumerate(pairs)}
+
+
+def test_spread_is_the_mean_and_t_interval_across_seeds():
+    s = Spread.of([1.0, 2.0, 4.0, None, math.nan])
+    half = t.ppf(0.975, 2) * 1.5275252316519468 / math.sqrt(3)
+    assert s.values == (1.0, 2.0, 4.0) and s.mean == pytest.approx(7 / 3)
+    assert (s.ci_low, s.ci_high) == pytest.approx((7 / 3 - half, 7 / 3 + half))
+    assert math.isnan(Spread.of([1.0]).ci_low) and "1 seed" in Spread.of([1.0]).text()
+    assert Spread.of([]).text() == "—"
+
+
+def test_a_replication_needs_three_seeds_a_signed_interval_the_null_and_the_swap():
+    office = runs([(-0.8, -0.2), (-0.7, -0.25), (-0.9, -0.15)])
+    (row,) = claims_table(office, [COS])
+    assert row.verdict == "replicates" and "no tile-swap runs yet" in row.reason
+    assert row.difference.mean == pytest.approx(-0.6) and row.null.mean == -0.5
+    swap_follows = runs([(-0.75, -0.2), (-0.85, -0.2)], tiles="swap")
+    (row,) = claims_table({**office, **swap_follows}, [COS])
+    assert (
+        row.verdict == "replicates" and "tile-swap follows" in row.reason and len(row.tile_swap.values) == 2
+    )
+    swap_flips = runs([(0.3, -0.2), (0.4, -0.2)], tiles="swap")
+    (row,) = claims_table({**office, **swap_flips}, [COS])
+    assert row.verdict == "not distinguishable from control" and "glyphs" in row.reason
+
+
+def test_the_other_verdicts():
+    (row,) = claims_table(runs([(-0.3, -0.2), (-0.1, -0.2), (-0.25, -0.2)]), [COS])
+    assert row.verdict == "not distinguishable from control"
+    (row,) = claims_table(runs([(0.3, -0.2), (0.35, -0.2), (0.4, -0.25)]), [COS])
+    assert row.verdict == "opposite"
+    (row,) = claims_table(runs([(-0.8, -0.2), (-0.7, -0.25), (-0.9, -0.15)], p=0.2), [COS])
+    assert row.verdict == "not distinguishable from the null" and "0 of 3" in row.reason
+    (row,) = claims_table(runs([(-0.8, -0.2), (-0.7, -0.25)]), [COS])
+    assert row.verdict == "too few seeds" and "2 seed" in row.reason
+    higher = Claim("x", "x", "cos_min", "higher", "")
+    (row,) = claims_table(runs([(0.3, -0.2), (0.35, -0.2), (0.4, -0.25)]), [higher])
+    assert row.verdict == "replicates"
+
+
+def test_configurations_group_seeds_and_tiles_and_leave_out_fast_runs():
+    all_runs = {**runs([(-0.8, -0.2)] * 3), "fast": summary(-0.9, 0.0, fast=True),
+                "sft": summary(-0.5, -0.2, algo="sft")}  # fmt: skip
+    rows = claims_table(all_runs, [COS])
+    assert [r.configuration for r in rows] == ["m sft lora", "m tbrm lora"]
+    assert len(rows[1].trained.values) == 3  # the fast run is not a seed
+    assert configuration_name({"model": "m", "algo": "tbrm", "train_overrides": {"lr": 5e-4}}) == (
+        "m tbrm train_overrides=lr=0.0005"
+    )
+    assert "| claim |" in claims_markdown(rows) and claims_markdown([]).startswith("(no")
+    assert {c.key for c in CLAIMS} >= {"antiparallel", "path_reference", "failure_tokens", "tracking"}

@@ -1,0 +1,266 @@
+"""The paper's claims at our scale: one row per claim, across training seeds, beside its controls, with a verdict.
+
+Input: finished studies (``summary.json``, :class:`~welfare_axis.summary.StudySummary`), grouped into
+*configurations* (model, algorithm and training settings; the seed and the tile set left out). For every claim
+(``CLAIMS``: the paper's §C numbers and our own readouts) and configuration, a :class:`ClaimRow` holds
+
+- the paper's value;
+- **trained v**: the mean over the configuration's office-tile seeds with a 95% t-interval across seeds (the
+  spread across seeds is the error bar that matters);
+- **untrained u**: the same study's control, mean and interval across seeds;
+- **tile-swap**: the same training with the Mold and Gold glyphs swapped (tiles ``swap``): an axis that follows
+  reward, not glyphs, must give the same sign as trained v (the vectors are labelled by the tile's role): its
+  own 95% interval of trained − untrained on the paper's side with 3 or more swap seeds, every swap seed there
+  with fewer;
+- **null**: the readout's label-shuffle null mean (``probes.nulls``), i.e. what a direction with no class
+  information gives;
+
+and a verdict, with its reason:
+
+- ``replicates``: the paired difference trained − untrained (per seed) has a 95% interval on the paper's side
+  of 0, every seed's trained value beats its null (p < 0.05 where the readout has one), and the tile-swap
+  runs (when present) differ from their own control in the same direction;
+- ``opposite``: the interval lies on the other side of 0;
+- ``not distinguishable from control``: the interval contains 0;
+- ``not distinguishable from the null``: the trained values do not beat their null;
+- ``too few seeds``: fewer than 3 seeds (the row still shows the numbers).
+
+Example:
+    >>> rows = claims_table({})
+    >>> rows
+    []
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from welfare_axis.summary import StudySummary
+
+Direction = Literal["lower", "higher"]
+MIN_SEEDS = 3
+"""Seeds per configuration a verdict needs."""
+CONFIG_KEYS: tuple[str, ...] = ("model", "algo", "finetune", "train_recipe", "train_sizes", "train_steps",
+                                "train_overrides", "system_prompt", "trained")  # fmt: skip
+"""The study settings that define a configuration (everything that changes what is trained, but the seed and
+the tile set)."""
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One claim: the study measure it reads and the direction the paper reports (trained vs untrained)."""
+
+    key: str
+    text: str
+    measure: str
+    direction: Direction
+    paper: str
+
+
+CLAIMS: tuple[Claim, ...] = (
+    Claim("antiparallel", "min over layers cos(v_Mold, v_Gold) (Eq. 1)", "cos_min", "lower",
+          "−0.84 to −0.95 trained; −0.13 to −0.23 untrained"),
+    Claim("antiparallel_avg", "layer-averaged cos(v_Mold, v_Gold)", "cos_avg", "lower", "−0.210 trained; +0.089 control"),
+    Claim("path_reference", "Path-reference cosine at the last layer", "path_reference_last_layer", "lower",
+          "−0.60 trained; positive untrained"),
+    Claim("centred", "centred class means Mold·Gold at ⌊2L/3⌋", "centred_mold_gold", "lower",
+          "−0.47 to −0.89 trained; about 0 untrained"),
+    Claim("failure_tokens", "failure-token AUROC of v_Mold in the logit lens", "v_mold_failure_auroc", "higher",
+          "top-5 tokens are failure words"),
+    Claim("emotion_slope", "emotion-valence scatter slope", "slope", "lower", "about −1; controls a cloud"),
+    Claim("emotion_r", "emotion-valence scatter r", "r", "lower", "a line; controls a cloud"),
+    Claim("tracking", "maze tracking d on v_Gold", "maze_d_gold_vector", "higher", "> 1.6 trained; < 0.12 untrained"),
+    Claim("feedback_tracking", "correctness-feedback tracking d", "feedback_d", "higher", "not reported at this size"),
+    Claim("logits_as_q", "logits-as-Q Spearman with the true Q (ours)", "spearman_pooled_centred", "higher",
+          "(ours: logits are Q/β + C(s))"),
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Spread:
+    """Values across seeds: mean and 95% t-interval (NaN interval with one seed)."""
+
+    values: tuple[float, ...]
+    mean: float
+    ci_low: float
+    ci_high: float
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> Spread:
+        """Mean and t-interval of ``values`` (None and NaN left out).
+
+        Example:
+            >>> s = Spread.of([1.0, 2.0, 3.0])
+            >>> s.mean, round(s.ci_low, 4), round(s.ci_high, 4)
+            (2.0, -0.4841, 4.4841)
+        """
+        xs = tuple(float(v) for v in values if v is not None and math.isfinite(float(v)))
+        if not xs:
+            return cls((), math.nan, math.nan, math.nan)
+        mean = float(np.mean(xs))
+        if len(xs) < 2:
+            return cls(xs, mean, math.nan, math.nan)
+        from scipy.stats import t
+
+        half = float(t.ppf(0.975, len(xs) - 1) * np.std(xs, ddof=1) / math.sqrt(len(xs)))
+        return cls(xs, mean, mean - half, mean + half)
+
+    def text(self) -> str:
+        if not self.values:
+            return "—"
+        if math.isnan(self.ci_low):
+            return f"{self.mean:+.3f} (1 seed)"
+        return f"{self.mean:+.3f} [{self.ci_low:+.3f}, {self.ci_high:+.3f}] ({len(self.values)} seeds)"
+
+
+@dataclass(frozen=True)
+class ClaimRow:
+    """One claim in one configuration."""
+
+    claim: str
+    text: str
+    configuration: str
+    paper: str
+    trained: Spread
+    untrained: Spread
+    difference: Spread
+    """trained − untrained, per seed."""
+    tile_swap: Spread
+    swap_difference: Spread
+    null: Spread
+    """The trained readout's label-shuffle null mean, per seed."""
+    p_values: tuple[float, ...]
+    verdict: str
+    reason: str
+
+    def row(self) -> dict[str, str]:
+        return {"claim": self.text, "configuration": self.configuration, "paper": self.paper,
+                "trained v": self.trained.text(), "untrained u": self.untrained.text(),
+                "trained − untrained": self.difference.text(), "tile-swap": self.tile_swap.text(),
+                "null": self.null.text(), "verdict": self.verdict, "reason": self.reason}  # fmt: skip
+
+
+def configuration_name(config: Mapping[str, Any]) -> str:
+    """A readable name of a study's configuration (its :data:`CONFIG_KEYS`).
+
+    Example:
+        >>> configuration_name({"model": "smollm2-135m-instruct", "algo": "tbrm", "finetune": "lora"})
+        'smollm2-135m-instruct tbrm lora'
+    """
+    parts = []
+    for key in CONFIG_KEYS:
+        value = config.get(key)
+        if value in (None, {}, "", "study", "cpu", "template") and key not in ("model", "algo"):
+            continue
+        if isinstance(value, dict):
+            value = ",".join(f"{k}={v}" for k, v in sorted(value.items()))
+        parts.append(str(value) if key in ("model", "algo", "finetune") else f"{key}={value}")
+    return " ".join(parts)
+
+
+def _numeric(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(float(value)) else None
+
+
+def _verdict(claim: Claim, diff: Spread, p_values: Sequence[float], swap_diff: Spread) -> tuple[str, str]:
+    sign = -1.0 if claim.direction == "lower" else 1.0
+    n = len(diff.values)
+    if n == 0:
+        return "not measured", "no seed measured it"
+    if n < MIN_SEEDS:
+        return "too few seeds", f"{n} seed(s); a verdict needs {MIN_SEEDS}"
+    low, high = sign * diff.ci_low, sign * diff.ci_high
+    low, high = min(low, high), max(low, high)
+    if low <= 0 <= high:
+        return "not distinguishable from control", (
+            f"the 95% interval of trained − untrained across {n} seeds contains 0"
+        )
+    if high < 0:
+        return (
+            "opposite",
+            f"the 95% interval of trained − untrained across {n} seeds lies on the other side of 0",
+        )
+    if p_values and any(p >= 0.05 for p in p_values):
+        beaten = sum(p < 0.05 for p in p_values)
+        return "not distinguishable from the null", (
+            f"trained differs from untrained, but only {beaten} of {len(p_values)} seeds beat the label-shuffle null"
+        )
+    if swap_diff.values:
+        if len(swap_diff.values) >= MIN_SEEDS:  # its own interval on the paper's side
+            follows = min(sign * swap_diff.ci_low, sign * swap_diff.ci_high) > 0
+        else:  # fewer seeds: every swap run on the paper's side
+            follows = all(sign * d > 0 for d in swap_diff.values)
+        if not follows:
+            return (
+                "not distinguishable from control",
+                "the tile-swap runs do not move the same way: the effect follows the glyphs, not reward",
+            )
+    return "replicates", f"trained − untrained on the paper's side of 0 across {n} seeds" + (
+        ", tile-swap follows" if swap_diff.values else " (no tile-swap runs yet)"
+    )
+
+
+def claims_table(runs: Mapping[str, StudySummary], claims: Sequence[Claim] = CLAIMS) -> list[ClaimRow]:
+    """One :class:`ClaimRow` per claim and configuration of ``runs`` (``{run name: summary}``).
+
+    Office-tile runs are the configuration's seeds; runs with ``tiles="swap"`` are its tile-swap control. Fast
+    runs (pipeline checks) are left out.
+    """
+    groups: dict[str, dict[str, list[StudySummary]]] = defaultdict(lambda: {"office": [], "swap": []})
+    for _, summary in sorted(runs.items()):
+        if summary.fast:
+            continue
+        tiles = summary.config.get("tiles", "office")
+        if tiles in ("office", "swap"):
+            groups[configuration_name(summary.config)][tiles].append(summary)
+    out = []
+    for name, members in sorted(groups.items()):
+        for claim in claims:
+            trained, untrained, diffs, nulls, ps = [], [], [], [], []
+            for s in members["office"]:
+                m = s.measures.get(claim.measure)
+                if m is None:
+                    continue
+                a, b = _numeric(m.trained), _numeric(m.control)
+                trained.append(a)
+                untrained.append(b)
+                if a is not None and b is not None:
+                    diffs.append(a - b)
+                if m.trained_estimate is not None:
+                    nulls.append(m.trained_estimate.null_mean)
+                    if m.trained_estimate.p is not None:
+                        ps.append(float(m.trained_estimate.p))
+            swap, swap_diffs = [], []
+            for s in members["swap"]:
+                m = s.measures.get(claim.measure)
+                if m is not None:
+                    a, b = _numeric(m.trained), _numeric(m.control)
+                    swap.append(a)
+                    if a is not None and b is not None:
+                        swap_diffs.append(a - b)
+            diff, swap_diff = Spread.of(diffs), Spread.of(swap_diffs)
+            verdict, reason = _verdict(claim, diff, ps, swap_diff)
+            out.append(ClaimRow(claim=claim.key, text=claim.text, configuration=name, paper=claim.paper,
+                                trained=Spread.of(trained), untrained=Spread.of(untrained), difference=diff,
+                                tile_swap=Spread.of(swap), swap_difference=swap_diff, null=Spread.of(nulls),
+                                p_values=tuple(ps), verdict=verdict, reason=reason))  # fmt: skip
+    return out
+
+
+def claims_markdown(rows: Sequence[ClaimRow]) -> str:
+    """The table as Markdown (for ``docs/results.md`` and the report)."""
+    if not rows:
+        return "(no finished non-fast studies)"
+    cols = list(rows[0].row())
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        lines.append("| " + " | ".join(str(v).replace("|", "\\|") for v in r.row().values()) + " |")
+    return "\n".join(lines)
