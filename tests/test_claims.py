@@ -16,7 +16,13 @@ COS = Claim("antiparallel", "min cos", "cos_min", "lower", "−0.9")
 
 def summary(trained, control, *, seed=0, tiles="office", p=0.01, fast=False, algo="tbrm"):
     estimate = Estimate(
-        value=trained, ci_low=trained - 0.1, ci_high=trained + 0.1, null_mean=-0.5, null_sd=0.1, p=p, alternative="less"
+        value=trained,
+        ci_low=trained - 0.1,
+        ci_high=trained + 0.1,
+        null_mean=-0.5,
+        null_sd=0.1,
+        p=p,
+        alternative="less",
     )
     measures = {
         "cos_min": Measure(section="geometry", trained=trained, control=control, trained_estimate=estimate)
@@ -79,3 +85,18 @@ def test_configurations_group_seeds_and_tiles_and_leave_out_fast_runs():
     )
     assert "| claim |" in claims_markdown(rows) and claims_markdown([]).startswith("(no")
     assert {c.key for c in CLAIMS} >= {"antiparallel", "path_reference", "failure_tokens", "tracking"}
+
+
+def test_steering_claims_read_v_against_its_norm_matched_control():
+    import dataclasses
+
+    claim = next(c for c in CLAIMS if c.key == "steer_v_Gold_sentiment")
+    base = {f"r{i}": summary(-0.8, -0.2, seed=i) for i in range(3)}
+    steered = {name: dataclasses.replace(s, steering={"v_Gold_sentiment": {"slope": 0.5 + 0.1 * i},
+                                                     "u_Gold_sentiment": {"slope": 0.01 * i}})
+               for i, (name, s) in enumerate(base.items())}  # fmt: skip
+    (row,) = claims_table(steered, [claim])
+    assert row.trained.values == (0.5, 0.6, 0.7) and row.untrained.values == (0.0, 0.01, 0.02)
+    assert row.verdict == "replicates" and row.p_values == ()
+    (missing,) = claims_table(base, [claim])
+    assert missing.verdict == "not measured"

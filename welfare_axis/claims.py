@@ -54,13 +54,27 @@ the tile set)."""
 
 @dataclass(frozen=True)
 class Claim:
-    """One claim: the study measure it reads and the direction the paper reports (trained vs untrained)."""
+    """One claim: the study number it reads and the direction the paper reports (trained vs untrained).
+
+    ``measure`` names a :class:`~welfare_axis.summary.Measure`; ``steering="v_Gold_sentiment"`` reads a
+    dose-response slope instead: v's slope as trained, the norm-matched control u's as untrained.
+    """
 
     key: str
     text: str
     measure: str
     direction: Direction
     paper: str
+    steering: str | None = None
+
+    def read(self, summary: StudySummary) -> tuple[Any, Any, Any]:
+        """(trained, untrained, the trained value's Estimate or None) of one study."""
+        if self.steering is None:
+            m = summary.measures.get(self.measure)
+            return (None, None, None) if m is None else (m.trained, m.control, m.trained_estimate)
+        slopes = summary.steering or {}
+        v, u = slopes.get(self.steering), slopes.get("u_" + self.steering.removeprefix("v_"))
+        return (v or {}).get("slope"), (u or {}).get("slope"), None
 
 
 CLAIMS: tuple[Claim, ...] = (
@@ -79,6 +93,13 @@ CLAIMS: tuple[Claim, ...] = (
     Claim("feedback_tracking", "correctness-feedback tracking d", "feedback_d", "higher", "not reported at this size"),
     Claim("logits_as_q", "logits-as-Q Spearman with the true Q (ours)", "spearman_pooled_centred", "higher",
           "(ours: logits are Q/β + C(s))"),
+    *(Claim(f"steer_{vec}_{ev}", f"steering slope per unit α, {vec} on {ev} (u: norm-matched)", "", direction,
+            paper, steering=f"{vec}_{ev}")
+      for vec, ev, direction, paper in (
+          ("v_Gold", "sentiment", "higher", "+0.71"), ("v_Mold", "sentiment", "lower", "−0.23"),
+          ("v_Gold", "confidence", "higher", "+0.15"), ("v_Mold", "confidence", "lower", "−0.12 to −0.13"),
+          ("v_Mold", "backtracking", "higher", "+0.10"), ("v_Gold", "backtracking", "lower", "−0.08"),
+          ("v_Mold", "refusal", "higher", "+0.03"), ("v_Gold", "refusal", "lower", "−0.04"))),
 )  # fmt: skip
 
 
@@ -226,26 +247,23 @@ def claims_table(runs: Mapping[str, StudySummary], claims: Sequence[Claim] = CLA
         for claim in claims:
             trained, untrained, diffs, nulls, ps = [], [], [], [], []
             for s in members["office"]:
-                m = s.measures.get(claim.measure)
-                if m is None:
-                    continue
-                a, b = _numeric(m.trained), _numeric(m.control)
+                raw_a, raw_b, estimate = claim.read(s)
+                a, b = _numeric(raw_a), _numeric(raw_b)
                 trained.append(a)
                 untrained.append(b)
                 if a is not None and b is not None:
                     diffs.append(a - b)
-                if m.trained_estimate is not None:
-                    nulls.append(m.trained_estimate.null_mean)
-                    if m.trained_estimate.p is not None:
-                        ps.append(float(m.trained_estimate.p))
+                if estimate is not None:
+                    nulls.append(estimate.null_mean)
+                    if estimate.p is not None:
+                        ps.append(float(estimate.p))
             swap, swap_diffs = [], []
             for s in members["swap"]:
-                m = s.measures.get(claim.measure)
-                if m is not None:
-                    a, b = _numeric(m.trained), _numeric(m.control)
-                    swap.append(a)
-                    if a is not None and b is not None:
-                        swap_diffs.append(a - b)
+                raw_a, raw_b, _ = claim.read(s)
+                a, b = _numeric(raw_a), _numeric(raw_b)
+                swap.append(a)
+                if a is not None and b is not None:
+                    swap_diffs.append(a - b)
             diff, swap_diff = Spread.of(diffs), Spread.of(swap_diffs)
             verdict, reason = _verdict(claim, diff, ps, swap_diff)
             out.append(ClaimRow(claim=claim.key, text=claim.text, configuration=name, paper=claim.paper,
