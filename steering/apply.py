@@ -50,6 +50,7 @@ from torch import Tensor, nn
 
 from probes.concept_vector import ConceptVector
 from probes.layers import blocks, check_layer, d_model, layer_template, unwrap
+from steering.conditions import Condition, row_scores
 from steering.operators import Operator, add
 
 PositionRule = Literal["assistant", "generated", "all"]
@@ -309,10 +310,16 @@ class SteeringHandle:
     positions: Positions
     prompt_mask: Tensor | None = None
     n_calls: int = 0
+    condition_scores: Tensor | None = None
+    """With a condition: each row's score on the latest prompt pass (``steering.conditions.row_scores``)."""
+    gate: Tensor | None = None
+    """With a condition: the rows being steered (``(batch,)`` bool), decided on the latest prompt pass."""
     _prompt_ids: Tensor | None = field(default=None, repr=False)
     _step_mask: Tensor | None = field(default=None, repr=False)
     _step_all: bool = field(default=False, repr=False)
     _step_shape: tuple[int, int] | None = field(default=None, repr=False)
+    _new_prompt: bool = field(default=False, repr=False)
+    _attention_mask: Tensor | None = field(default=None, repr=False)
 
 
 def _first(args: tuple, kwargs: dict, name: str, index: int) -> Any:
@@ -380,6 +387,7 @@ def _step_mask(
                     )
                 ids = torch.zeros(batch, new_len, dtype=torch.long, device=device)
             mask = prompt_position_mask(handle.positions, ids, attention_mask, tokenizer=tokenizer)
+            handle._new_prompt = True
             handle.prompt_mask = mask
             handle._prompt_ids = input_ids.detach().clone() if input_ids is not None else None
             return mask, bool(mask.all()), (batch, new_len)
@@ -419,6 +427,7 @@ def apply(
     positions: Positions = "assistant",
     operator: Operator | None = None,
     tokenizer: Any = None,
+    condition: Condition | None = None,
 ) -> Iterator[SteeringHandle]:
     """Steer ``model`` inside the ``with`` block; every hook is removed on exit, even after an error.
 
@@ -430,6 +439,8 @@ def apply(
         positions: ``"assistant"``, ``"generated"``, ``"all"`` or a bool mask ``(batch, pos)``.
         operator: from :mod:`steering.operators`; default ``add()``.
         tokenizer: needed for ``positions="assistant"`` (or an :class:`AssistantTemplate`).
+        condition: steer only the rows whose prompt passes it (``steering.conditions.Condition``, read at a
+            layer below every steered layer); the other rows are computed exactly as without steering.
 
     Yields:
         A :class:`SteeringHandle` describing the intervention (and the last prompt mask used).
@@ -453,6 +464,17 @@ def apply(
     by_layer = resolve_directions(model, directions, layers)
     alphas = resolve_alpha(alpha, list(by_layer))
     handle = SteeringHandle(layers=sorted(by_layer), alpha=alphas, positions=positions)
+    condition_layer = -1
+    if condition is not None:
+        condition_layer = check_layer(model, condition.layer)
+        if condition_layer >= handle.layers[0]:
+            raise ValueError(
+                f"the condition is read at layer {condition_layer}, which is not below the steered layers "
+                f"{handle.layers}: read it at a lower layer, so it is decided before any steering"
+            )
+        if condition.vector.shape != (d_model(model),):
+            raise ValueError(f"the condition vector has shape {tuple(condition.vector.shape)}; the model needs "
+                             f"({d_model(model)},)")  # fmt: skip
 
     base = unwrap(model)
     template = layer_template(base)
@@ -472,9 +494,24 @@ def apply(
         ref = input_ids if input_ids is not None else inputs_embeds
         new_len = int(ref.shape[1]) if ref is not None else 0
         past = _past_length(kwargs, attention_mask, new_len)
+        handle._new_prompt = False
         mask, steer_all, shape = _step_mask(handle, layout, input_ids, inputs_embeds, attention_mask, past)
         handle._step_mask, handle._step_all, handle._step_shape = mask, steer_all, shape
+        handle._attention_mask = attention_mask
         handle.n_calls += 1
+
+    def condition_hook(module: nn.Module, args: tuple, output: Any) -> None:
+        assert condition is not None
+        if not handle._new_prompt:
+            if handle.gate is None:
+                raise SteeringError(
+                    "a conditional steering context saw a decoding step before its prompt pass"
+                )
+            return
+        hidden = output[0] if isinstance(output, tuple) else output
+        scores = row_scores(condition, hidden, handle._attention_mask)
+        handle.condition_scores = scores.cpu()
+        handle.gate = condition.passes(scores)
 
     def make_block_hook(layer: int):
         vec = by_layer[layer]
@@ -496,8 +533,11 @@ def apply(
             direction = cast_cache.get(key)
             if direction is None:
                 direction = cast_cache[key] = vec.to(device=hidden.device, dtype=hidden.dtype)
-            mask = handle._step_mask
-            if handle._step_all:
+            mask, steer_all = handle._step_mask, handle._step_all
+            if handle.gate is not None and mask is not None:  # conditional: only the rows that passed
+                mask = mask & handle.gate.to(mask.device).unsqueeze(1)
+                steer_all = bool(mask.all())
+            if steer_all:
                 new = op(hidden, direction, coef)
             elif mask is None or not bool(mask.any()):
                 return None
@@ -514,6 +554,8 @@ def apply(
         handles.append(stack_module.register_forward_pre_hook(pre_hook, with_kwargs=True, prepend=True))
         for layer in handle.layers:
             handles.append(block_modules[layer].register_forward_hook(make_block_hook(layer), prepend=True))
+        if condition is not None:
+            handles.append(block_modules[condition_layer].register_forward_hook(condition_hook, prepend=True))
         yield handle
     finally:
         for hook_handle in handles:
