@@ -187,6 +187,15 @@ class Args:
     """Read the reward axis every N steps (0: never): ``probes.axis_monitor`` on a fixed probe set, per layer
     cos(v_Mold, v_Gold) and cos(v, u), cos(v, valence PC1) and tracking d, logged as ``axis`` in
     ``metrics.jsonl`` (the untrained model's reading and the settings in ``axis_monitor.json``)."""
+    intervene_vector: str | None = None
+    """A saved ConceptVector directory to intervene on during the update forwards (``training.intervention``):
+    is the axis needed for learning? Rollouts and evaluations run without it."""
+    intervene_layer: int | None = None
+    """The block output it acts on (None: the vector's only layer)."""
+    intervene_mode: str = "add"
+    """add (h + α·v), ablate (h − (h·v̂)v̂) or penalty (loss + α·mean((h·v̂)²))."""
+    intervene_alpha: float = 1.0
+    """α of add and penalty."""
     monitor_n_per_class: int = 12
     """Scripted trajectories per class of the monitor's probe set (half for the vectors, half for tracking)."""
     log_episodes: bool = True
@@ -303,6 +312,16 @@ def validate(args: Args) -> Args:
         check_positive_int("eval_chunk_size", args.eval_chunk_size)
     check_positive_int("eval_every", args.eval_every, 0)
     check_positive_int("monitor_every", args.monitor_every, 0)
+    if args.intervene_vector is not None:
+        if args.intervene_mode not in ("add", "ablate", "penalty"):
+            raise ValueError(f"intervene_mode must be add, ablate or penalty; got {args.intervene_mode!r}")
+        if not math.isfinite(float(args.intervene_alpha)):
+            raise ValueError(f"intervene_alpha must be finite; got {args.intervene_alpha!r}")
+        if args.reuse_rollout_activations and args.finetune == "lora" and args.lora_layers:
+            raise ValueError(
+                "intervene_vector changes the update's forwards, which then cannot reuse the rollout's activations "
+                "below the adapted layers: add --no-reuse-rollout-activations (or adapt every layer)"
+            )
     check_positive_int("monitor_n_per_class", args.monitor_n_per_class, 8)
     if args.update_epochs is not None:
         check_positive_int("update_epochs", args.update_epochs)

@@ -12,6 +12,7 @@ from training import distributed as D
 from training import losses as L
 from training.algorithms import ALGORITHMS, best_of_group
 from training.config import Args, update_passes
+from training.intervention import from_args, intervening
 from training.policy import Policy, autocast_context, needs_reference, use_autocast
 from training.rollout import EpisodeBatch, action_logits, distinct_rows
 from training.top_layers import supports_top_layers, top_action_logits
@@ -99,7 +100,11 @@ def _micro_loss(
     entropy_coef: float,
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
     """Loss of one micro-batch (mean over its episodes), its direction logits and its statistics."""
-    with autocast_context(args, policy.model):
+    intervention = from_args(args)  # training.intervention: only these forwards (with gradients) see it
+    with (
+        intervening(policy.model, intervention, chunk.attention_mask) as penalty,
+        autocast_context(args, policy.model),
+    ):
         # (b, T, 4); through DDP/FSDP when distributed, so backward all-reduces the gradients
         logits = policy.call(_policy_logits, chunk, extras.get("hidden"), extras.get("start"))
     logits = logits.float()
@@ -111,6 +116,12 @@ def _micro_loss(
             "entropy_eq": L.equalized_entropy(logits, neighbours, temperature=args.temperature),
         }
     loss, stats = algo.loss(logits, chunk, extras, args, entropy_coef)
+    if intervention is not None and intervention.mode == "penalty":
+        extra = penalty.value()
+        loss = loss + extra
+        stats["intervention_penalty"] = (
+            float(extra.detach()) if isinstance(extra, torch.Tensor) else float(extra)
+        )
     stats["entropy"] = float(L.policy_entropy(logits.detach(), args.temperature).mean())
     if algo.entropy_bonus:
         stats["entropy_eq"] = float(extras["entropy_eq"].detach().mean())

@@ -274,6 +274,8 @@ _RUN_ONLY_ARGS = ("out", "progress", "resume", "stop_at_step", "threads", "devic
                   "monitor_n_per_class")  # fmt: skip
 """Train Args that do not change what is trained (left out of the stage's cache key; the axis monitor reads the
 model without gradients or random numbers)."""
+_INTERVENTION_ARGS = ("intervene_vector", "intervene_layer", "intervene_mode", "intervene_alpha")
+"""Train Args that only matter with an intervention vector (left out of the key without one)."""
 
 
 def train_stage_settings(cfg: StudyConfig) -> dict[str, Any]:
@@ -284,7 +286,8 @@ def train_stage_settings(cfg: StudyConfig) -> dict[str, Any]:
         shipped = find_shipped(cfg.model, cfg.trained)
         return {"shipped": shipped.name, "sha256": shipped.provenance.sha256}
     args = dataclasses.asdict(cfg.train_args(Path("run")))
-    return {k: v for k, v in args.items() if k not in _RUN_ONLY_ARGS}
+    inert = () if args.get("intervene_vector") else _INTERVENTION_ARGS  # no effect without a vector
+    return {k: v for k, v in args.items() if k not in _RUN_ONLY_ARGS and k not in inert}
 
 
 def stage_shipped(cfg: StudyConfig) -> dict[str, Any]:
