@@ -13,7 +13,14 @@ from welfare_axis.summary import StudySummary
 
 TINY = {
     "model": "tiny-llama",
-    "train_overrides": {"n_turns": 3, "maze_size": 12, "progress": False, "lora_layers": None},
+    "train_overrides": {
+        "n_turns": 3,
+        "maze_size": 12,
+        "progress": False,
+        "lora_layers": None,
+        "monitor_every": 1,
+        "monitor_n_per_class": 8,
+    },
     "n_per_class": 8,
     "steer_evals": ("sentiment",),
     "n_prompts": 2,
@@ -68,6 +75,7 @@ def test_study_fills_every_section(tiny_study):
         assert title in html, title
     assert "<script src" not in html  # self-contained
     assert "anti-steerable" in html and "consistency predictor" in html  # reliability beside every slope
+    assert "training and the reward axis (axis monitor)" in html  # the monitored run's axis curves
     from welfare_axis.study import steering_reliability
 
     steering = json.loads((out / "stages" / "steering" / "stage.json").read_text())["result"]

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from maze_env.plots import episode_figure, training_curves
 from probes.artifacts import read_json, write_json, write_text
 from probes.concept_vector import ConceptVector
-from probes.plots import layer_cosine_curves
+from probes.plots import axis_monitor_figure, layer_cosine_curves
 from probes.readout_report import ReportSettings, load_figures, readout_report, report_emotion_vectors
 from probes.readouts import Estimate, ReadoutReport
 from steering.evals.capability import general_texts, perplexity, qa_accuracy
@@ -40,6 +40,7 @@ from steering.sweep import SweepConfig, load_records, run_sweep
 from training import Args, load_base_model, load_trained, main, recipe_args
 from training.episodes import load_episodes
 from training.evaluation import EvalResult, compare_evals
+from training.monitor import MONITOR_FILE, axis_records
 from training.shipped import find_shipped, load_shipped
 from welfare_axis.report import export_figures, render_report
 from welfare_axis.stages import StageRunner
@@ -691,7 +692,9 @@ def report_sections(
                     [{"when": k, **(t[k] or {})} for k in ("before", "after") if t.get(k)],
                 )
             ],
-            figures=([training_curves(metrics)] if metrics else []) + (maze_view(run_dir) if run_dir else []),
+            figures=([training_curves(metrics)] if metrics else [])
+            + (axis_view(run_dir) if run_dir else [])
+            + (maze_view(run_dir) if run_dir else []),
         ),
         Section(
             "Geometry of the reward vectors",
@@ -815,6 +818,13 @@ def vector_rotation(trained_dir: Path, control_dir: Path) -> dict[str, dict[int,
         concept: ConceptVector.load(trained_dir / concept).cosine(ConceptVector.load(control_dir / concept))
         for concept in ("Mold", "Gold")
     }
+
+
+def axis_view(run_dir: Path) -> list:
+    """Training and the reward axis on one time axis, for runs trained with the axis monitor."""
+    if not (run_dir / MONITOR_FILE).is_file():
+        return []
+    return [axis_monitor_figure(*axis_records(run_dir), title="training and the reward axis (axis monitor)")]
 
 
 def maze_view(run_dir: Path) -> list:
