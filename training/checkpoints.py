@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 from probes.artifacts import atomic_directory, write_json
 from training import distributed as D
 from training.config import Args, upgrade_config
-from training.policy import Policy, make_policy, quiet_peft
+from training.policy import Policy, make_policy, merged_model, quiet_peft
 
 CHECKPOINT_FORMAT = 1
 
@@ -224,8 +224,6 @@ def load_trained(
         raise FileNotFoundError(f"no checkpoint in {run_dir}/checkpoints")
     policy = make_policy(dataclasses.replace(args, kl_coef=0.0, algo="sft"))
     load_checkpoint(path, policy)
-    model = policy.model
-    if policy.is_lora and merge:
-        model = model.merge_and_unload()
+    model = merged_model(policy) if merge else policy.model
     model.eval()
     return model, policy.tokenizer

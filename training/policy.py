@@ -142,6 +142,14 @@ def make_policy(args: Args, model: nn.Module | None = None, tokenizer: Any = Non
     return Policy(peft_model, tokenizer, is_lora=True)
 
 
+def merged_model(policy: Policy) -> nn.Module:
+    """The policy as a plain HF model: LoRA adapters merged into the weights (full fine-tuning: the model)."""
+    if not policy.is_lora:
+        return policy.model
+    with quiet_peft():
+        return policy.model.merge_and_unload()
+
+
 def make_optimizer(policy: Policy, args: Args) -> torch.optim.Optimizer:
     """AdamW over the trainable parameters (LoRA adapters or all weights)."""
     params = list(policy.trainable_parameters().values())

@@ -40,7 +40,7 @@ from safetensors.torch import load_file, save_file
 from probes.artifacts import atomic_directory
 from training.config import Args, upgrade_config
 from training.evaluation import EvalResult, compare_evals, eval_settings, evaluate
-from training.policy import make_policy
+from training.policy import make_policy, merged_model
 
 SHIPPED_DIR = Path(__file__).resolve().parent / "shipped"
 """Where the shipped adapters live (package data)."""
@@ -191,7 +191,7 @@ def load_shipped(
     with torch.no_grad():
         for name, p in params.items():
             p.copy_(weights[name].to(device=p.device, dtype=p.dtype))
-    net = policy.model.merge_and_unload() if merge else policy.model
+    net = merged_model(policy) if merge else policy.model
     net.eval()
     net.requires_grad_(False)
     return net, policy.tokenizer

@@ -70,6 +70,7 @@ from probes.emotions import valence_axis as _valence_axis
 from probes.extract import PAPER_SEED, aggregate, reward_activations
 from probes.geometry import analysis_layer, cosine
 from training import RunDirError, load_base_model, load_checkpoint, load_run_args, make_policy, maze_config
+from training.policy import merged_model
 
 SERIES_FORMAT = 1
 """Bumped when the JSON layout of :class:`CheckpointSeries` changes."""
@@ -265,7 +266,7 @@ def load_checkpoint_model(
     args = dataclasses.replace(args, kl_coef=0.0, algo="sft")  # no reference copy needed
     policy = make_policy(args, model=copy.deepcopy(base), tokenizer=tokenizer)
     load_checkpoint(Path(path), policy)
-    model = policy.model.merge_and_unload() if policy.is_lora else policy.model
+    model = merged_model(policy)
     model.requires_grad_(False)
     return model.eval()
 
