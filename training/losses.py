@@ -460,3 +460,52 @@ def sft_best_set_loss(
     nll = -(targets * F.log_softmax(direction_logits.float(), dim=-1)).sum(dim=-1)
     m = _ones_like_turns(nll, mask)
     return token_mean(nll, m)
+
+
+# ====================================================================================================
+# Preferences: Bradley–Terry reward models and DPO (issue 21)
+# ====================================================================================================
+
+
+def bradley_terry_loss(
+    reward_chosen: Float[Tensor, " batch"], reward_rejected: Float[Tensor, " batch"]
+) -> Float[Tensor, ""]:
+    """The Bradley–Terry negative log-likelihood of the preferences: ``mean(−log σ(r_c − r_r))``
+    (``softplus(−(r_c − r_r))``, stable for large margins).
+
+    Example:
+        >>> round(float(bradley_terry_loss(torch.tensor([1.0]), torch.tensor([0.0]))), 6)  # log(1 + e^-1)
+        0.313262
+    """
+    return F.softplus(-(reward_chosen - reward_rejected)).mean()
+
+
+def implicit_reward(
+    logprob: Float[Tensor, "*batch"], ref_logprob: Float[Tensor, "*batch"], beta: float
+) -> Float[Tensor, "*batch"]:
+    """``β · (log π(a|s) − log π_ref(a|s))``: the reward a policy trained against ``π_ref`` implies (Rafailov et
+    al. 2024, "From r to Q*": it equals r(s, a) + V*(s') − V*(s) at the optimum)."""
+    return beta * (logprob - ref_logprob)
+
+
+def dpo_loss(
+    logprob_chosen: Float[Tensor, " batch"],
+    logprob_rejected: Float[Tensor, " batch"],
+    ref_chosen: Float[Tensor, " batch"],
+    ref_rejected: Float[Tensor, " batch"],
+    beta: float,
+) -> Float[Tensor, ""]:
+    """The DPO sigmoid loss (Rafailov et al. 2023, Eq. 7): Bradley–Terry on the implicit rewards,
+    ``mean(−log σ(β[(log π_c − log π_ref,c) − (log π_r − log π_ref,r)]))``.
+
+    Example:
+        >>> z = torch.zeros(1)
+        >>> round(float(dpo_loss(z, z, z, z, beta=0.1)), 6)  # a policy equal to its reference: log 2
+        0.693147
+    """
+    if not beta > 0:
+        raise ValueError(f"beta must be > 0; got {beta}")
+    return bradley_terry_loss(
+        implicit_reward(logprob_chosen, ref_chosen, beta),
+        implicit_reward(logprob_rejected, ref_rejected, beta),
+    )
