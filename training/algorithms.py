@@ -15,6 +15,8 @@ algo                      advantage / loss
                           ``sft_targets="best"`` on every direction its planner rates best, equally
 ``iterative_sft``         each step: sample on-policy, keep the best ``keep_fraction`` of every group,
                           cross-entropy on their letters (RAFT / "Retaining by Doing" §4.2)
+``dpo``                   the sigmoid DPO loss on pairs of moves from one maze state, the one with the
+                          higher true Q preferred (``training.preferences``); reference: the untrained model
 ========================  =============================================================================
 
 The maths of each loss is in :mod:`training.losses` (the paper's App. Q); this module only says which
@@ -51,8 +53,9 @@ class Algorithm:
 
     Attributes:
         name: the ``--algo`` value.
-        plays: ``"policy"`` (on-policy rollouts in GRPO groups) or ``"expert"`` (the planner's
-            demonstrations, one maze per episode).
+        plays: ``"policy"`` (on-policy rollouts in GRPO groups), ``"expert"`` (the planner's
+            demonstrations, one maze per episode) or ``"preferences"`` (pairs of moves from one state ranked by
+            true Q, ``training.preferences``; rows ``2i``, ``2i + 1``).
         loss: the micro-batch loss.
         advantages: the policy gradients' advantages (None: the loss needs none).
         keep: rows of a step's episodes that train (None: all of them).
@@ -66,7 +69,7 @@ class Algorithm:
 
     name: str
     loss: Loss
-    plays: Literal["policy", "expert"] = "policy"
+    plays: Literal["policy", "expert", "preferences"] = "policy"
     advantages: Advantages | None = None
     keep: Callable[[EpisodeBatch, Args], Tensor] | None = None
     entropy_bonus: bool = True
@@ -196,6 +199,19 @@ def _surrogate_loss(
     return L.seq_mean_token_sum(per_token, mask, args.loss_z), stats
 
 
+def _dpo_loss(
+    logits: Tensor, chunk: EpisodeBatch, extras: dict[str, Any], args: Args, entropy_coef: float
+) -> tuple[Tensor, dict[str, float]]:
+    """DPO's sigmoid loss on preference rows (``2i`` preferred, ``2i + 1`` not; ``training.preferences``)."""
+    actions = chunk.actions.to(logits.device)
+    logp = L.direction_logprobs(logits, actions)[:, 0]
+    ref = L.direction_logprobs(extras["ref_logits"].to(logits.device), actions)[:, 0]
+    loss = L.dpo_loss(logp[0::2], logp[1::2], ref[0::2], ref[1::2], beta=args.dpo_beta)
+    margin = (L.implicit_reward(logp[0::2], ref[0::2], args.dpo_beta)
+              - L.implicit_reward(logp[1::2], ref[1::2], args.dpo_beta)).detach()  # fmt: skip
+    return loss, {"pair_accuracy": float((margin > 0).float().mean()), "reward_margin": float(margin.mean())}
+
+
 def best_of_group(episodes: EpisodeBatch, group_size: int, keep_fraction: float) -> Tensor:
     """Iterative-SFT's filter: rows of the ``ceil(keep_fraction·G)`` highest-return episodes of every group."""
     returns = L._grouped(episodes.returns, group_size)  # (n_groups, G)
@@ -247,6 +263,7 @@ ALGORITHMS: dict[str, Algorithm] = {
             entropy_bonus=False,
             revisits=False,
         ),
+        Algorithm("dpo", _dpo_loss, plays="preferences", reference=True, entropy_bonus=False),
     )
 }
 """Every algorithm by its ``--algo`` name."""

@@ -15,7 +15,7 @@ from maze_env import config_for_tiles
 from maze_env.config import MazeConfig
 from training.algorithms import ALGORITHMS
 
-Algo = Literal["dr_grpo", "grpo", "reinforce", "rloo", "ppo", "tbrm", "sft", "iterative_sft"]
+Algo = Literal["dr_grpo", "grpo", "reinforce", "rloo", "ppo", "tbrm", "sft", "iterative_sft", "dpo"]
 ALGOS: tuple[str, ...] = tuple(ALGORITHMS)
 """The ``--algo`` values (``Algo`` spells them out for the command line; a test keeps the two equal)."""
 HELDOUT_BASE_SEED = 3_000_000_000
@@ -187,6 +187,12 @@ class Args:
     """Read the reward axis every N steps (0: never): ``probes.axis_monitor`` on a fixed probe set, per layer
     cos(v_Mold, v_Gold) and cos(v, u), cos(v, valence PC1) and tracking d, logged as ``axis`` in
     ``metrics.jsonl`` (the untrained model's reading and the settings in ``axis_monitor.json``)."""
+    dpo_beta: float = 0.1
+    """DPO's β (``--algo dpo``): the implicit reward is β·log π/π_ref."""
+    preference_horizon: int = 4
+    """Search horizon of the true Q that ranks the two moves of a preference pair (``training.preferences``)."""
+    preference_rule: str = "best_worst"
+    """best_worst (a state's best vs worst move) or random (two distinct moves drawn at random)."""
     intervene_vector: str | None = None
     """A saved ConceptVector directory to intervene on during the update forwards (``training.intervention``):
     is the axis needed for learning? Rollouts and evaluations run without it."""
@@ -335,7 +341,7 @@ def validate(args: Args) -> Args:
             f"use a multiple, e.g. episodes_per_step={args.group_size * math.ceil(args.episodes_per_step / args.group_size)}"
         )
     check_positive_int("rollout_shards", args.rollout_shards)
-    shard_unit = args.rollout_shards * (1 if algo.plays == "expert" else args.group_size)
+    shard_unit = args.rollout_shards * {"expert": 1, "preferences": 2}.get(algo.plays, args.group_size)
     if args.episodes_per_step % shard_unit:
         raise ValueError(
             f"episodes_per_step={args.episodes_per_step} must be a multiple of rollout_shards × group_size = "
@@ -347,6 +353,17 @@ def validate(args: Args) -> Args:
         raise ValueError(
             f"minibatches={args.minibatches} must divide episodes_per_step={args.episodes_per_step}"
         )
+    if algo.plays == "preferences":
+        if args.episodes_per_step % (2 * args.minibatches) or args.micro_batch_size % 2:
+            raise ValueError(
+                f"--algo {args.algo} trains on pairs (rows 2i, 2i+1): episodes_per_step ({args.episodes_per_step}) must be "
+                f"a multiple of 2 × minibatches ({args.minibatches}) and micro_batch_size ({args.micro_batch_size}) even"
+            )
+        if not args.dpo_beta > 0:
+            raise ValueError(f"dpo_beta must be > 0; got {args.dpo_beta}")
+        if args.preference_rule not in ("best_worst", "random"):
+            raise ValueError(f"preference_rule must be best_worst or random; got {args.preference_rule!r}")
+        check_positive_int("preference_horizon", args.preference_horizon)
     if args.group_size < algo.min_group_size:
         raise ValueError(f"algo={args.algo} needs group_size >= {algo.min_group_size}; got {args.group_size}")
     for name in ("lr", "temperature", "loss_z", "tbrm_beta"):

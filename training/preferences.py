@@ -14,14 +14,19 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
+import torch
 
-from maze_env import MazeConfig
+from maze_env import ACTIONS, MazeConfig
 from probes.maze_states import MazeStates
 from probes.q_readout import true_q
+from probes.tokens import direction_token_ids
+from training.expert_data import encode_episode
+from training.rollout import EpisodeBatch, TurnTensors, right_pad
 
 Rule = Literal["best_worst", "random"]
 
@@ -35,6 +40,10 @@ class PreferencePairs:
     rejected: np.ndarray
     q_chosen: np.ndarray
     q_rejected: np.ndarray
+    q: np.ndarray
+    """``(n, 4)`` true Q of every move at the row's state."""
+    seeds: np.ndarray
+    """The maze seed of the row's state."""
     state_index: np.ndarray
     """The row's state in the :class:`MazeStates` it came from."""
     n_states: int
@@ -63,8 +72,15 @@ class PreferencePairs:
 
     def _take(self, rows: np.ndarray) -> PreferencePairs:
         return PreferencePairs([self.prompts[i] for i in rows], self.chosen[rows], self.rejected[rows],
-                               self.q_chosen[rows], self.q_rejected[rows], self.state_index[rows], len(rows),
-                               self.rule)  # fmt: skip
+                               self.q_chosen[rows], self.q_rejected[rows], self.q[rows], self.seeds[rows],
+                               self.state_index[rows], len(rows), self.rule)  # fmt: skip
+
+    def head(self, n: int) -> PreferencePairs:
+        """The first ``n`` pairs; the states considered are those up to the last one's (ties among them kept)."""
+        rows = np.arange(min(n, len(self)))
+        taken = self._take(rows)
+        considered = int(self.state_index[rows[-1]]) + 1 if len(rows) else 0
+        return dataclasses.replace(taken, n_states=considered)
 
 
 def _prompt(states: MazeStates, index: int) -> list[dict[str, str]]:
@@ -103,6 +119,8 @@ def preference_pairs(
         rejected=rejected,
         q_chosen=q[index, chosen] if len(rows) else np.zeros(0),
         q_rejected=q[index, rejected] if len(rows) else np.zeros(0),
+        q=q[index] if len(rows) else np.zeros((0, 4)),
+        seeds=np.array([states.seeds[int(states.episode[i])] for i in index], dtype=np.int64),
         state_index=index,
         n_states=len(states),
         rule=rule,
@@ -122,3 +140,52 @@ def maze_preference_pairs(
     """Pairs from ``n_episodes`` seeded random walks (maze seeds ``seed, seed + 1, ...``)."""
     states = MazeStates.random_walks(n_episodes, config=config, seed=seed, n_turns=n_turns).decisions()
     return preference_pairs(states, true_q(states, horizon=horizon), rule=rule, seed=seed, **kwargs)
+
+
+def preference_episodes(
+    tokenizer: Any, pairs: PreferencePairs, config: MazeConfig | None = None
+) -> EpisodeBatch:
+    """The pairs as a one-decision :class:`~training.rollout.EpisodeBatch` for the trainer: row ``2i`` plays pair
+    ``i``'s preferred move, row ``2i + 1`` its other move, both after the same chat (the earlier moves are in the
+    text). ``direction_logits`` hold the state's true Q of the four moves and ``rewards`` the played move's, as
+    the expert's episodes hold the planner's."""
+    if len(pairs) == 0:
+        raise ValueError("no preference pairs (every state was a tie); use more states or another rule")
+    direction_ids = list(direction_token_ids(tokenizer, ACTIONS))
+    if tokenizer.pad_token_id is None:
+        raise ValueError("the tokenizer has no pad token; set tokenizer.pad_token (probes.models does)")
+    n = 2 * len(pairs)
+    out = TurnTensors.empty(n, 1)
+    rows, positions, messages, seeds = [], [], [], []
+    for i in range(len(pairs)):
+        for j, action in enumerate((int(pairs.chosen[i]), int(pairs.rejected[i]))):
+            chat = [*pairs.prompts[i], {"role": "assistant", "content": ACTIONS[action]}]
+            ids, where = encode_episode(tokenizer, chat, direction_ids)
+            row = 2 * i + j
+            out.actions[row, 0] = action
+            out.direction_logits[row, 0] = torch.from_numpy(pairs.q[i]).float()
+            out.rewards[row, 0] = float(pairs.q[i, action])
+            rows.append(ids)
+            positions.append([where[-1]])
+            messages.append(chat)
+            seeds.append(int(pairs.seeds[i]))
+    pad_id = int(tokenizer.pad_token_id)
+    input_ids, attention_mask = right_pad(rows, pad_id)
+    return EpisodeBatch(input_ids=input_ids, attention_mask=attention_mask,
+                        action_positions=torch.tensor(positions, dtype=torch.long), **out.fields(), seeds=seeds,
+                        messages=messages, temperature=1.0, greedy=True, direction_token_ids=direction_ids,
+                        pad_token_id=pad_id, config=config or MazeConfig(), model_name=f"preferences-{pairs.rule}")  # fmt: skip
+
+
+def step_pairs(
+    n_pairs: int, *, config: MazeConfig, seed: int, horizon: int, rule: Rule = "best_worst"
+) -> PreferencePairs:
+    """Exactly ``n_pairs`` pairs from as many seeded random walks (maze seeds ``seed, seed + 1, ...``) as needed."""
+    episodes = max(1, -(-n_pairs // max(1, config.n_turns)))
+    while True:
+        pairs = maze_preference_pairs(episodes, config=config, seed=seed, horizon=horizon, rule=rule)
+        if len(pairs) >= n_pairs:
+            return pairs.head(n_pairs)
+        if pairs.n_states and len(pairs) == 0 and episodes > 64 * n_pairs:
+            raise ValueError("every state is a tie; raise the horizon")
+        episodes *= 2

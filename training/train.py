@@ -73,6 +73,7 @@ from training.evaluation import EvalResult, compare_evals, eval_settings, evalua
 from training.expert_data import expert_episodes
 from training.monitor import start_monitor
 from training.policy import Policy, make_optimizer, make_policy, use_autocast
+from training.preferences import preference_episodes, step_pairs
 from training.rollout import EpisodeBatch, collect_episodes
 from training.top_layers import assemble, capture_below
 from training.update import NonFiniteLossError, top_layer_start, train_step
@@ -357,8 +358,10 @@ def _step_record(
     if summary is not None:  # rank 0: statistics of the global batch
         record.update({key: summary[key] for key in SUMMARY_KEYS})
     record.update(**stats, rollout_tokens=int(D.global_count(episodes.n_tokens, ctx)))
-    if algo.plays == "expert":
-        record["data"] = "expert"  # the returns above are the expert's, not the policy's
+    if algo.plays in ("expert", "preferences"):
+        record["data"] = (
+            algo.plays
+        )  # the returns above are the data's (true Q of the moves), not the policy's
     if algo.keep is not None:
         kept = D.mean_metrics({"r": float(train_batch.returns.mean())}, ctx, weight=len(train_batch))
         record["kept_mean_return"] = kept["r"]
@@ -382,7 +385,15 @@ def play_step(
     # One call per rollout shard; this rank collects D.rank_shard_ids (all of them in one process).
     sharded = args.rollout_shards > 1
     parts, hiddens = [], []
-    if ALGORITHMS[args.algo].plays == "expert":
+    if ALGORITHMS[args.algo].plays == "preferences":  # pairs of moves ranked by true Q, one state each
+        n_pairs = step_args.episodes_per_step // 2
+        base = train_seeds(args.seed, step, 1, 1)[0]
+        pairs = step_pairs(n_pairs, config=step_config, seed=base, horizon=args.preference_horizon,
+                           rule=args.preference_rule)  # fmt: skip
+        full = preference_episodes(policy.tokenizer, pairs, step_config)
+        shards = D.shard_seeds(list(range(len(full))), args.rollout_shards, 2)
+        parts = [full.select(shards[shard]) for shard in D.rank_shard_ids(args.rollout_shards, ctx)]
+    elif ALGORITHMS[args.algo].plays == "expert":
         blocks = D.shard_seeds(
             train_seeds(args.seed, step, step_args.episodes_per_step, 1), args.rollout_shards
         )

@@ -42,7 +42,7 @@ def top_layer_start(policy: Policy, args: Args) -> int | None:
     """The first adapted layer when the update may reuse the rollout's activations below it, else None."""
     if not (args.reuse_rollout_activations and policy.is_lora and args.lora_layers):
         return None
-    if ALGORITHMS[args.algo].plays == "expert" or not supports_top_layers(policy.model):
+    if ALGORITHMS[args.algo].plays != "policy" or not supports_top_layers(policy.model):
         return None
     start = int(policy.model.config.num_hidden_layers) - args.lora_layers
     return start if start >= 1 else None
