@@ -134,6 +134,19 @@ def test_bad_settings_get_clear_errors(tmp_path, capsys):
     }
 
 
+def test_train_cache_key_leaves_out_settings_that_do_not_apply():
+    from welfare_axis import study
+
+    key = study.train_stage_settings(StudyConfig())  # a finished study is not retrained by new inert settings
+    assert not set(key) & {"dpo_beta", "preference_horizon", "intervene_vector", "monitor_every", "out"}
+    dpo = study.train_stage_settings(StudyConfig.from_overrides(StudyConfig(), {"algo": "dpo"}))
+    assert dpo["dpo_beta"] == 0.1 and "intervene_mode" not in dpo
+    iv = StudyConfig.from_overrides(
+        StudyConfig(), {"train_overrides": {"intervene_vector": "v", "lora_layers": None}}
+    )
+    assert study.train_stage_settings(iv)["intervene_mode"] == "add"
+
+
 def test_train_cache_key_is_the_resolved_training_config(monkeypatch):
     from welfare_axis import study
 

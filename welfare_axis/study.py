@@ -277,6 +277,8 @@ _RUN_ONLY_ARGS = ("out", "progress", "resume", "stop_at_step", "threads", "devic
 model without gradients or random numbers)."""
 _INTERVENTION_ARGS = ("intervene_vector", "intervene_layer", "intervene_mode", "intervene_alpha")
 """Train Args that only matter with an intervention vector (left out of the key without one)."""
+_PREFERENCE_ARGS = ("dpo_beta", "preference_horizon", "preference_rule")
+"""Train Args that only DPO reads (left out of the key for the other algorithms)."""
 
 
 def train_stage_settings(cfg: StudyConfig) -> dict[str, Any]:
@@ -287,7 +289,9 @@ def train_stage_settings(cfg: StudyConfig) -> dict[str, Any]:
         shipped = find_shipped(cfg.model, cfg.trained)
         return {"shipped": shipped.name, "sha256": shipped.provenance.sha256}
     args = dataclasses.asdict(cfg.train_args(Path("run")))
-    inert = () if args.get("intervene_vector") else _INTERVENTION_ARGS  # no effect without a vector
+    inert = set() if args.get("intervene_vector") else set(_INTERVENTION_ARGS)  # no effect without a vector
+    if args.get("algo") != "dpo":
+        inert |= set(_PREFERENCE_ARGS)  # read by DPO only
     return {k: v for k, v in args.items() if k not in _RUN_ONLY_ARGS and k not in inert}
 
 
