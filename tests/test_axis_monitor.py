@@ -79,3 +79,19 @@ def test_monitor_errors_name_the_fix(tmp_path):
         axis_records(tmp_path)
     with pytest.raises(ValueError, match="monitor_n_per_class"):
         T.main(T.Args(**TINY, monitor_every=1, monitor_n_per_class=4, out=str(tmp_path / "y")))
+
+
+def test_bench_monitor_overhead_reads_both_sides_from_one_run(monitored):
+    from bench.monitor import overhead
+
+    ratio, steps, monitor, readings = overhead(monitored / "on")
+    records = [json.loads(line) for line in (monitored / "on" / "metrics.jsonl").read_text().splitlines()]
+    assert readings == 2 and monitor == pytest.approx(sum(r["monitor_seconds"] for r in records))
+    assert ratio == pytest.approx((steps + monitor) / steps) and ratio > 1
+    with pytest.raises(ValueError, match="no axis readings"):
+        overhead(monitored / "off") if (monitored / "off").is_dir() else overhead(_unmonitored(monitored))
+
+
+def _unmonitored(tmp):
+    T.main(T.Args(**TINY, out=str(tmp / "plain")))
+    return tmp / "plain"
