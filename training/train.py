@@ -219,9 +219,8 @@ def _main(args: Args, ctx: D.DistContext) -> RunResult:
             write_json(eval_path, evals)
             print(f"before training: {before.line()}", file=sys.stderr)
 
-    monitor = (
-        start_monitor(policy, args, run_dir, start, ctx) if args.monitor_every else None
-    )  # the reward axis
+    # the reward axis, read every monitor_every steps (probes.axis_monitor)
+    monitor = start_monitor(policy, args, run_dir, start, ctx) if args.monitor_every else None
     algo = ALGORITHMS[args.algo]
     end = args.steps if args.stop_at_step is None else min(args.steps, args.stop_at_step)
     start_layer = top_layer_start(policy, args)
@@ -358,10 +357,8 @@ def _step_record(
     if summary is not None:  # rank 0: statistics of the global batch
         record.update({key: summary[key] for key in SUMMARY_KEYS})
     record.update(**stats, rollout_tokens=int(D.global_count(episodes.n_tokens, ctx)))
-    if algo.plays in ("expert", "preferences"):
-        record["data"] = (
-            algo.plays
-        )  # the returns above are the data's (true Q of the moves), not the policy's
+    if algo.plays in ("expert", "preferences"):  # the returns above are the data's, not the policy's
+        record["data"] = algo.plays
     if algo.keep is not None:
         kept = D.mean_metrics({"r": float(train_batch.returns.mean())}, ctx, weight=len(train_batch))
         record["kept_mean_return"] = kept["r"]

@@ -119,9 +119,7 @@ def _micro_loss(
     if intervention is not None and intervention.mode == "penalty":
         extra = penalty.value()
         loss = loss + extra
-        stats["intervention_penalty"] = (
-            float(extra.detach()) if isinstance(extra, torch.Tensor) else float(extra)
-        )
+        stats["intervention_penalty"] = float(torch.as_tensor(extra).detach())
     stats["entropy"] = float(L.policy_entropy(logits.detach(), args.temperature).mean())
     if algo.entropy_bonus:
         stats["entropy_eq"] = float(extras["entropy_eq"].detach().mean())
