@@ -87,3 +87,10 @@ def test_every_shipped_model_loads_and_reproduces_its_recorded_check_evaluation(
 
 def test_shipped_adapters_stay_within_the_size_budget():
     assert sum(m.provenance.size_bytes for m in S.shipped_models()) <= 30 * 2**20
+
+
+def test_an_unfinished_run_does_not_ship(tmp_path):
+    T.main(T.Args(**{**TINY, "steps": 2, "stop_at_step": 1}, out=str(tmp_path / "half")))
+    with pytest.raises(ValueError, match="1 of 2 steps"):
+        S.ship_run(tmp_path / "half", "x", command="c", commit="c", root=tmp_path / "s", progress=False)
+    assert not (tmp_path / "s" / "tiny-llama" / "x").exists()

@@ -283,6 +283,12 @@ def ship_run(
     checkpoint = latest_checkpoint(run_dir)
     if checkpoint is None:
         raise FileNotFoundError(f"no checkpoint in {run_dir}/checkpoints")
+    done = int(checkpoint.name.removeprefix("step_"))
+    if done != args.steps or not evals.get("after"):
+        raise ValueError(
+            f"{run_dir} is not finished ({done} of {args.steps} steps, after-evaluation "
+            f"{'present' if evals.get('after') else 'missing'}): resume it to the end before shipping"
+        )
     trained = load_file(str(checkpoint / "trainable.safetensors"))
     weights = {k: v.to(_DTYPES[dtype]).contiguous() for k, v in trained.items()}
     folder = (Path(root) if root is not None else SHIPPED_DIR) / args.model / recipe
