@@ -27,7 +27,6 @@ import hashlib
 import json
 import os
 import platform
-import shutil
 import subprocess
 from dataclasses import dataclass
 from importlib import metadata
@@ -35,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from probes.artifacts import atomic_directory
 from training.config import Args, upgrade_config
@@ -178,14 +177,21 @@ def load_shipped(
             f"{weights_path} does not match the sha256 in its provenance.json; reinstall the package "
             "(git checkout -- training/shipped) to restore it"
         )
-    args = shipped.provenance.train_args
+    return _adapter_model(
+        shipped.provenance.train_args, load_file(str(weights_path)), str(weights_path), merge, device
+    )
+
+
+def _adapter_model(
+    args: Args, weights: dict[str, torch.Tensor], source: str, merge: bool, device: str | None = None
+) -> tuple[torch.nn.Module, Any]:
+    """The run's base model with ``weights`` (its trainable LoRA tensors, any dtype) in place, in eval mode."""
     args = dataclasses.replace(args, kl_coef=0.0, algo="sft", device=device or args.device)
     policy = make_policy(args)
-    weights = load_file(str(weights_path))
     params = policy.trainable_parameters()
     if set(weights) != set(params):
         raise ShippedModelError(
-            f"{weights_path} does not fit {model}: missing {sorted(set(params) - set(weights))[:3]}, unexpected "
+            f"{source} does not fit {args.model}: missing {sorted(set(params) - set(weights))[:3]}, unexpected "
             f"{sorted(set(weights) - set(params))[:3]}"
         )
     with torch.no_grad():
@@ -292,31 +298,16 @@ def ship_run(
     trained = load_file(str(checkpoint / "trainable.safetensors"))
     weights = {k: v.to(_DTYPES[dtype]).contiguous() for k, v in trained.items()}
     folder = (Path(root) if root is not None else SHIPPED_DIR) / args.model / recipe
-    folder.parent.mkdir(parents=True, exist_ok=True)
-
-    # Evaluate the stored weights before publishing them: a scratch root with the adapter and a provisional
-    # provenance (its sha256 only), loaded exactly as a user loads the published one.
-    scratch = folder.parent / f".{recipe}.scratch"
-    shutil.rmtree(scratch, ignore_errors=True)
-    try:
-        stage = scratch / args.model / recipe
-        stage.mkdir(parents=True)
-        save_file(weights, str(stage / "adapter.safetensors"))
-        sha = _sha256(stage / "adapter.safetensors")
-        provisional = {"model": args.model, "recipe": recipe, "format": FORMAT, "command": command,
-                       "commit": "", "seed": args.seed, "args": dataclasses.asdict(args), "stored_dtype": dtype,
-                       "versions": {}, "sha256": sha, "size_bytes": 0, "before": {}, "after": {}, "gain": {},
-                       "run_after": None, "check": {}}  # fmt: skip
-        (stage / "provenance.json").write_text(json.dumps(provisional))
-        net, tok = load_shipped(args.model, recipe, root=scratch)
-        if progress:
-            print(f"ship_run: evaluating the stored {dtype} weights on {args.eval_episodes} held-out mazes",
-                  flush=True)  # fmt: skip
-        after = evaluate(net, tok, **eval_settings(args))
-        check = _check_eval(net, tok, args)
-        size = (stage / "adapter.safetensors").stat().st_size
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    blob = save(weights)  # the exact bytes published below; loading them back gives ``weights``
+    sha, size = hashlib.sha256(blob).hexdigest(), len(blob)
+    net, tok = _adapter_model(args, weights, f"{run_dir} ({dtype})", merge=True)
+    if progress:
+        print(
+            f"ship_run: evaluating the stored {dtype} weights on {args.eval_episodes} held-out mazes",
+            flush=True,
+        )
+    after = evaluate(net, tok, **eval_settings(args))  # the stored weights, before anything is published
+    check = _check_eval(net, tok, args)
     before = EvalResult(**evals["before"])
     provenance = Provenance(
         model=args.model,
@@ -339,7 +330,7 @@ def ship_run(
     )
 
     def publish(tmp: Path) -> None:
-        save_file(weights, str(tmp / "adapter.safetensors"))
+        (tmp / "adapter.safetensors").write_bytes(blob)
         (tmp / "provenance.json").write_text(json.dumps(dataclasses.asdict(provenance), indent=1) + "\n")
 
     atomic_directory(folder, publish)

@@ -299,15 +299,17 @@ def stage_shipped(cfg: StudyConfig) -> dict[str, Any]:
     """The train stage of a study of a shipped trained model: its provenance, nothing trained."""
     shipped = find_shipped(cfg.model, str(cfg.trained))
     p = shipped.provenance
-    gain = p.gain
-    paired = "stderr_diff_paired" in gain
-    se = gain["stderr_diff_paired"] if paired else gain["stderr_diff_unpaired"]
     return {"shipped": shipped.name, "sha256": p.sha256, "command": p.command, "commit": p.commit,
             "steps": p.args["steps"], "before": _eval_summary(p.before), "after": _eval_summary(p.after),
-            "train_args": p.args | {"out": None},
-            "return_gain": {"diff": gain["return_diff"], "se": se, "z": gain["return_diff"] / se if se > 0
-                            else float("inf"), "paired": paired, "gold_diff": gain["gold_diff"],
-                            "mold_diff": gain["mold_diff"]}}  # fmt: skip
+            "train_args": p.args | {"out": None}, "return_gain": _return_gain(p.gain)}  # fmt: skip
+
+
+def _return_gain(gain: Mapping[str, float]) -> dict[str, Any]:
+    """``training.evaluation.compare_evals``'s result as the study records it: paired when it can be."""
+    paired = "stderr_diff_paired" in gain  # the same held-out mazes before and after
+    se = gain["stderr_diff_paired"] if paired else gain["stderr_diff_unpaired"]
+    return {"diff": gain["return_diff"], "se": se, "z": gain["return_diff"] / se if se > 0 else float("inf"),
+            "paired": paired, "gold_diff": gain["gold_diff"], "mold_diff": gain["mold_diff"]}  # fmt: skip
 
 
 def stage_train(cfg: StudyConfig, work: Path) -> dict[str, Any]:
@@ -322,12 +324,9 @@ def stage_train(cfg: StudyConfig, work: Path) -> dict[str, Any]:
     out: dict[str, Any] = {"run": "run", "steps": result.steps_done, "before": before, "after": after,
                            "train_args": dataclasses.asdict(args) | {"out": "run"}}  # fmt: skip
     if before and after:
-        gain = compare_evals(EvalResult(**evals["before"]), EvalResult(**evals["after"]))
-        paired = "stderr_diff_paired" in gain  # the same held-out mazes before and after
-        se = gain["stderr_diff_paired"] if paired else gain["stderr_diff_unpaired"]
-        out["return_gain"] = {"diff": gain["return_diff"], "se": se, "z": gain["return_diff"] / se if se > 0
-                              else float("inf"), "paired": paired, "gold_diff": gain["gold_diff"],
-                              "mold_diff": gain["mold_diff"]}  # fmt: skip
+        out["return_gain"] = _return_gain(
+            compare_evals(EvalResult(**evals["before"]), EvalResult(**evals["after"]))
+        )
     return out
 
 
