@@ -588,6 +588,19 @@ def _bundled(name: str) -> BundledModel | None:
     return BUNDLED_MODELS.get(name.strip().lower()) if isinstance(name, str) else None
 
 
+def bundled_gguf(name: str, scratch: str | os.PathLike[str]) -> Path:
+    """The GGUF file of a bundled model (Gemma's is assembled into ``scratch``; SmolLM2's is used in place).
+
+    Raises:
+        ValueError: ``name`` is not a bundled model.
+        ModelPackageMissingError: its weights package is not installed (the message says how to install it).
+    """
+    spec = _bundled(name)
+    if spec is None:
+        raise ValueError(f"{name!r} is not a bundled model; use one of {sorted(BUNDLED_MODELS)}")
+    return spec.locate_gguf(Path(scratch))
+
+
 def _load_gguf_dense(gguf: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Dequantize a GGUF file into a plain float32 HF model with the GGUF quantizer removed."""
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
