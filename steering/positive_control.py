@@ -38,6 +38,7 @@ from probes.models import load_model
 from probes.record import capture
 from steering.datasets import self_report_prompts
 from steering.generate import render_prompts
+from steering.reliability import Reliability, reliability_table
 from steering.stats import CellSummary, SlopeRow, dose_response_slopes, is_monotonic, summarize_cells
 from steering.sweep import SweepConfig, run_sweep
 
@@ -85,6 +86,9 @@ class PositiveControlResult:
     v_excludes_zero: bool
     random_flat: bool
     elapsed_s: float
+    reliability: list[Reliability] = dataclasses.field(default_factory=list)
+    """Per vector: per-prompt slopes, anti-steerable share, R² of α, incoherence by α (``steering.reliability``);
+    the random control is judged against v's direction (+1: α > 0 should read more positive)."""
 
     @property
     def passed(self) -> bool:
@@ -113,6 +117,20 @@ class PositiveControlResult:
             lines.append(
                 f"| {s.vector} | {s.slope:+.3f} ± {s.se:.3f} | [{s.ci_low:+.3f}, {s.ci_high:+.3f}] | {s.n} |"
             )
+        if self.reliability:
+            lines += [
+                "",
+                "| vector | prompts | anti-steerable share (95% CI) | R² of α | per-prompt slope sd | incoherent by α |",
+                "|---|---|---|---|---|---|",
+            ]
+            for rel in sorted(self.reliability, key=lambda r: r.vector, reverse=True):
+                incoherent = ", ".join(
+                    f"{a:+g}: {x:.2f}" for a, x in sorted(rel.incoherence_by_alpha.items())
+                )
+                lines.append(
+                    f"| {rel.vector} | {rel.n_prompts} | {rel.anti_steerable:.2f} [{rel.anti_ci_low:.2f}, "
+                    f"{rel.anti_ci_high:.2f}] | {rel.variance_explained:.3f} | {rel.prompt_slope_sd:.3f} | {incoherent} |"
+                )
         lines += [
             "",
             f"monotonic (v): {self.monotonic}; v slope CI excludes 0: {self.v_excludes_zero}; "
@@ -199,6 +217,9 @@ def run_positive_control(
         v_excludes_zero=by_vector["v"].excludes_zero and by_vector["v"].slope > 0,
         random_flat=random_slope.ci_low <= 0 <= random_slope.ci_high,
         elapsed_s=time.perf_counter() - started,
+        reliability=reliability_table(
+            records, expected_signs={("v", "sentiment"): 1, ("random", "sentiment"): 1}
+        ),
     )
     summary = {
         "config": {
@@ -210,6 +231,7 @@ def run_positive_control(
         "median_h_norm": h_norm,
         "cells": [dataclasses.asdict(c) for c in cells],
         "slopes": [dataclasses.asdict(s) for s in slopes],
+        "reliability": [dataclasses.asdict(r) for r in result.reliability],
         "passed": result.passed,
         "markdown": result.markdown(),
     }

@@ -235,3 +235,8 @@ def test_positive_control_sentiment_vector_moves_vader_sentiment(tmp_path) -> No
         float(torch.linalg.vector_norm(torch.zeros(1))) + result.raw_norm
     )
     assert (tmp_path / "sweep.jsonl").exists() and (tmp_path / "summary.json").exists()
+    reliability = {r.vector: r for r in result.reliability}
+    assert set(reliability) == {"v", "random"} and reliability["v"].n_prompts == 10
+    assert reliability["v"].expected_sign == reliability["random"].expected_sign == 1
+    assert reliability["v"].anti_steerable < 0.5  # most prompts move the way the pooled slope says
+    assert "anti-steerable share" in result.markdown()
