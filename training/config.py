@@ -187,6 +187,10 @@ class Args:
     """Read the reward axis every N steps (0: never): ``probes.axis_monitor`` on a fixed probe set, per layer
     cos(v_Mold, v_Gold) and cos(v, u), cos(v, valence PC1) and tracking d, logged as ``axis`` in
     ``metrics.jsonl`` (the untrained model's reading and the settings in ``axis_monitor.json``)."""
+    reward_model: str | None = None
+    """A reward-model directory (``python -m training.reward_model``): RL trains on its reward of each move
+    instead of the environment's (RLHF's second stage). Logged returns and evaluations stay the environment's;
+    the step records hold the learned reward too."""
     dpo_beta: float = 0.1
     """DPO's β (``--algo dpo``): the implicit reward is β·log π/π_ref."""
     preference_horizon: int = 4
@@ -329,6 +333,11 @@ def validate(args: Args) -> Args:
                 "below the adapted layers: add --no-reuse-rollout-activations (or adapt every layer)"
             )
     check_positive_int("monitor_n_per_class", args.monitor_n_per_class, 8)
+    if args.reward_model is not None and algo.plays != "policy":
+        raise ValueError(
+            f"reward_model trains RL on a learned reward; --algo {args.algo} does not play the policy "
+            "(use dr_grpo, grpo, reinforce, rloo, ppo or tbrm)"
+        )
     if args.update_epochs is not None:
         check_positive_int("update_epochs", args.update_epochs)
     if args.anneal_steps is not None:

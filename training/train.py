@@ -74,6 +74,7 @@ from training.expert_data import expert_episodes
 from training.monitor import start_monitor
 from training.policy import Policy, make_optimizer, make_policy, use_autocast
 from training.preferences import preference_episodes, step_pairs
+from training.reward_model import load_reward_model, with_learned_rewards
 from training.rollout import EpisodeBatch, collect_episodes
 from training.top_layers import assemble, capture_below
 from training.update import NonFiniteLossError, top_layer_start, train_step
@@ -219,6 +220,9 @@ def _main(args: Args, ctx: D.DistContext) -> RunResult:
             write_json(eval_path, evals)
             print(f"before training: {before.line()}", file=sys.stderr)
 
+    # RLHF's second stage: a learned reward replaces the environment's in the update (training.reward_model)
+    reward_model = load_reward_model(args.reward_model, device=str(ctx.device)) if args.reward_model else None
+
     # the reward axis, read every monitor_every steps (probes.axis_monitor)
     monitor = start_monitor(policy, args, run_dir, start, ctx) if args.monitor_every else None
     algo = ALGORITHMS[args.algo]
@@ -241,6 +245,8 @@ def _main(args: Args, ctx: D.DistContext) -> RunResult:
         episodes, hidden = play_step(policy, args, step, ctx, start_layer)
         rollout_seconds = time.perf_counter() - t0
         summary = _summarise(episodes, args, step, ctx, run_dir)  # rank 0: the global batch, logged
+        if reward_model is not None:  # after the summary: logs keep the true return
+            episodes = with_learned_rewards(episodes, reward_model)
 
         # ADVANTAGES + UPDATE (the algorithm's entry says which episodes train; train_step does the rest)
         t0 = time.perf_counter()
@@ -252,6 +258,8 @@ def _main(args: Args, ctx: D.DistContext) -> RunResult:
 
         # LOG
         record = _step_record(step, step_args, summary, stats, episodes, train_batch, ctx)
+        if reward_model is not None:
+            record["learned_reward_mean_return"] = float(episodes.rewards.sum(1).mean())
         seconds = {"rollout": rollout_seconds, "update": update_seconds, "step": time.perf_counter() - t_step}
         record.update({f"{k}_seconds": v for k, v in seconds.items()})
         record["tokens_per_s"] = (record["rollout_tokens"] + stats["update_tokens"]) / seconds["step"]

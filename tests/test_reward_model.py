@@ -1,0 +1,119 @@
+"""The Bradley–Terry reward model: exact forward maths, save/load, scoring, learning, and RL against it."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from training.config import Args, validate
+from training.preferences import maze_preference_pairs, preference_episodes
+from training.reward_model import (
+    RewardModelConfig,
+    bootstrap_q_agreement,
+    build_reward_model,
+    load_reward_model,
+    permutation_p,
+    train_reward_model,
+    with_learned_rewards,
+)
+from training.rollout import EpisodeBatch
+
+TINY = dict(model="tiny-llama", maze_size=12, n_pairs=24, n_eval_states=12, batch_pairs=8, epochs=3,
+            n_boot=20, n_permutations=10, progress=False, threads=1, lr=5e-3)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("rm")
+    config = RewardModelConfig(out=str(out), **TINY)
+    return config, train_reward_model(config)
+
+
+def _pairs_batch(tokenizer, n=4):
+    from maze_env import MazeConfig
+
+    pairs = maze_preference_pairs(n, config=MazeConfig(size=12, n_turns=1), seed=3, horizon=2)
+    return preference_episodes(tokenizer, pairs, MazeConfig(size=12, n_turns=1))
+
+
+def test_reward_is_the_head_on_the_final_hidden_state_at_the_letter():
+    rm = build_reward_model(RewardModelConfig(**TINY))
+    with torch.no_grad():
+        rm.head.weight.copy_(torch.linspace(-1, 1, rm.head.weight.numel()).view_as(rm.head.weight))
+        rm.head.bias.fill_(0.25)
+    batch = _pairs_batch(rm.tokenizer)
+    rewards = rm.score_pairs(batch)
+    with torch.no_grad():
+        hidden = rm.lm(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                       output_hidden_states=True).hidden_states[-1]  # fmt: skip
+    letters = batch.action_positions[:, -1] + 1
+    assert torch.equal(batch.input_ids[torch.arange(len(letters)), letters],
+                       torch.tensor([batch.direction_token_ids[a] for a in batch.actions[:, -1]]))  # fmt: skip
+    expected = hidden[torch.arange(len(letters)), letters] @ rm.head.weight[0] + 0.25
+    torch.testing.assert_close(rewards, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_untrained_head_has_no_preference():
+    rm = build_reward_model(RewardModelConfig(**TINY))
+    assert torch.count_nonzero(rm.score_pairs(_pairs_batch(rm.tokenizer))) == 0
+
+
+def test_training_lowers_the_bt_loss_and_the_saved_model_scores_the_same(trained):
+    config, result = trained
+    assert result.epoch_losses[-1] < result.epoch_losses[0]
+    assert result.n_train_pairs == config.n_pairs and 0 <= result.train_tie_share < 1
+    assert 0 <= result.accuracy <= 1 and result.accuracy_ci[0] <= result.accuracy <= result.accuracy_ci[1]
+    saved = json.loads(open(f"{config.out}/result.json").read())
+    assert saved["accuracy"] == result.accuracy
+    a, b = load_reward_model(config.out), load_reward_model(config.out)
+    batch = _pairs_batch(a.tokenizer)
+    torch.testing.assert_close(a.score_pairs(batch), b.score_pairs(batch), rtol=0, atol=0)
+    assert torch.count_nonzero(a.score_pairs(batch)) > 0
+
+
+def test_score_episodes_reads_every_row_once_and_matches_the_pair_scores(trained):
+    config, _ = trained
+    rm = load_reward_model(config.out)
+    batch = _pairs_batch(rm.tokenizer)
+    doubled = EpisodeBatch.cat([batch, batch])
+    scores = rm.score_episodes(doubled)
+    assert scores.shape == (2 * len(batch.seeds), 1)
+    direct = rm.score_pairs(batch).detach()
+    torch.testing.assert_close(scores[:, 0], torch.cat([direct, direct]), rtol=1e-5, atol=1e-6)
+    relabelled = with_learned_rewards(doubled, rm)
+    assert torch.equal(relabelled.rewards, scores) and torch.equal(relabelled.actions, doubled.actions)
+
+
+def test_q_agreement_statistics_on_exact_cases():
+    rng = np.random.default_rng(0)
+    q = rng.normal(size=(30, 4))
+    assert permutation_p(q, q, n_permutations=50, seed=0) == pytest.approx(1 / 51)
+    low, high = bootstrap_q_agreement(q, q, n_boot=20, seed=0)
+    assert low == pytest.approx(1.0) and high == pytest.approx(1.0)
+    assert permutation_p(-q, q, n_permutations=50, seed=0) == 1.0
+
+
+def test_rl_against_the_learned_reward(trained, tmp_path):
+    from training.train import main as train_main
+
+    config, _ = trained
+    args = Args(model="tiny-llama", steps=1, episodes_per_step=4, group_size=2, n_turns=1, maze_size=12,
+                progress=False, threads=1, lr=1e-2, checkpoint_every=1, out=str(tmp_path / "rlhf"),
+                reward_model=config.out, log_episodes=False)  # fmt: skip
+    train_main(args)
+    record = json.loads((tmp_path / "rlhf" / "metrics.jsonl").read_text().splitlines()[0])
+    assert "learned_reward_mean_return" in record and "mean_return" in record
+    assert record["learned_reward_mean_return"] != record["mean_return"]
+
+
+def test_reward_model_only_for_rl():
+    with pytest.raises(ValueError, match="does not play the policy"):
+        validate(Args(algo="sft", reward_model="runs/rm"))
+
+
+def test_missing_reward_model_names_the_command(tmp_path):
+    with pytest.raises(FileNotFoundError, match="python -m training.reward_model"):
+        load_reward_model(tmp_path)
