@@ -83,6 +83,13 @@ def test_configurations_group_seeds_and_tiles_and_leave_out_fast_runs():
     assert configuration_name({"model": "m", "algo": "tbrm", "train_overrides": {"lr": 5e-4}}) == (
         "m tbrm train_overrides=lr=0.0005"
     )
+    # a run-only setting (the axis monitor reads without changing the weights) does not split a configuration
+    monitored = {"model": "m", "algo": "tbrm", "train_overrides": {"lr": 5e-4, "monitor_every": 2}}
+    assert configuration_name(monitored) == "m tbrm train_overrides=lr=0.0005"
+    assert (
+        configuration_name({"model": "m", "algo": "tbrm", "train_overrides": {"monitor_every": 2}})
+        == "m tbrm"
+    )
     assert "| claim |" in claims_markdown(rows) and claims_markdown([]).startswith("(no")
     assert {c.key for c in CLAIMS} >= {"antiparallel", "path_reference", "failure_tokens", "tracking"}
 

@@ -108,7 +108,9 @@ def test_compare_tabulates_runs(tiny_study, tmp_path):
     table, html = compare_runs([out, out], out=tmp_path / "compare.html")
     assert table.count(out.name) == 2 and html.exists()
     assert "(no finished non-fast studies)" in table  # fast runs are pipeline checks, never a claim's seed
-    assert "The paper&#x27;s claims" in html.read_text() or "The paper's claims" in html.read_text()
+    text = html.read_text()
+    assert "The paper&#x27;s claims" in text or "The paper's claims" in text
+    assert "cos(v_Mold, v_Gold) by layer" in text and "logits as Q: Spearman" in text
     with pytest.raises(FileNotFoundError, match="has no summary.json"):
         compare_runs([tmp_path])
 

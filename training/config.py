@@ -213,6 +213,12 @@ class Args:
     token ids, actions, per-turn rewards, log-probs; ``training.episodes.load_episodes`` reads them back)."""
 
 
+RUN_ONLY_ARGS: tuple[str, ...] = ("out", "progress", "resume", "stop_at_step", "threads", "device", "log_episodes",
+                                  "monitor_every", "monitor_n_per_class")  # fmt: skip
+"""Args that do not change what is trained (left out of a study's train-stage key and of its configuration
+name; the axis monitor reads the model without gradients or random numbers, tested)."""
+
+
 RECIPES: dict[str, dict[str, Any]] = {
     # 2 CPU cores, SmolLM2-135M-Instruct, LoRA on the top 8 layers. The RL algorithm is TBRM: from the
     # untrained model it learns the maze in 15.6 minutes of training (6 single-turn steps of 192 states,

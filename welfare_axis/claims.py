@@ -41,6 +41,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from training.config import RUN_ONLY_ARGS
 from welfare_axis.summary import StudySummary
 
 Direction = Literal["lower", "higher"]
@@ -180,7 +181,12 @@ def configuration_name(config: Mapping[str, Any]) -> str:
         if value in (None, {}, "", "study", "cpu", "template") and key not in ("model", "algo"):
             continue
         if isinstance(value, dict):
-            value = ",".join(f"{k}={v}" for k, v in sorted(value.items()))
+            shown = {
+                k: v for k, v in value.items() if k not in RUN_ONLY_ARGS
+            }  # e.g. monitor_every: same model
+            if not shown and key not in ("model", "algo"):
+                continue
+            value = ",".join(f"{k}={v}" for k, v in sorted(shown.items()))
         parts.append(str(value) if key in ("model", "algo", "finetune") else f"{key}={value}")
     return " ".join(parts)
 

@@ -66,9 +66,13 @@ def _format(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def compare_runs(runs: Sequence[Path], *, out: Path | None = None) -> tuple[str, Path | None]:
-    """Tabulate ``runs``; with ``out``, also write an HTML report with grouped bars per measure."""
-    from welfare_axis.report import Section, Table, render_report
+def compare_runs(
+    runs: Sequence[Path], *, out: Path | None = None, png_dir: Path | None = None
+) -> tuple[str, Path | None]:
+    """Tabulate ``runs``; with ``out``, also write an HTML report: the claims table, the claims' figures
+    (``welfare_axis.claims_figures``) and grouped bars per measure; with ``png_dir``, the figures as PNGs too."""
+    from welfare_axis.claims_figures import claims_figures
+    from welfare_axis.report import Section, Table, export_figures, render_report
 
     summaries = [(run.name, load_summary(run)) for run in runs]
     rows = comparison_rows(summaries)
@@ -89,17 +93,18 @@ def compare_runs(runs: Sequence[Path], *, out: Path | None = None) -> tuple[str,
             )
         fig.update_layout(title=label, barmode="group", template="plotly_white")
         figures.append(fig)
-    html = render_report(
-        "welfare-axis: runs compared",
-        [
-            Section(
-                "The paper's claims",
-                text="Per claim and configuration: trained v and untrained u across seeds (mean and 95% t-interval), "
-                "the tile-swap control, the label-shuffle null, and a verdict with its reason (welfare_axis.claims).",
-                tables=[Table("claims", [r.row() for r in claims])],
-            ),
-            Section("Runs", tables=[Table("headline measures", rows)], figures=figures),
-        ],
-    )
-    write_text(out, html)
+    sections = [
+        Section(
+            "The paper's claims",
+            text="Per claim and configuration: trained v and untrained u across seeds (mean and 95% t-interval), "
+            "the tile-swap control, the label-shuffle null, and a verdict with its reason (welfare_axis.claims).",
+            tables=[Table("claims", [r.row() for r in claims])],
+            figures=claims_figures(list(runs)),
+        ),
+        Section("Runs", tables=[Table("headline measures", rows)], figures=figures),
+    ]
+    write_text(out, render_report("welfare-axis: runs compared", sections))
+    if png_dir is not None:
+        paths, skipped = export_figures(sections[:1], png_dir)
+        text += f"\n\n{skipped}" if skipped else f"\n\nPNG figures: {len(paths)} in {png_dir}"
     return text, out

@@ -38,6 +38,7 @@ from steering.reliability import Reliability, reliability_table
 from steering.stats import dose_response_slopes, summarize_cells
 from steering.sweep import SweepConfig, load_records, run_sweep
 from training import Args, load_base_model, load_trained, main, recipe_args
+from training.config import RUN_ONLY_ARGS
 from training.episodes import load_episodes
 from training.evaluation import EvalResult, compare_evals
 from training.monitor import MONITOR_FILE, axis_records
@@ -271,10 +272,6 @@ def _eval_summary(e: Mapping[str, Any] | None) -> dict[str, Any] | None:
     return {k: e[k] for k in keys if k in e}
 
 
-_RUN_ONLY_ARGS = ("out", "progress", "resume", "stop_at_step", "threads", "device", "log_episodes", "monitor_every",
-                  "monitor_n_per_class")  # fmt: skip
-"""Train Args that do not change what is trained (left out of the stage's cache key; the axis monitor reads the
-model without gradients or random numbers)."""
 _INTERVENTION_ARGS = ("intervene_vector", "intervene_layer", "intervene_mode", "intervene_alpha")
 """Train Args that only matter with an intervention vector (left out of the key without one)."""
 _PREFERENCE_ARGS = ("dpo_beta", "preference_horizon", "preference_rule")
@@ -292,7 +289,7 @@ def train_stage_settings(cfg: StudyConfig) -> dict[str, Any]:
     inert = set() if args.get("intervene_vector") else set(_INTERVENTION_ARGS)  # no effect without a vector
     if args.get("algo") != "dpo":
         inert |= set(_PREFERENCE_ARGS)  # read by DPO only
-    return {k: v for k, v in args.items() if k not in _RUN_ONLY_ARGS and k not in inert}
+    return {k: v for k, v in args.items() if k not in RUN_ONLY_ARGS and k not in inert}
 
 
 def stage_shipped(cfg: StudyConfig) -> dict[str, Any]:

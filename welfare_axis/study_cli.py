@@ -55,7 +55,13 @@ def _run(args: argparse.Namespace) -> int:
 def _compare(args: argparse.Namespace) -> int:
     from welfare_axis.compare import compare_runs
 
-    table, html_path = compare_runs([Path(p) for p in args.runs], out=Path(args.out) if args.out else None)
+    if args.png and not args.out:
+        raise SystemExit("--png needs --out (the HTML report the figures belong to)")
+    table, html_path = compare_runs(
+        [Path(p) for p in args.runs],
+        out=Path(args.out) if args.out else None,
+        png_dir=Path(args.png) if args.png else None,
+    )
     print(table)
     if html_path:
         print(f"\nwritten: {html_path}")
@@ -95,4 +101,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     c = sub.add_parser("compare", help="tabulate and plot several finished runs together")
     c.add_argument("runs", nargs="+", help="run directories holding summary.json")
     c.add_argument("--out", default=None, help="write a comparison HTML report here")
+    c.add_argument(
+        "--png", default=None, metavar="DIR", help="also write the claims' figures as PNGs into DIR"
+    )
     c.set_defaults(handler=_compare)
