@@ -10,12 +10,11 @@ import torch
 
 from training.config import Args, validate
 from training.preferences import maze_preference_pairs, preference_episodes
+from training.preference_eval import bootstrap_q_agreement, implicit_reward_scores, permutation_p
 from training.reward_model import (
     RewardModelConfig,
-    bootstrap_q_agreement,
     build_reward_model,
     load_reward_model,
-    permutation_p,
     train_reward_model,
     with_learned_rewards,
 )
@@ -65,9 +64,11 @@ def test_training_lowers_the_bt_loss_and_the_saved_model_scores_the_same(trained
     config, result = trained
     assert result.epoch_losses[-1] < result.epoch_losses[0]
     assert result.n_train_pairs == config.n_pairs and 0 <= result.train_tie_share < 1
-    assert 0 <= result.accuracy <= 1 and result.accuracy_ci[0] <= result.accuracy <= result.accuracy_ci[1]
+    held = result.held_out
+    assert 0 <= held.accuracy <= 1 and held.accuracy_ci[0] <= held.accuracy <= held.accuracy_ci[1]
+    assert held.n_pairs + round(held.tie_share * held.n_states) == held.n_states
     saved = json.loads(open(f"{config.out}/result.json").read())
-    assert saved["accuracy"] == result.accuracy
+    assert saved["held_out"]["accuracy"] == held.accuracy
     a, b = load_reward_model(config.out), load_reward_model(config.out)
     batch = _pairs_batch(a.tokenizer)
     torch.testing.assert_close(a.score_pairs(batch), b.score_pairs(batch), rtol=0, atol=0)
@@ -96,6 +97,15 @@ def test_q_agreement_statistics_on_exact_cases():
     assert permutation_p(-q, q, n_permutations=50, seed=0) == 1.0
 
 
+def test_implicit_reward_is_beta_times_the_log_ratio_of_the_move_policies():
+    policy = np.log(np.array([[0.4, 0.3, 0.2, 0.1]]))
+    reference = np.zeros((1, 4))  # uniform
+    expected = 0.5 * (np.log([0.4, 0.3, 0.2, 0.1]) - np.log(0.25))
+    np.testing.assert_allclose(
+        implicit_reward_scores(policy + 7.0, reference - 3.0, 0.5), [expected], rtol=1e-12
+    )
+
+
 def test_rl_against_the_learned_reward(trained, tmp_path):
     from training.train import main as train_main
 
@@ -117,3 +127,18 @@ def test_reward_model_only_for_rl():
 def test_missing_reward_model_names_the_command(tmp_path):
     with pytest.raises(FileNotFoundError, match="python -m training.reward_model"):
         load_reward_model(tmp_path)
+
+
+def test_implicit_reward_of_a_dpo_run_on_held_out_pairs(tmp_path):
+    from training.preference_eval import run_implicit_reward
+    from training.train import main as train_main
+
+    args = Args(algo="dpo", model="tiny-llama", steps=2, episodes_per_step=8, group_size=2, n_turns=1, maze_size=12,
+                progress=False, threads=1, lr=1e-2, checkpoint_every=1, out=str(tmp_path / "dpo"),
+                preference_horizon=2, log_episodes=False)  # fmt: skip
+    train_main(args)
+    result = run_implicit_reward(tmp_path / "dpo", n_states=12, n_boot=10, n_permutations=5)
+    saved = json.loads((tmp_path / "dpo" / "preference_eval.json").read_text())
+    assert saved["beta"] == args.dpo_beta and saved["accuracy"] == result.accuracy
+    assert result.n_states >= 12 and 0 <= result.accuracy <= 1
+    assert result.q_agreement.n_states == result.n_states

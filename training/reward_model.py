@@ -7,14 +7,11 @@ letter token, ``r(s, a) = w · h_L(s, a) + b``. Training minimises the Bradley�
 ``mean(−log σ(r(s, a_chosen) − r(s, a_rejected)))`` (``training.losses.bradley_terry_loss``) over LoRA (every
 linear layer of the chosen blocks) and the head.
 
-Evaluation, on states from mazes that training never saw (maze seeds offset by ``EVAL_SEED_OFFSET``):
-
-- **pairwise accuracy** on their pairs (share with ``r_chosen > r_rejected``, 95% Wilson interval), against
-  the control a reward model must beat: the untrained LM's own preference (the logit of the chosen letter
-  minus the rejected one's, "logits as Q" before any training) and chance (0.5);
-- **agreement with the true Q**: ``probes.q_readout.q_correlation`` of the reward of all four moves with
-  their true Q (Spearman after centring within each state, since a Bradley–Terry reward is only defined up
-  to a per-state constant), with a 95% bootstrap interval over states and a move-shuffle permutation null.
+Evaluation (``training.preference_eval``), on decision states of mazes that training never saw: pairwise
+accuracy on their pairs (95% Wilson interval) against the untrained LM's own preference (its direction logits)
+and chance, and the Spearman agreement of the reward of all four moves with their true Q (centred per state: a
+Bradley–Terry reward is only defined up to a per-state constant), with a bootstrap interval and a move-shuffle
+null.
 
 ``RewardModel.score_episodes`` scores a rollout's moves, so RL can train against the learned reward instead of
 the environment's (``training.Args.reward_model``; the trainer logs the true return beside it).
@@ -28,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,20 +37,21 @@ from torch import Tensor, nn
 
 from maze_env import ACTIONS, MazeConfig, config_for_tiles
 from probes.artifacts import atomic_write, write_json
-from probes.intervals import wilson_interval
 from probes.layers import backbone, d_model
-from probes.maze_states import MazeStates
-from probes.q_readout import QCorrelation, q_correlation, true_q
 from probes.resources import release_freed_memory
 from probes.tokens import direction_token_ids
 from training.config import Args
-from training.expert_data import encode_episode
 from training.losses import bradley_terry_loss
-from training.preferences import PreferencePairs, preference_episodes, preference_pairs
+from training.preference_eval import (
+    PreferenceAgreement,
+    agreement,
+    decision_prefix,
+    direction_logits,
+    held_out_states,
+)
+from training.preferences import preference_episodes
 from training.rollout import EpisodeBatch, right_pad
 
-EVAL_SEED_OFFSET = 1_000_000
-"""Held-out states come from maze seeds ``seed + EVAL_SEED_OFFSET + i``: mazes training never saw."""
 WEIGHTS_FILE = "reward_model.safetensors"
 CONFIG_FILE = "reward_model.json"
 
@@ -240,23 +237,11 @@ def load_reward_model(path: str | Path, device: str | None = None) -> RewardMode
 
 @dataclass(frozen=True)
 class RewardModelResult:
-    """A reward-model run: its data, its held-out accuracy and Q agreement, each with its control."""
+    """A reward-model run: its data, its loss, and its held-out agreement with the maze's preferences."""
 
     n_train_pairs: int
     train_tie_share: float
-    n_eval_pairs: int
-    eval_tie_share: float
-    accuracy: float
-    accuracy_ci: tuple[float, float]
-    control_accuracy: float
-    """The untrained LM's own preference (chosen letter's logit above the rejected one's) on the same pairs."""
-    control_accuracy_ci: tuple[float, float]
-    q_agreement: QCorrelation
-    q_agreement_ci: tuple[float, float]
-    q_agreement_null_p: float
-    """Share of move-shuffled permutations (within each state) whose pooled rho is ≥ the observed one."""
-    control_q_agreement: QCorrelation
-    """The untrained LM's direction logits (logits as Q) on the same states."""
+    held_out: PreferenceAgreement
     epoch_losses: list[float]
     seconds: float
 
@@ -264,133 +249,34 @@ class RewardModelResult:
         return json.loads(json.dumps(dataclasses.asdict(self), default=float))
 
     def summary(self) -> str:
-        lo, hi = self.accuracy_ci
-        clo, chi = self.control_accuracy_ci
-        qlo, qhi = self.q_agreement_ci
         return "\n".join([
-            f"train pairs {self.n_train_pairs} (ties {self.train_tie_share:.0%}); held-out pairs {self.n_eval_pairs} "
-            f"(ties {self.eval_tie_share:.0%}) from unseen mazes",
-            f"pairwise accuracy {self.accuracy:.3f} [{lo:.3f}, {hi:.3f}] vs the untrained LM's own preference "
-            f"{self.control_accuracy:.3f} [{clo:.3f}, {chi:.3f}] and chance 0.5",
-            f"reward vs true Q (Spearman, centred per state) {self.q_agreement.pooled:+.3f} [{qlo:+.3f}, {qhi:+.3f}], "
-            f"permutation p {self.q_agreement_null_p:.3f}; untrained LM's logits {self.control_q_agreement.pooled:+.3f}",
+            f"train pairs {self.n_train_pairs} (ties {self.train_tie_share:.0%})",
+            self.held_out.summary("reward model"),
             f"BT loss by epoch {', '.join(f'{x:.3f}' for x in self.epoch_losses)}; {self.seconds / 60:.1f} min",
         ])  # fmt: skip
 
 
-def bootstrap_q_agreement(
-    scores: np.ndarray, q: np.ndarray, *, n_boot: int, seed: int
-) -> tuple[float, float]:
-    """95% percentile interval of the pooled centred Spearman, resampling states with replacement."""
-    rng = np.random.default_rng(seed)
-    values = []
-    for _ in range(n_boot):
-        rows = rng.integers(0, len(q), len(q))
-        rho = q_correlation(scores[rows], q[rows]).pooled
-        if math.isfinite(rho):
-            values.append(rho)
-    if not values:
-        return (math.nan, math.nan)
-    return (float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5)))
+def evaluate_reward_model(rm: RewardModel, config: RewardModelConfig) -> PreferenceAgreement:
+    """Held-out accuracy and Q agreement of ``rm``, beside the untrained LM's own direction logits."""
+    held_out = held_out_states(config.n_eval_states, config.maze(), seed=config.seed, horizon=config.horizon)
+    rm.eval()
+    scores = rm.score_moves(held_out.prompts).double().numpy()
+    with rm.lm.disable_adapter():
+        control = direction_logits(rm.lm, rm.tokenizer, held_out.prompts)
+    return agreement(scores, control, held_out, rule=config.rule, seed=config.seed, n_boot=config.n_boot,
+                     n_permutations=config.n_permutations)  # fmt: skip
 
 
-def permutation_p(scores: np.ndarray, q: np.ndarray, *, n_permutations: int, seed: int) -> float:
-    """``(1 + #{rho_perm ≥ rho}) / (1 + n)``: moves shuffled within each state (breaks the move–Q link only)."""
-    observed = q_correlation(scores, q).pooled
-    rng = np.random.default_rng(seed)
-    hits = 0
-    for _ in range(n_permutations):
-        shuffled = np.take_along_axis(
-            scores, rng.permuted(np.tile(np.arange(4), (len(q), 1)), axis=1), axis=1
-        )
-        hits += q_correlation(shuffled, q).pooled >= observed
-    return (1 + hits) / (1 + n_permutations)
+# ----------------------------------------------------------------------------------------------------------
+# Training
 
 
-def _pairs_from(states: MazeStates, q: np.ndarray, config: RewardModelConfig, seed: int) -> PreferencePairs:
-    return preference_pairs(states, q, rule=config.rule, seed=seed)
-
-
-def _train_pairs(config: RewardModelConfig) -> PreferencePairs:
+def _train_pairs(config: RewardModelConfig):
     from training.preferences import step_pairs
 
     return step_pairs(
         config.n_pairs, config=config.maze(), seed=config.seed, horizon=config.horizon, rule=config.rule
     )
-
-
-def _eval_states(config: RewardModelConfig) -> tuple[MazeStates, np.ndarray]:
-    walks = -(-config.n_eval_states // config.n_turns)
-    states = MazeStates.random_walks(
-        walks, config=config.maze(), seed=config.seed + EVAL_SEED_OFFSET
-    ).decisions()
-    return states, true_q(states, horizon=config.horizon)
-
-
-def _state_prompts(states: MazeStates) -> list[list[dict[str, str]]]:
-    from training.preferences import _prompt
-
-    return [_prompt(states, i) for i in range(len(states))]
-
-
-def decision_prefix(tokenizer: Any, chat: list[dict[str, str]]) -> list[int]:
-    """Token ids of a chat that ends on the user's observation, up to and including the position whose
-    logits choose the move: tokenized exactly as the rollout and ``preference_episodes`` do."""
-    ids, where = encode_episode(tokenizer, [*chat, {"role": "assistant", "content": ACTIONS[0]}],
-                                list(direction_token_ids(tokenizer, ACTIONS)))  # fmt: skip
-    return ids[: where[-1] + 1]
-
-
-def untrained_direction_logits(
-    model: nn.Module, tokenizer: Any, prompts: list[list[dict[str, str]]]
-) -> np.ndarray:
-    """The untrained LM's next-token logits of N, E, S, W after each chat (the control's scores)."""
-    ids = list(direction_token_ids(tokenizer, ACTIONS))
-    out = []
-    with torch.no_grad():
-        for start in range(0, len(prompts), 16):
-            rows = [decision_prefix(tokenizer, chat) for chat in prompts[start : start + 16]]
-            input_ids, mask = right_pad(rows, int(tokenizer.pad_token_id))
-            device = next(model.parameters()).device
-            logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits
-            last = mask.sum(1) - 1
-            out.append(logits[torch.arange(len(rows)), last.to(device)][:, ids].float().cpu())
-            release_freed_memory()
-    return torch.cat(out).numpy()
-
-
-def evaluate_reward_model(
-    rm: RewardModel, config: RewardModelConfig, control_scores: np.ndarray | None = None
-) -> dict[str, Any]:
-    """Held-out accuracy and Q agreement of ``rm`` (and of the untrained LM's logits when not given)."""
-    states, q = _eval_states(config)
-    prompts = _state_prompts(states)
-    rm.eval()
-    scores = rm.score_moves(prompts).double().numpy()
-    if control_scores is None:
-        with rm.lm.disable_adapter():
-            control_scores = untrained_direction_logits(rm.lm, rm.tokenizer, prompts)
-    pairs = _pairs_from(states, q, config, seed=config.seed + EVAL_SEED_OFFSET)
-    rows = pairs.state_index
-    correct = int((scores[rows, pairs.chosen] > scores[rows, pairs.rejected]).sum())
-    control_correct = int((control_scores[rows, pairs.chosen] > control_scores[rows, pairs.rejected]).sum())
-    return {
-        "pairs": pairs,
-        "accuracy": correct / max(1, len(pairs)),
-        "accuracy_ci": wilson_interval(correct, len(pairs)),
-        "control_accuracy": control_correct / max(1, len(pairs)),
-        "control_accuracy_ci": wilson_interval(control_correct, len(pairs)),
-        "q_agreement": q_correlation(scores, q),
-        "q_agreement_ci": bootstrap_q_agreement(scores, q, n_boot=config.n_boot, seed=config.seed),
-        "q_agreement_null_p": permutation_p(
-            scores, q, n_permutations=config.n_permutations, seed=config.seed
-        ),
-        "control_q_agreement": q_correlation(control_scores, q),
-    }
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Training
 
 
 def train_reward_model(config: RewardModelConfig, rm: RewardModel | None = None) -> RewardModelResult:
@@ -428,13 +314,9 @@ def train_reward_model(config: RewardModelConfig, rm: RewardModel | None = None)
     bar.close()
     rm.eval()
     rm.save(config.out, config)
-    scores = evaluate_reward_model(rm, config)
-    eval_pairs: PreferencePairs = scores.pop("pairs")
-    result = RewardModelResult(
-        n_train_pairs=len(pairs), train_tie_share=pairs.tie_share, n_eval_pairs=len(eval_pairs),
-        eval_tie_share=eval_pairs.tie_share, epoch_losses=epoch_losses,
-        seconds=time.perf_counter() - started, **scores,
-    )  # fmt: skip
+    result = RewardModelResult(n_train_pairs=len(pairs), train_tie_share=pairs.tie_share,
+                               held_out=evaluate_reward_model(rm, config), epoch_losses=epoch_losses,
+                               seconds=time.perf_counter() - started)  # fmt: skip
     write_json(Path(config.out) / "result.json", result.to_dict())
     return result
 
