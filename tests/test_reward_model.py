@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from training.config import Args, validate
-from training.preferences import maze_preference_pairs, preference_episodes
 from training.preference_eval import bootstrap_q_agreement, implicit_reward_scores, permutation_p
+from training.preferences import maze_preference_pairs, preference_episodes
 from training.reward_model import (
     RewardModelConfig,
     build_reward_model,
