@@ -142,3 +142,23 @@ def test_implicit_reward_of_a_dpo_run_on_held_out_pairs(tmp_path):
     assert saved["beta"] == args.dpo_beta and saved["accuracy"] == result.accuracy
     assert result.n_states >= 12 and 0 <= result.accuracy <= 1
     assert result.q_agreement.n_states == result.n_states
+
+
+@pytest.mark.parametrize("family", ["tiny-llama", "tiny-gemma3"])
+def test_head_direction_in_the_residual_stream_predicts_the_reward(family):
+    """r(h) − b = (γ ⊙ w) · h / rms(h): the pulled-back direction times the normalised residual."""
+    rm = build_reward_model(RewardModelConfig(**{**TINY, "model": family}))
+    with torch.no_grad():
+        rm.head.weight.normal_(generator=torch.Generator().manual_seed(0))
+        rm.head.bias.fill_(0.5)
+    direction = rm.residual_direction()
+    last = rm.lm.config.num_hidden_layers - 1
+    assert direction.layers == [last] and direction.method == "rm_head_pullback"
+    h = torch.randn(5, rm.head.weight.shape[1], generator=torch.Generator().manual_seed(1))
+    norm = rm.lm.get_base_model().model.norm
+    eps = norm.variance_epsilon if hasattr(norm, "variance_epsilon") else norm.eps
+    with torch.no_grad():
+        reward = rm.head(norm(h[:, None, :])[:, 0])[:, 0] - 0.5
+    rms = torch.sqrt(h.pow(2).mean(-1) + eps)
+    predicted = h @ direction[last] / rms * (1 + eps) ** 0.5  # norm(1) = γ / sqrt(1 + eps)
+    torch.testing.assert_close(reward, predicted, rtol=1e-4, atol=1e-5)

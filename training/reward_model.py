@@ -37,7 +37,8 @@ from torch import Tensor, nn
 
 from maze_env import ACTIONS, MazeConfig, config_for_tiles
 from probes.artifacts import atomic_write, write_json
-from probes.layers import backbone, d_model
+from probes.concept_vector import ConceptVector
+from probes.layers import backbone, d_model, final_norm, model_family, model_name, n_layers, unwrap
 from probes.resources import release_freed_memory
 from probes.tokens import direction_token_ids
 from training.config import Args
@@ -166,6 +167,24 @@ class RewardModel(nn.Module):
             release_freed_memory()
         index = {row: k for k, row in enumerate(unique)}
         return scores[[index[first[key]] for key in keys]]
+
+    def residual_direction(self) -> ConceptVector:
+        """The head's direction pulled back into the residual stream of the last block: ``γ ⊙ w``.
+
+        The head reads ``RMSNorm(h) = γ ⊙ h / rms(h)``, so ``r − b = (γ ⊙ w) · h / rms(h)``: along ``γ ⊙ w`` the
+        residual raises the reward, at any norm (``γ`` read off the norm itself, ``norm(1) ∝ γ``; Llama's and
+        Gemma's ``1 + weight`` alike). A ConceptVector at the last layer (``resid_post``), for cosines with
+        v_Gold, v_Mold and the valence axis."""
+        lm = unwrap(self.lm)
+        norm = final_norm(lm)
+        width = self.head.weight.shape[1]
+        with torch.no_grad():
+            gain = norm(
+                torch.ones(1, 1, width, device=self.head.weight.device, dtype=self.head.weight.dtype)
+            )[0, 0]
+            direction = (gain * self.head.weight[0]).float().cpu()
+        return ConceptVector({n_layers(lm) - 1: direction}, model_name=model_name(lm), model_family=model_family(lm),
+                             method="rm_head_pullback", concept="reward model")  # fmt: skip
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
