@@ -162,3 +162,15 @@ def test_head_direction_in_the_residual_stream_predicts_the_reward(family):
     rms = torch.sqrt(h.pow(2).mean(-1) + eps)
     predicted = h @ direction[last] / rms * (1 + eps) ** 0.5  # norm(1) = γ / sqrt(1 + eps)
     torch.testing.assert_close(reward, predicted, rtol=1e-4, atol=1e-5)
+
+
+def test_cli_trains_and_prints_the_held_out_summary(tmp_path, capsys):
+    from training.reward_model import cli
+
+    argv = ["--out", str(tmp_path / "rm"), "--model", "tiny-llama", "--maze-size", "12", "--n-pairs", "8",
+            "--n-eval-states", "8", "--epochs", "1", "--n-boot", "5", "--n-permutations", "5", "--no-progress",
+            "--threads", "1", "--lora-layers", "1"]  # fmt: skip
+    assert cli(argv) == 0
+    printed = capsys.readouterr().out
+    assert "pairwise accuracy of the reward model" in printed and "vs true Q" in printed
+    assert load_reward_model(tmp_path / "rm").lm.peft_config["default"].layers_to_transform == [1]

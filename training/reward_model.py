@@ -341,23 +341,9 @@ def train_reward_model(config: RewardModelConfig, rm: RewardModel | None = None)
 
 
 def cli(argv: list[str] | None = None) -> int:
-    import argparse
+    import tyro
 
-    parser = argparse.ArgumentParser(
-        prog="python -m training.reward_model", description=__doc__.split("\n\n")[0]
-    )
-    for f in dataclasses.fields(RewardModelConfig):
-        default = f.default
-        kind = {int: int, float: float, str: str, bool: None}.get(type(default), str)
-        if isinstance(default, bool):
-            parser.add_argument(
-                f"--{f.name.replace('_', '-')}", action=argparse.BooleanOptionalAction, default=default
-            )
-        elif default is None:
-            parser.add_argument(f"--{f.name.replace('_', '-')}", type=int, default=None)
-        else:
-            parser.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=default)
-    config = RewardModelConfig(**vars(parser.parse_args(argv)))
+    config = tyro.cli(RewardModelConfig, args=argv, prog="python -m training.reward_model")
     result = train_reward_model(config)
     print(result.summary())
     print(f"wrote {config.out}")
