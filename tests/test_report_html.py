@@ -34,6 +34,32 @@ def test_export_without_a_browser_skips_cleanly(tmp_path, monkeypatch):
         raise RuntimeError("Kaleido requires Google Chrome to be installed.\nmore")
 
     monkeypatch.setattr(pio, "write_images", no_browser)
+    monkeypatch.setenv("WELFARE_AXIS_PNG_RENDERER", str(tmp_path / "no-renderer"))
     written, skipped = export_figures(_sections(), tmp_path / "figures")
     assert written == [] and not (tmp_path / "figures").exists()
     assert "RuntimeError: Kaleido requires Google Chrome" in skipped and "BROWSER_PATH" in skipped
+    assert "scripts/install_png_renderer.sh" in skipped
+
+
+def test_without_a_browser_the_bundled_chromium_renders(tmp_path, monkeypatch):
+    import welfare_axis.report as report
+
+    def no_browser(*args, **kwargs):
+        raise RuntimeError("Kaleido requires Google Chrome to be installed.")
+
+    rendered = []
+
+    def bundled(figures, paths, scale):
+        rendered.append((len(figures), scale))
+        for path in paths:
+            path.write_bytes(b"\x89PNG\r\n\x1a\n")
+
+    (tmp_path / "renderer" / "kaleido").mkdir(parents=True)
+    monkeypatch.setenv("WELFARE_AXIS_PNG_RENDERER", str(tmp_path / "renderer"))
+    monkeypatch.setattr(pio, "write_images", no_browser)
+    monkeypatch.setattr(report, "_render_with_bundled_chromium", bundled)
+    written, skipped = export_figures(_sections(), tmp_path / "figures", scale=2.0)
+    assert skipped is None and rendered == [(1, 2.0)]
+    assert [p.name for p in written] == ["00_0_cos_by_layer.png"] and not list(
+        (tmp_path / "figures").glob(".png-*")
+    )

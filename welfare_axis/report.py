@@ -90,6 +90,50 @@ def _slug(text: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in text.lower()).strip("_") or "figure"
 
 
+def bundled_renderer_dir() -> Path:
+    """Where ``scripts/install_png_renderer.sh`` puts kaleido 0.2.1 (its own headless Chromium; PyPI only)."""
+    return Path(
+        os.environ.get("WELFARE_AXIS_PNG_RENDERER", Path.home() / ".cache" / "welfare-axis" / "kaleido-0.2.1")
+    )
+
+
+_BUNDLED_RENDER = """
+import json, sys
+from kaleido.scopes.plotly import PlotlyScope
+request = json.load(open(sys.argv[1]))
+scope = PlotlyScope(plotlyjs=request["plotlyjs"])
+for figure, path in zip(request["figures"], request["paths"]):
+    open(path, "wb").write(scope.transform(figure, format="png", scale=request["scale"]))
+"""
+
+
+def _render_with_bundled_chromium(figures: list[go.Figure], paths: list[Path], scale: float) -> None:
+    """PNGs through kaleido 0.2.1's bundled Chromium in a child process (it cannot share an environment with
+    kaleido 1.x), with this environment's plotly.js, so the figures render as the HTML report shows them."""
+    import json
+    import subprocess
+    import sys
+
+    import plotly
+
+    request = {
+        "plotlyjs": str(Path(plotly.__file__).parent / "package_data" / "plotly.min.js"),
+        "figures": [json.loads(f.to_json()) for f in figures],
+        "paths": [str(p) for p in paths],
+        "scale": scale,
+    }
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
+        json.dump(request, handle)
+    try:
+        env = {**os.environ, "PYTHONPATH": str(bundled_renderer_dir())}
+        done = subprocess.run([sys.executable, "-c", _BUNDLED_RENDER, handle.name], env=env, capture_output=True,
+                              text=True, check=False)  # fmt: skip
+        if done.returncode != 0:
+            raise RuntimeError(f"bundled Chromium failed: {done.stderr.strip().splitlines()[-1:]}")
+    finally:
+        os.unlink(handle.name)
+
+
 def export_figures(
     sections: Sequence[Section], directory: str | Path, *, scale: float = 1.5
 ) -> tuple[list[Path], str | None]:
@@ -113,18 +157,24 @@ def export_figures(
     created = not directory.exists()
     directory.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=directory, prefix=".png-"))  # same filesystem: os.replace is atomic
+    staged = [staging / path.name for path in paths]
     try:
-        staged = [staging / path.name for path in paths]
-        # one browser session for every figure (a to_image call per figure starts Chromium each time)
-        pio.write_images(figures, staged, format="png", scale=scale)
+        try:
+            # one browser session for every figure (a to_image call per figure starts Chromium each time)
+            pio.write_images(figures, staged, format="png", scale=scale)
+        except Exception:  # kaleido raises several types when no browser can be started
+            if not (bundled_renderer_dir() / "kaleido").is_dir():
+                raise
+            _render_with_bundled_chromium(figures, staged, scale)
         for tmp, path in zip(staged, paths):
             os.replace(tmp, path)
-    except Exception as err:  # kaleido raises several types when no browser can be started
+    except Exception as err:
         if created:
             shutil.rmtree(directory, ignore_errors=True)
         return [], (
-            f"PNG export skipped ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
-            "install Chromium (e.g. apt-get install chromium) or set BROWSER_PATH"
+            f"PNG export skipped ({type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}); "
+            "install Chromium (e.g. apt-get install chromium) or set BROWSER_PATH, or run "
+            "bash scripts/install_png_renderer.sh (kaleido 0.2.1's bundled Chromium, from PyPI)"
         )
     finally:
         shutil.rmtree(staging, ignore_errors=True)
