@@ -147,6 +147,22 @@ def test_train_cache_key_leaves_out_settings_that_do_not_apply():
         StudyConfig(), {"train_overrides": {"intervene_vector": "v", "lora_layers": None}}
     )
     assert study.train_stage_settings(iv)["intervene_mode"] == "add"
+    rlhf = StudyConfig.from_overrides(
+        StudyConfig(), {"train_overrides": {"reward_model": "runs/rm", "lora_layers": None}}
+    )
+    assert study.train_stage_settings(rlhf)["reward_model"] == "runs/rm" and "reward_model" not in key
+
+
+def test_the_default_studys_train_key_is_stable():
+    """A new training setting that is off by default must not retrain finished studies (their train stage is
+    45 minutes): the default study's key is the one its recorded runs were trained under. Change this value only
+    with a change to what the default study trains."""
+    from welfare_axis import study
+    from welfare_axis.stages import STAGE_FORMAT, config_hash
+
+    settings = study.train_stage_settings(StudyConfig())
+    key = config_hash({"stage": "train", "format": STAGE_FORMAT, "config": settings, "depends": {}})
+    assert key == "871b813a915a9e9f"
 
 
 def test_train_cache_key_is_the_resolved_training_config(monkeypatch):

@@ -289,6 +289,8 @@ def train_stage_settings(cfg: StudyConfig) -> dict[str, Any]:
     inert = set() if args.get("intervene_vector") else set(_INTERVENTION_ARGS)  # no effect without a vector
     if args.get("algo") != "dpo":
         inert |= set(_PREFERENCE_ARGS)  # read by DPO only
+    if args.get("reward_model") is None:
+        inert.add("reward_model")  # off: the environment's reward, as every run before the setting existed
     return {k: v for k, v in args.items() if k not in RUN_ONLY_ARGS and k not in inert}
 
 
