@@ -18,7 +18,7 @@ the environment's (``training.Args.reward_model``; the trainer logs the true ret
 
 Example:
     >>> result = train_reward_model(RewardModelConfig(out="runs/rm"))  # doctest: +SKIP
-    >>> result.accuracy, result.q_agreement.pooled  # doctest: +SKIP
+    >>> result.held_out.accuracy, result.held_out.q_agreement.pooled  # doctest: +SKIP
 """
 
 from __future__ import annotations
