@@ -247,7 +247,7 @@ def compare_with_llama_cpp(
                 * median_residual_norm(model, tokenizer, layer, list(prompts))
                 / float(vector[layer].norm())
             )
-            single = ConceptVector({layer: vector[layer]}, **_provenance_fields(vector))
+            single = vector.select(layer)
             path = single.to_gguf(Path(tmp) / f"direction_{layer}.gguf")
             alpha = round(alpha, 4)
             cpp = _centred(llama_cpp_next_token_logits(gguf, ids, control_vector=path, strength=alpha))
@@ -255,7 +255,7 @@ def compare_with_llama_cpp(
             wrong = {}
             for name, other in (("layer-1", layer - 1), ("layer+1", layer + 1)):
                 if 0 <= other < total:
-                    shifted = ConceptVector({other: vector[layer]}, **_provenance_fields(vector))
+                    shifted = vector.replace(directions={other: vector[layer]})
                     off = _centred(_our_logits(model, ids, shifted, other, alpha))
                     wrong[name] = shift_error(cpp - plain_cpp, off - plain_ours)
             checks.append(
@@ -287,15 +287,6 @@ def compare_with_llama_cpp(
         llama_cpp_python=_installed_version(importlib.metadata),
         seconds=round(time.perf_counter() - started, 1),
     )
-
-
-def _provenance_fields(vector: ConceptVector) -> dict:
-    return {
-        "model_name": vector.model_name,
-        "model_family": vector.model_family,
-        "concept": vector.concept,
-        "method": vector.method,
-    }
 
 
 def _installed_version(metadata) -> str:

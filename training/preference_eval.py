@@ -40,7 +40,7 @@ from probes.q_readout import QCorrelation, q_correlation, true_q
 from probes.resources import release_freed_memory
 from probes.tokens import direction_token_ids
 from training.expert_data import encode_episode
-from training.preferences import PreferencePairs, preference_pairs
+from training.preferences import PreferencePairs, preference_pairs, state_chat
 from training.rollout import right_pad
 
 EVAL_SEED_OFFSET = 1_000_000
@@ -61,10 +61,7 @@ def held_out_states(n_states: int, config: MazeConfig, *, seed: int = 0, horizon
     """``n_states`` or a few more decision states from random walks of maze seeds ``seed + EVAL_SEED_OFFSET, ...``."""
     walks = -(-n_states // config.n_turns)
     states = MazeStates.random_walks(walks, config=config, seed=seed + EVAL_SEED_OFFSET).decisions()
-    prompts = []
-    for index in range(len(states)):
-        episode, turn = int(states.episode[index]), int(states.turn[index])
-        prompts.append([dict(m) for m in states.messages[episode][: 2 * turn + 1]])
+    prompts = [state_chat(states, index) for index in range(len(states))]
     return HeldOutStates(states, prompts, true_q(states, horizon=horizon), horizon)
 
 

@@ -83,7 +83,8 @@ class PreferencePairs:
         return dataclasses.replace(taken, n_states=considered)
 
 
-def _prompt(states: MazeStates, index: int) -> list[dict[str, str]]:
+def state_chat(states: MazeStates, index: int) -> list[dict[str, str]]:
+    """The chat up to decision ``index`` (it ends on the user's observation), as the policy reads it."""
     episode, turn = int(states.episode[index]), int(states.turn[index])
     messages = states.messages[episode][: 2 * turn + 1]
     if not messages or messages[-1]["role"] != "user":
@@ -114,7 +115,7 @@ def preference_pairs(
     chosen = np.array([r[1] for r in rows], dtype=np.int64)
     rejected = np.array([r[2] for r in rows], dtype=np.int64)
     return PreferencePairs(
-        prompts=[_prompt(states, int(i)) for i in index],
+        prompts=[state_chat(states, int(i)) for i in index],
         chosen=chosen,
         rejected=rejected,
         q_chosen=q[index, chosen] if len(rows) else np.zeros(0),
