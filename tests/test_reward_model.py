@@ -31,11 +31,11 @@ def trained(tmp_path_factory):
     return config, train_reward_model(config)
 
 
-def _pairs_batch(tokenizer, n=4):
+def _pairs_batch(tokenizer, n=4, n_turns=1):
     from maze_env import MazeConfig
 
-    pairs = maze_preference_pairs(n, config=MazeConfig(size=12, n_turns=1), seed=3, horizon=2)
-    return preference_episodes(tokenizer, pairs, MazeConfig(size=12, n_turns=1))
+    pairs = maze_preference_pairs(n, config=MazeConfig(size=12, n_turns=n_turns), seed=3, horizon=2)
+    return preference_episodes(tokenizer, pairs, MazeConfig(size=12, n_turns=n_turns))
 
 
 def test_reward_is_the_head_on_the_final_hidden_state_at_the_letter():
@@ -53,6 +53,44 @@ def test_reward_is_the_head_on_the_final_hidden_state_at_the_letter():
                        torch.tensor([batch.direction_token_ids[a] for a in batch.actions[:, -1]]))  # fmt: skip
     expected = hidden[torch.arange(len(letters)), letters] @ rm.head.weight[0] + 0.25
     torch.testing.assert_close(rewards, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3"])
+def test_shared_prefix_scores_equal_full_rows_in_value_and_gradient(family):
+    """score_after forwards each chat once and reads its moves from the KV cache; a full forward per row is the
+    reference (Gemma with an 8-token sliding window, so the window must count positions, not padded slots)."""
+    from probes.models import tiny_model
+    from training.preference_eval import decision_prefix
+    from training.reward_model import RewardModel
+    from training.rollout import right_pad
+
+    overrides = {"sliding_window": 8} if family == "gemma3" else None
+    model, tokenizer = tiny_model(family, seed=2, config_overrides=overrides)
+    rm = RewardModel(model, tokenizer)
+    with torch.no_grad():
+        rm.head.weight.normal_(generator=torch.Generator().manual_seed(0))
+    batch = _pairs_batch(tokenizer, n=2, n_turns=3)  # states of turns 1-3: prefixes of different lengths
+    prefixes = [decision_prefix(tokenizer, batch.messages[r][:-1]) for r in range(0, len(batch.seeds), 2)]
+    assert len({len(p) for p in prefixes}) > 1  # padding differs between rows
+    letters = torch.tensor([batch.direction_token_ids[a] for a in batch.actions[:, -1]])
+    owner = torch.arange(len(prefixes)).repeat_interleave(2)
+    rows = [[*prefixes[o], int(t)] for o, t in zip(owner.tolist(), letters.tolist(), strict=True)]
+    ids, mask = right_pad(rows, int(tokenizer.pad_token_id))
+    full = rm(ids, mask, torch.tensor([[len(r) - 1] for r in rows]))[:, 0]
+    shared = rm.score_after(prefixes, owner, letters)
+    torch.testing.assert_close(shared, full, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(rm.score_pairs(batch), full, rtol=1e-4, atol=1e-5)
+    weight = next(p for p in rm.lm.parameters() if p.ndim == 2)
+    (g_full,) = torch.autograd.grad(full.view(-1, 2).diff().sum(), weight)
+    (g_shared,) = torch.autograd.grad(shared.view(-1, 2).diff().sum(), weight)
+    torch.testing.assert_close(g_shared, g_full, rtol=1e-3, atol=1e-4 * float(g_full.abs().max()))
+    with torch.no_grad():
+        moves = rm.score_moves([batch.messages[r][:-1] for r in range(0, len(batch.seeds), 2)], batch_size=2)
+        four = torch.tensor(batch.direction_token_ids)
+        rows = [[*p, int(t)] for p in prefixes for t in four]
+        ids, mask = right_pad(rows, int(tokenizer.pad_token_id))
+        expected = rm(ids, mask, torch.tensor([[len(r) - 1] for r in rows]))[:, 0].view(-1, 4)
+    torch.testing.assert_close(moves, expected, rtol=1e-4, atol=1e-5)
 
 
 def test_untrained_head_has_no_preference():

@@ -572,16 +572,33 @@ def _forward_chunk(
     autocast: bool,
 ) -> tuple[Tensor, Any, Tensor]:
     """Feed one left-padded chunk per row on top of ``cache``; return last-position logits, cache, mask."""
+    inputs, full_mask = chunk_inputs(model, chunks, cache, mask, pad_id, device)
+    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast):
+        out = model(**inputs, use_cache=True, logits_to_keep=1)
+    return out.logits[:, -1], out.cache, full_mask
+
+
+def chunk_inputs(
+    model: torch.nn.Module,
+    chunks: Sequence[Sequence[int]],
+    cache: Any,
+    mask: Tensor | None,
+    pad_id: int,
+    device: torch.device,
+) -> tuple[dict[str, Any], Tensor]:
+    """Forward inputs that append one left-padded chunk per row to ``cache`` (None: start one), and the mask of
+    everything seen after them. Every row's chunk ends at the same, last position; position ids count only real
+    tokens; on sliding-window models (Gemma 3) the window is measured in positions, not cache slots, so padding
+    never shortens it. ``model`` is the causal LM or its decoder (both take these keyword arguments)."""
     width = max(len(c) for c in chunks)
     ids = torch.full((len(chunks), width), pad_id, dtype=torch.long)
     chunk_mask = torch.zeros(len(chunks), width, dtype=torch.long)
     for r, chunk in enumerate(chunks):
-        ids[r, width - len(chunk) :] = torch.tensor(chunk, dtype=torch.long)
+        ids[r, width - len(chunk) :] = torch.tensor(list(chunk), dtype=torch.long)
         chunk_mask[r, width - len(chunk) :] = 1
     ids, chunk_mask = ids.to(device), chunk_mask.to(device)
     full_mask = chunk_mask if mask is None else torch.cat([mask, chunk_mask], dim=1)
     full_positions = (full_mask.cumsum(-1) - 1).clamp(min=0)
-    position_ids = full_positions[:, -width:]
     attention_mask: Tensor | dict[str, Tensor] = full_mask
     window = _sliding_window(model)
     if window is not None:
@@ -590,16 +607,9 @@ def _forward_chunk(
         if cache is None:
             cache = DynamicCache()
         attention_mask = _position_window_masks(model, full_mask, full_positions, cache, width, window)
-    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast):
-        out = model(
-            input_ids=ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            cache=cache,
-            use_cache=True,
-            logits_to_keep=1,
-        )
-    return out.logits[:, -1], out.cache, full_mask
+    inputs = {"input_ids": ids, "attention_mask": attention_mask, "position_ids": full_positions[:, -width:],
+              "cache": cache}  # fmt: skip
+    return inputs, full_mask
 
 
 def _sliding_window(model: torch.nn.Module) -> int | None:
