@@ -39,7 +39,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m-instruct", help="bundled name or local checkpoint")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--pairs", type=int, default=16, help="pairs per training step (the RM's batch_pairs)")
+    parser.add_argument(
+        "--pairs", type=int, default=16, help="pairs per training step (the RM's batch_pairs)"
+    )
     parser.add_argument("--states", type=int, default=16, help="chats whose four moves are scored")
     parser.add_argument("--reps", type=int, default=5, help="timed repetitions of each variant")
     parser.add_argument("--threads", type=int, default=2)
@@ -81,7 +83,9 @@ def main(argv: list[str] | None = None) -> None:
         timings["full"].append(train_step(full_rows))
         timings["shared"].append(train_step(lambda: rm.score_pairs(batch)))
     train_full, train_shared = (statistics.median(timings[k]) for k in ("full", "shared"))
-    print(f"BT step ({args.pairs} pairs, fwd+bwd): full rows {train_full:.2f} s, shared prefix {train_shared:.2f} s")
+    print(
+        f"BT step ({args.pairs} pairs, fwd+bwd): full rows {train_full:.2f} s, shared prefix {train_shared:.2f} s"
+    )
 
     rm.eval()
     chats = held_out_states(args.states, config.maze(), seed=0).prompts[: args.states]
@@ -91,7 +95,9 @@ def main(argv: list[str] | None = None) -> None:
     def score_full() -> float:
         start = time.perf_counter()
         for i in range(0, len(chats), 4):  # 4 chats × 4 moves = 16 rows per forward, as the shared path's 16
-            rows = [[*decision_prefix(rm.tokenizer, chat), int(t)] for chat in chats[i : i + 4] for t in letters]
+            rows = [
+                [*decision_prefix(rm.tokenizer, chat), int(t)] for chat in chats[i : i + 4] for t in letters
+            ]
             ids, mask = right_pad(rows, int(rm.tokenizer.pad_token_id))
             rm(ids.to(device), mask.to(device), torch.tensor([[len(r) - 1] for r in rows], device=device))
         return time.perf_counter() - start
@@ -106,7 +112,9 @@ def main(argv: list[str] | None = None) -> None:
         scoring["full"].append(score_full())
         scoring["shared"].append(score_shared())
     score_full_s, score_shared_s = (statistics.median(scoring[k]) for k in ("full", "shared"))
-    print(f"scoring 4 moves of {len(chats)} chats: full rows {score_full_s:.2f} s, shared {score_shared_s:.2f} s")
+    print(
+        f"scoring 4 moves of {len(chats)} chats: full rows {score_full_s:.2f} s, shared {score_shared_s:.2f} s"
+    )
     print(f"BENCH rm_train_shared_vs_full {train_full / train_shared:.2f} >=1.5")
     print(f"BENCH rm_score_moves_shared_vs_full {score_full_s / score_shared_s:.2f} >=2")
 
