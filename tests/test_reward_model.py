@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from training.config import Args, validate
-from training.preference_eval import bootstrap_q_agreement, implicit_reward_scores, permutation_p
+from training.preference_eval import implicit_reward_scores
 from training.preferences import maze_preference_pairs, preference_episodes
 from training.reward_model import (
     RewardModelConfig,
@@ -126,13 +126,21 @@ def test_score_episodes_reads_every_row_once_and_matches_the_pair_scores(trained
     assert torch.equal(relabelled.rewards, scores) and torch.equal(relabelled.actions, doubled.actions)
 
 
-def test_q_agreement_statistics_on_exact_cases():
-    rng = np.random.default_rng(0)
-    q = rng.normal(size=(30, 4))
-    assert permutation_p(q, q, n_permutations=50, seed=0) == pytest.approx(1 / 51)
-    low, high = bootstrap_q_agreement(q, q, n_boot=20, seed=0)
-    assert low == pytest.approx(1.0) and high == pytest.approx(1.0)
-    assert permutation_p(-q, q, n_permutations=50, seed=0) == 1.0
+def test_agreement_on_exact_cases():
+    """Scores equal to the true Q: every pair right, Spearman 1 in every resample, the permutation p its floor
+    1/(n+1); their negation: every pair wrong, p 1; a constant control: no pair right (a tie is not a win)."""
+    from maze_env import MazeConfig
+    from training.preference_eval import agreement, held_out_states
+
+    held = held_out_states(24, MazeConfig(size=12, n_turns=1), seed=0, horizon=2)
+    flat = np.zeros_like(held.q)
+    exact = agreement(held.q, flat, held, seed=0, n_boot=20, n_permutations=50)
+    assert exact.accuracy == 1.0 and exact.control_accuracy == 0.0 and exact.n_pairs > 0
+    assert exact.q_agreement.pooled == pytest.approx(1.0)
+    assert exact.q_agreement_ci == pytest.approx((1.0, 1.0))
+    assert exact.q_agreement_null_p == pytest.approx(1 / 51)
+    opposite = agreement(-held.q, flat, held, seed=0, n_boot=20, n_permutations=50)
+    assert opposite.accuracy == 0.0 and opposite.q_agreement_null_p == 1.0
 
 
 def test_implicit_reward_is_beta_times_the_log_ratio_of_the_move_policies():

@@ -10,7 +10,8 @@ measures, each with its interval and the control it must beat:
   control: the untrained LM's own preference (its direction logits, "logits as Q" before training), and 0.5;
 - **agreement with the true Q**: ``probes.q_readout.q_correlation`` (Spearman after centring within each state:
   a Bradley–Terry reward and an implicit reward are only defined up to a per-state constant), a 95% bootstrap
-  interval over states, and a permutation null that shuffles the moves within each state.
+  interval over states, and a permutation null that shuffles the moves within each state (``probes.nulls.q_spearman``,
+  the readouts' own resampling of the same statistic).
 
 Held-out states are first decisions (or ``n_turns``-turn random walks) of maze seeds ``seed + EVAL_SEED_OFFSET``.
 
@@ -23,7 +24,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,7 @@ from maze_env import ACTIONS, MazeConfig
 from probes.artifacts import write_json
 from probes.intervals import wilson_interval
 from probes.maze_states import MazeStates
+from probes.nulls import q_spearman
 from probes.q_readout import QCorrelation, q_correlation, true_q
 from probes.resources import release_freed_memory
 from probes.tokens import direction_token_ids
@@ -108,35 +109,6 @@ def implicit_reward_scores(
     return beta * (log_softmax(policy_logits) - log_softmax(reference_logits))
 
 
-def bootstrap_q_agreement(
-    scores: np.ndarray, q: np.ndarray, *, n_boot: int, seed: int
-) -> tuple[float, float]:
-    """95% percentile interval of the pooled centred Spearman, resampling states with replacement."""
-    rng = np.random.default_rng(seed)
-    values = []
-    for _ in range(n_boot):
-        rows = rng.integers(0, len(q), len(q))
-        rho = q_correlation(scores[rows], q[rows]).pooled
-        if math.isfinite(rho):
-            values.append(rho)
-    if not values:
-        return (math.nan, math.nan)
-    return (float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5)))
-
-
-def permutation_p(scores: np.ndarray, q: np.ndarray, *, n_permutations: int, seed: int) -> float:
-    """``(1 + #{rho_perm ≥ rho}) / (1 + n)``: moves shuffled within each state (breaks the move–Q link only)."""
-    observed = q_correlation(scores, q).pooled
-    rng = np.random.default_rng(seed)
-    hits = 0
-    for _ in range(n_permutations):
-        shuffled = np.take_along_axis(
-            scores, rng.permuted(np.tile(np.arange(4), (len(q), 1)), axis=1), axis=1
-        )
-        hits += q_correlation(shuffled, q).pooled >= observed
-    return (1 + hits) / (1 + n_permutations)
-
-
 @dataclass(frozen=True)
 class PreferenceAgreement:
     """Scores against the held-out preferences and true Q, beside the untrained LM's own (see the module)."""
@@ -186,14 +158,13 @@ def agreement(
     pairs: PreferencePairs = preference_pairs(held_out.states, q, rule=rule, seed=seed + EVAL_SEED_OFFSET)  # type: ignore[arg-type]
     rows = pairs.state_index
     correct = int((scores[rows, pairs.chosen] > scores[rows, pairs.rejected]).sum())
+    resampled = q_spearman(scores, q, n_shuffles=n_permutations, n_boot=n_boot, seed=seed)
     control = int((control_scores[rows, pairs.chosen] > control_scores[rows, pairs.rejected]).sum())
     return PreferenceAgreement(
         n_states=len(q), n_pairs=len(pairs), tie_share=pairs.tie_share,
         accuracy=correct / max(1, len(pairs)), accuracy_ci=wilson_interval(correct, len(pairs)),
         control_accuracy=control / max(1, len(pairs)), control_accuracy_ci=wilson_interval(control, len(pairs)),
-        q_agreement=q_correlation(scores, q),
-        q_agreement_ci=bootstrap_q_agreement(scores, q, n_boot=n_boot, seed=seed),
-        q_agreement_null_p=permutation_p(scores, q, n_permutations=n_permutations, seed=seed),
+        q_agreement=q_correlation(scores, q), q_agreement_ci=resampled.ci(), q_agreement_null_p=resampled.p,
         control_q_agreement=q_correlation(control_scores, q),
     )  # fmt: skip
 
