@@ -131,14 +131,17 @@ def reliability_table(
     records: Iterable[Mapping[str, Any]],
     *,
     expected_signs: Mapping[tuple[str, str], int] | None = None,
+    sign_from: Mapping[str, str] | None = None,
     level: float = 0.95,
 ) -> list[Reliability]:
     """The reliability of every (vector, eval, layer) of a sweep.
 
     Args:
         records: the sweep's records (``steering.sweep.load_records``).
-        expected_signs: ``{(vector, eval): +1 or -1}``, the direction each effect should have (a
-            norm-matched control gets its vector's); default: the sign of the pooled slope.
+        expected_signs: ``{(vector, eval): +1 or -1}``, the direction each effect should have; default: the sign
+            of the pooled slope.
+        sign_from: ``{control: vector}``: the control expects, per eval, the sign its vector has here (its given
+            expected sign, else its pooled slope's), e.g. ``{"u_Gold": "v_Gold"}`` for a norm-matched control.
         level: the anti-steerable interval's level.
     """
     records = list(records)
@@ -146,17 +149,19 @@ def reliability_table(
     slopes: dict[tuple, list[float]] = defaultdict(list)
     for row in prompt_slopes(records):
         slopes[(row.vector, row.eval, row.layer)].append(row.slope)
-    out = []
+    fits = {}
     for key, rows in sorted(responses.items(), key=lambda kv: str(kv[0])):
-        vector, eval_name, layer = key
         points = [(a, float(v)) for a, _, v, _ in rows if v is not None]
-        if len({a for a, _ in points}) < 2:
-            continue
-        xs, ys = zip(*points, strict=True)
-        fit = ols_slope(xs, ys)
-        sign = (expected_signs or {}).get((vector, eval_name))
-        if sign is None:
-            sign = 1 if fit.slope >= 0 else -1
+        if len({a for a, _ in points}) >= 2:
+            fits[key] = ols_slope(*zip(*points, strict=True))
+    signs = {(v, e): 1 if fit.slope >= 0 else -1 for (v, e, _), fit in fits.items()}
+    signs.update(expected_signs or {})
+    for control, vector in (sign_from or {}).items():
+        signs.update({(control, e): sign for (v, e), sign in list(signs.items()) if v == vector})
+    out = []
+    for key, fit in fits.items():
+        vector, eval_name, layer = key
+        sign = signs[(vector, eval_name)]
         if sign not in (1, -1):
             raise ValueError(f"expected sign of {(vector, eval_name)} must be +1 or -1; got {sign!r}")
         per_prompt = np.asarray(slopes.get(key, []), dtype=np.float64)
@@ -164,7 +169,7 @@ def reliability_table(
         anti = int((np.sign(per_prompt) == -sign).sum())
         low, high = wilson_interval(anti, n, level)
         incoherent: dict[float, list[bool]] = defaultdict(list)
-        for alpha, _, _, flag in rows:
+        for alpha, _, _, flag in responses[key]:
             incoherent[alpha].append(flag)
         out.append(
             Reliability(

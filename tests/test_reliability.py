@@ -63,6 +63,20 @@ def test_reliability_by_hand():
     assert "anti-steerable" in row.row()
 
 
+def test_a_control_takes_its_vectors_sign():
+    """u's own slope is negative (its values are v's negated); with sign_from it is judged against v's sign."""
+    controls = [
+        record("u", r["alpha"], [-x for x in r["values"]], r["ids"]) for r in sweep() if r["vector"] == "v"
+    ]
+    records = sweep() + controls
+    own = {row.vector: row for row in reliability_table(records)}
+    assert own["u"].expected_sign == -1 and own["u"].anti_steerable == pytest.approx(1 / 3)
+    followed = {row.vector: row for row in reliability_table(records, sign_from={"u": "v"})}
+    assert followed["u"].expected_sign == 1 and followed["u"].anti_steerable == pytest.approx(2 / 3)
+    assert followed["v"] == own["v"]
+    assert followed["u"].pooled_slope == pytest.approx(-own["v"].pooled_slope)
+
+
 def test_wilson_interval_matches_the_closed_form():
     low, high = wilson_interval(0, 20)
     z = 1.959963984540054

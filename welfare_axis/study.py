@@ -808,10 +808,8 @@ def steering_reliability(stage_dir: Path, result: Mapping[str, Any]) -> list[Rel
     u_X is expected to move in the direction its v_X moves (per eval), so its anti-steerable share is comparable."""
     files = list(result["sweeps"].values()) + list(result.get("control_sweeps", {}).values())
     records = [r for name in files for r in load_records(stage_dir / name)]
-    first = reliability_table(records)
-    signs = {(row.vector, row.eval): row.expected_sign for row in first if row.vector.startswith("v_")}
-    expected = {("u_" + v.removeprefix("v_"), ev): sign for (v, ev), sign in signs.items()}
-    return reliability_table(records, expected_signs=expected)
+    vectors = {str(r["vector"]) for r in records if str(r["vector"]).startswith("v_")}
+    return reliability_table(records, sign_from={"u_" + v.removeprefix("v_"): v for v in vectors})
 
 
 def vector_rotation(trained_dir: Path, control_dir: Path) -> dict[str, dict[int, float]]:
