@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from welfare_axis.cli import main as cli
 from welfare_axis.compare import compare_runs
@@ -297,3 +298,33 @@ def test_a_shipped_trained_model_is_read_out_and_steered_without_training(tmp_pa
     with pytest.raises(ValueError, match="no checkpoints"):
         run_study(StudyConfig.from_overrides(StudyConfig(), {"trained": "tiny-rl", "checkpoint_series": True}),
                   tmp_path / "y")  # fmt: skip
+
+
+def test_a_finished_training_run_is_studied_without_training(tiny_study, tmp_path, monkeypatch, capsys):
+    """--from-run reads out a run of welfare-axis train: the same model as the study that trained it, so the
+    same vectors to the bit, its evaluation as the training record, nothing trained."""
+    from probes.concept_vector import ConceptVector
+    from training.checkpoints import RunDirError
+    from welfare_axis import study
+
+    cfg, out, summary = tiny_study
+    run = out / "stages" / "train" / "run"
+    monkeypatch.setattr(study, "main", lambda *a, **k: pytest.fail("a finished run must not be trained"))
+    again = tmp_path / "again"
+    assert cli(["run", "--fast", "--from-run", str(run), "--out", str(again), "--set", "n_per_class=8",
+                "--set", "steer_evals=('sentiment',)", "--set", "n_prompts=2", "--set", "max_new_tokens=6",
+                "--set", "forgetting_qa=4", "--set", "forgetting_texts=4"]) == 0  # fmt: skip
+    read = StudySummary.load(again / "summary.json")
+    assert read.config["from_run"] == str(run) and read.model == "tiny-llama"
+    assert read.training.steps == summary.training.steps
+    assert read.training.return_gain == summary.training.return_gain
+    for concept in ("Mold", "Gold"):
+        ours, theirs = (ConceptVector.load(d / "stages" / "readouts" / "vectors_trained" / concept)
+                        for d in (again, out))  # fmt: skip
+        assert all(torch.equal(ours[layer], theirs[layer]) for layer in theirs.layers)
+    with pytest.raises(ValueError, match="--set model=tiny-llama"):
+        run_study(StudyConfig.from_overrides(StudyConfig(), {"from_run": str(run)}), tmp_path / "x")
+    with pytest.raises(RunDirError, match="not a training run"):
+        run_study(StudyConfig.from_overrides(cfg, {"from_run": str(tmp_path)}), tmp_path / "y")
+    with pytest.raises(ValueError, match="give one"):
+        run_study(StudyConfig.from_overrides(cfg, {"from_run": str(run), "trained": "tbrm"}), tmp_path / "z")

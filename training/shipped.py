@@ -37,6 +37,7 @@ import torch
 from safetensors.torch import load_file, save
 
 from probes.artifacts import atomic_directory
+from probes.artifacts import file_sha256 as _sha256
 from training.config import Args, upgrade_config
 from training.evaluation import EvalResult, compare_evals, eval_settings, evaluate
 from training.policy import make_policy, merged_model
@@ -141,14 +142,6 @@ def find_shipped(model: str, recipe: str, root: str | os.PathLike[str] | None = 
         f"no shipped trained model {model!r} with recipe {recipe!r}; shipped: {', '.join(names)}. Train one "
         "with `welfare-axis train` and load it with load_trained(run_dir)"
     )
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def load_shipped(

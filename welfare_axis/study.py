@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from maze_env.plots import episode_figure, training_curves
-from probes.artifacts import read_json, write_json, write_text
+from probes.artifacts import file_sha256, read_json, write_json, write_text
 from probes.concept_vector import ConceptVector
 from probes.plots import axis_monitor_figure, layer_cosine_curves
 from probes.readout_report import ReportSettings, load_figures, readout_report, report_emotion_vectors
@@ -38,6 +38,7 @@ from steering.reliability import Reliability, reliability_table
 from steering.stats import dose_response_slopes, summarize_cells
 from steering.sweep import SweepConfig, load_records, run_sweep
 from training import Args, load_base_model, load_trained, main, recipe_args
+from training.checkpoints import latest_checkpoint, load_run_args
 from training.config import RUN_ONLY_ARGS
 from training.episodes import load_episodes
 from training.evaluation import EvalResult, compare_evals
@@ -94,6 +95,11 @@ class StudyConfig:
     """Study a trained model that ships with the toolkit instead of training one: its recipe name
     (``training.shipped``; ``welfare-axis run --trained tbrm``). The train stage then records the shipped
     model's provenance (its held-out evaluation and paired gain) and trains nothing."""
+    from_run: str | None = None
+    """Study a finished training run instead of training one: its directory (``welfare-axis train --out``,
+    e.g. a DPO, SFT or RL-against-a-reward-model run). The train stage records the run's settings and held-out
+    evaluation and trains nothing; the model and tiles must be the run's (``welfare-axis run --from-run DIR``
+    sets them)."""
     algo: str = "tbrm"
     """Training algorithm (training.train: dr_grpo, grpo, reinforce, rloo, ppo, tbrm, sft, iterative_sft). The
     default, TBRM (RL from scratch) under the CPU recipe's sizes with LoRA on every layer, is the smallest run
@@ -285,6 +291,10 @@ def train_stage_settings(cfg: StudyConfig) -> dict[str, Any]:
     if cfg.trained is not None:
         shipped = find_shipped(cfg.model, cfg.trained)
         return {"shipped": shipped.name, "sha256": shipped.provenance.sha256}
+    if cfg.from_run is not None:
+        run, checkpoint = finished_run(cfg)
+        return {"from_run": str(run), "checkpoint": checkpoint.name,
+                "sha256": file_sha256(checkpoint / "trainable.safetensors")}  # fmt: skip
     args = dataclasses.asdict(cfg.train_args(Path("run")))
     inert = set() if args.get("intervene_vector") else set(_INTERVENTION_ARGS)  # no effect without a vector
     if args.get("algo") != "dpo":
@@ -311,17 +321,46 @@ def _return_gain(gain: Mapping[str, float]) -> dict[str, Any]:
             "paired": paired, "gold_diff": gain["gold_diff"], "mold_diff": gain["mold_diff"]}  # fmt: skip
 
 
+def finished_run(cfg: StudyConfig) -> tuple[Path, Path]:
+    """``cfg.from_run`` resolved, and its latest checkpoint; checked against the study's model and tiles.
+
+    Raises:
+        training.checkpoints.RunDirError: not a training run directory.
+        FileNotFoundError: no checkpoint there yet.
+        ValueError: the run trained another model or tile set than the study reads out (the message names
+            the ``--set`` that fixes it).
+    """
+    run = Path(str(cfg.from_run)).resolve()
+    args = load_run_args(run)  # a clear error when it is not a training run
+    checkpoint = latest_checkpoint(run)
+    if checkpoint is None:
+        raise FileNotFoundError(f"{run} has no checkpoint yet; finish or resume its training first")
+    for name, ours in (("model", cfg.model), ("tiles", cfg.tiles)):
+        if getattr(args, name) != ours:
+            raise ValueError(f"{run} trained {name}={getattr(args, name)!r} but the study reads {name}={ours!r}; "
+                             f"use --set {name}={getattr(args, name)} (welfare-axis run --from-run sets it)")  # fmt: skip
+    return run, checkpoint
+
+
 def stage_train(cfg: StudyConfig, work: Path) -> dict[str, Any]:
 
     if cfg.trained is not None:
         return stage_shipped(cfg)
-    args = cfg.train_args(work / "run")
-    args = dataclasses.replace(args, resume=(work / "run" / "config.json").is_file())
-    result = main(args)
-    evals = read_json(work / "run" / "eval.json") if (work / "run" / "eval.json").is_file() else {}
+    if cfg.from_run is not None:  # a finished run: its settings and evaluations, nothing trained
+        run, checkpoint = finished_run(cfg)
+        args = load_run_args(run)
+        steps = int(read_json(checkpoint / "state.json")["step"])
+        evals = read_json(run / "eval.json") if (run / "eval.json").is_file() else {}
+        out_dir = str(run)
+    else:
+        args = cfg.train_args(work / "run")
+        args = dataclasses.replace(args, resume=(work / "run" / "config.json").is_file())
+        steps = main(args).steps_done
+        evals = read_json(work / "run" / "eval.json") if (work / "run" / "eval.json").is_file() else {}
+        out_dir = "run"
     before, after = _eval_summary(evals.get("before")), _eval_summary(evals.get("after"))
-    out: dict[str, Any] = {"run": "run", "steps": result.steps_done, "before": before, "after": after,
-                           "train_args": dataclasses.asdict(args) | {"out": "run"}}  # fmt: skip
+    out: dict[str, Any] = {"run": out_dir, "steps": steps, "before": before, "after": after,
+                           "train_args": dataclasses.asdict(args) | {"out": out_dir}}  # fmt: skip
     if before and after:
         out["return_gain"] = _return_gain(
             compare_evals(EvalResult(**evals["before"]), EvalResult(**evals["after"]))
@@ -789,10 +828,10 @@ def report_sections(
             "FAST MODE: a pipeline check. Its 3 short training steps do not teach the maze and its readouts use a "
             "few trajectories per class: the numbers test the code, not the paper."
         ]
-        if cfg.fast and cfg.trained is None
+        if cfg.fast and cfg.trained is None and cfg.from_run is None
         else [
-            "FAST MODE: the shipped trained model read out with a few trajectories per class and small steering "
-            "cells: a quick look, not a measurement."
+            f"FAST MODE: the {'shipped ' if cfg.trained else ''}trained model read out with a few trajectories per "
+            "class and small steering cells: a quick look, not a measurement."
         ]
         if cfg.fast
         else []
@@ -876,8 +915,12 @@ def run_study(cfg: StudyConfig, out: str | Path) -> StudySummary:
         raise ValueError(
             "a shipped trained model has no checkpoints: drop checkpoint_series or train (no --trained)"
         )
+    if cfg.trained is not None and cfg.from_run is not None:
+        raise ValueError("trained (a shipped model) and from_run (a training run) both name the model; give one")
     if cfg.trained is not None:
         find_shipped(cfg.model, cfg.trained)  # a clear error before any stage runs
+    if cfg.from_run is not None:
+        finished_run(cfg)  # the same for a training run
     runner = StageRunner(out)
     write_json(Path(out) / "study_config.json", dataclasses.asdict(cfg))
     stages: list[tuple[str, Callable[[Path], dict[str, Any]], list[str], bool]] = [

@@ -33,6 +33,16 @@ def _run(args: argparse.Namespace) -> int:
         model, _, recipe = args.trained.rpartition("/")
         cfg = StudyConfig.from_overrides(cfg, {"trained": recipe, **({"model": model} if model else {})})
         name = f"trained-{recipe}"
+    if args.from_run:
+        if args.trained:
+            raise SystemExit("--trained and --from-run both name the model to study; give one")
+        from training.checkpoints import load_run_args
+
+        run_args = load_run_args(Path(args.from_run))
+        cfg = StudyConfig.from_overrides(
+            cfg, {"from_run": args.from_run, "model": run_args.model, "tiles": run_args.tiles}
+        )
+        name = f"from-{Path(args.from_run).name}"
     out = Path(args.out or f"runs/{name}{'-fast' if cfg.fast and name != 'fast' else ''}")
     summary = run_study(cfg, out)
     print(f"\nreport: {out / 'report.html'}\nsummary: {out / 'summary.json'}")
@@ -87,6 +97,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="NAME",
         help="read out and steer a shipped trained model instead of training (recipe or model/recipe, e.g. tbrm; "
         "python -c 'import training; print([m.name for m in training.shipped_models()])' lists them)",
+    )
+    p.add_argument(
+        "--from-run",
+        default=None,
+        metavar="DIR",
+        help="read out and steer a finished training run (welfare-axis train --out DIR: DPO, SFT, RL against a "
+        "reward model, ...) instead of training; its model and tiles are used",
     )
     p.add_argument("--out", default=None, help="run directory (default runs/<preset>)")
     p.add_argument(
