@@ -916,7 +916,9 @@ def run_study(cfg: StudyConfig, out: str | Path) -> StudySummary:
             "a shipped trained model has no checkpoints: drop checkpoint_series or train (no --trained)"
         )
     if cfg.trained is not None and cfg.from_run is not None:
-        raise ValueError("trained (a shipped model) and from_run (a training run) both name the model; give one")
+        raise ValueError(
+            "trained (a shipped model) and from_run (a training run) both name the model; give one"
+        )
     if cfg.trained is not None:
         find_shipped(cfg.model, cfg.trained)  # a clear error before any stage runs
     if cfg.from_run is not None:
