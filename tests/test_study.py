@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -328,3 +329,33 @@ def test_a_finished_training_run_is_studied_without_training(tiny_study, tmp_pat
         run_study(StudyConfig.from_overrides(cfg, {"from_run": str(tmp_path)}), tmp_path / "y")
     with pytest.raises(ValueError, match="give one"):
         run_study(StudyConfig.from_overrides(cfg, {"from_run": str(run), "trained": "tbrm"}), tmp_path / "z")
+
+
+def test_direction_cosines_across_studies(tiny_study, capsys):
+    """A study against itself: v and the shift coincide (cos 1); cos(u, v_ref) is the vectors' own cosine; a
+    direction equal to a study's v_Gold − u_Gold has shift cosine 1 with it."""
+    from probes.concept_vector import ConceptVector
+    from welfare_axis.directions import cli as directions_cli
+    from welfare_axis.directions import direction_cosines, random_cosine_bound, reward_model_cosines
+
+    _, out, summary = tiny_study
+    rows = direction_cosines([out], out)
+    assert {(r.concept, r.layer_is) for r in rows} >= {("Gold", "ℓ*"), ("Mold", "ℓ*")}
+    vectors = out / "stages" / "readouts"
+    for r in rows:
+        v = ConceptVector.load(vectors / "vectors_trained" / r.concept)
+        u = ConceptVector.load(vectors / "vectors_control" / r.concept)
+        assert r.cos_v == pytest.approx(1.0) and r.cos_shift == pytest.approx(1.0)
+        assert r.cos_u == pytest.approx(u.cosine(v)[r.layer], abs=1e-6)
+        assert r.null95 == pytest.approx(1.959964 / np.sqrt(v[r.layer].numel()), rel=1e-5)
+        if r.layer_is == "ℓ*":
+            assert r.layer == summary.layer_star[r.concept]
+    v = ConceptVector.load(vectors / "vectors_trained" / "Gold")
+    u = ConceptVector.load(vectors / "vectors_control" / "Gold")
+    last = max(v.layers)
+    shift = ConceptVector({last: v[last] - u[last]}, concept="shift")
+    (rm,) = reward_model_cosines(shift, [out])
+    assert rm.cos_shift_gold == pytest.approx(1.0) and rm.layer == last
+    assert random_cosine_bound(100) == pytest.approx(0.1959964, rel=1e-5)
+    assert directions_cli(["--reference", str(out), "--runs", str(out)]) == 0
+    assert "cos(v − u, v_ref − u_ref)" in capsys.readouterr().out
