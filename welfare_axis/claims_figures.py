@@ -178,7 +178,13 @@ def rotation_over_training(runs: Sequence[Path]) -> go.Figure | None:
     fig = go.Figure()
     found = False
     for index, run in enumerate(runs):
-        train_dir = run / "stages" / "train" / "run"
+        stage = run / "stages" / "train"
+        result = (
+            json.loads((stage / "stage.json").read_text()).get("result", {})
+            if (stage / "stage.json").is_file()
+            else {}
+        )
+        train_dir = stage / str(result.get("run", "run"))  # a --from-run study's run is absolute
         if not (train_dir / MONITOR_FILE).is_file():
             continue
         head, records = axis_records(train_dir)
