@@ -316,7 +316,9 @@ def test_a_finished_training_run_is_studied_without_training(tiny_study, tmp_pat
                 "--set", "steer_evals=('sentiment',)", "--set", "n_prompts=2", "--set", "max_new_tokens=6",
                 "--set", "forgetting_qa=4", "--set", "forgetting_texts=4"]) == 0  # fmt: skip
     read = StudySummary.load(again / "summary.json")
-    assert read.config["from_run"] == str(run) and read.model == "tiny-llama"
+    assert (
+        read.config["from_run"] == str(run) and read.model == "tiny-llama" and read.config["algo"] == cfg.algo
+    )
     assert read.training.steps == summary.training.steps
     assert read.training.return_gain == summary.training.return_gain
     for concept in ("Mold", "Gold"):

@@ -48,7 +48,7 @@ Direction = Literal["lower", "higher"]
 MIN_SEEDS = 3
 """Seeds per configuration a verdict needs."""
 CONFIG_KEYS: tuple[str, ...] = ("model", "algo", "finetune", "train_recipe", "train_sizes", "train_steps",
-                                "train_overrides", "system_prompt", "trained")  # fmt: skip
+                                "train_overrides", "system_prompt", "trained", "from_run")  # fmt: skip
 """The study settings that define a configuration (everything that changes what is trained, but the seed and
 the tile set)."""
 
@@ -174,9 +174,14 @@ def configuration_name(config: Mapping[str, Any]) -> str:
     Example:
         >>> configuration_name({"model": "smollm2-135m-instruct", "algo": "tbrm", "finetune": "lora"})
         'smollm2-135m-instruct tbrm lora'
+        >>> configuration_name({"model": "m", "algo": "dpo", "finetune": "lora", "from_run": "runs/dpo",
+        ...                     "train_overrides": {"lr": 5e-4}})
+        'm dpo lora from_run=runs/dpo'
     """
     parts = []
-    for key in CONFIG_KEYS:
+    # a study of a finished run (--from-run) trained nothing: the run defines it, not the training settings
+    keys = ("model", "algo", "finetune", "from_run") if config.get("from_run") else CONFIG_KEYS
+    for key in keys:
         value = config.get(key)
         if value in (None, {}, "", "study", "cpu", "template") and key not in ("model", "algo"):
             continue

@@ -40,8 +40,9 @@ def _run(args: argparse.Namespace) -> int:
 
         run_args = load_run_args(Path(args.from_run))
         cfg = StudyConfig.from_overrides(
-            cfg, {"from_run": args.from_run, "model": run_args.model, "tiles": run_args.tiles}
-        )
+            cfg, {"from_run": args.from_run, "model": run_args.model, "tiles": run_args.tiles,
+                  "algo": run_args.algo, "finetune": run_args.finetune}
+        )  # fmt: skip
         name = f"from-{Path(args.from_run).name}"
     out = Path(args.out or f"runs/{name}{'-fast' if cfg.fast and name != 'fast' else ''}")
     summary = run_study(cfg, out)
