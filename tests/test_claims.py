@@ -72,6 +72,10 @@ def test_the_other_verdicts():
     higher = Claim("x", "x", "cos_min", "higher", "")
     (row,) = claims_table(runs([(0.3, -0.2), (0.35, -0.2), (0.4, -0.25)]), [higher])
     assert row.verdict == "replicates"
+    (row,) = claims_table(runs([(0.0, 0.0), (0.0, 0.0), (0.0, 0.0)]), [COS])  # e.g. no refusal at any α
+    assert row.verdict == "not measurable" and "+0.000" in row.reason
+    (row,) = claims_table(runs([(0.0, 0.0), (0.0, 0.0), (0.1, 0.0)]), [COS])  # one seed moved: measurable
+    assert row.verdict == "not distinguishable from control"
 
 
 def test_configurations_group_seeds_and_tiles_and_leave_out_fast_runs():

@@ -23,7 +23,9 @@ and a verdict, with its reason:
 - ``opposite``: the interval lies on the other side of 0;
 - ``not distinguishable from control``: the interval contains 0;
 - ``not distinguishable from the null``: the trained values do not beat their null;
-- ``too few seeds``: fewer than 3 seeds (the row still shows the numbers).
+- ``too few seeds``: fewer than 3 seeds (the row still shows the numbers);
+- ``not measurable``: every trained and untrained value is the same number (a floor or ceiling of the measure,
+  e.g. a steering eval that scored no response at any α).
 
 Example:
     >>> rows = claims_table({})
@@ -202,11 +204,19 @@ def _numeric(value: Any) -> float | None:
     return float(value) if math.isfinite(float(value)) else None
 
 
-def _verdict(claim: Claim, diff: Spread, p_values: Sequence[float], swap_diff: Spread) -> tuple[str, str]:
+def _verdict(
+    claim: Claim, diff: Spread, p_values: Sequence[float], swap_diff: Spread, readings: Sequence[float] = ()
+) -> tuple[str, str]:
+    """``readings``: every trained and untrained value of the configuration (one constant: nothing to compare)."""
     sign = -1.0 if claim.direction == "lower" else 1.0
     n = len(diff.values)
     if n == 0:
         return "not measured", "no seed measured it"
+    if len(readings) > 1 and len(set(readings)) == 1:
+        return "not measurable", (
+            f"every seed read {readings[0]:+.3f}, trained and untrained alike: the measure has no signal at this "
+            "size (a floor: e.g. no response at any α was scored as refusing or backtracking)"
+        )
     if n < MIN_SEEDS:
         return "too few seeds", f"{n} seed(s); a verdict needs {MIN_SEEDS}"
     low, high = sign * diff.ci_low, sign * diff.ci_high
@@ -276,7 +286,8 @@ def claims_table(runs: Mapping[str, StudySummary], claims: Sequence[Claim] = CLA
                 if a is not None and b is not None:
                     swap_diffs.append(a - b)
             diff, swap_diff = Spread.of(diffs), Spread.of(swap_diffs)
-            verdict, reason = _verdict(claim, diff, ps, swap_diff)
+            readings = [x for x in trained + untrained if x is not None]
+            verdict, reason = _verdict(claim, diff, ps, swap_diff, readings)
             out.append(ClaimRow(claim=claim.key, text=claim.text, configuration=name, paper=claim.paper,
                                 trained=Spread.of(trained), untrained=Spread.of(untrained), difference=diff,
                                 tile_swap=Spread.of(swap), swap_difference=swap_diff, null=Spread.of(nulls),
