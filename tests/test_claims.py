@@ -111,3 +111,18 @@ def test_steering_claims_read_v_against_its_norm_matched_control():
     assert row.verdict == "replicates" and row.p_values == ()
     (missing,) = claims_table(base, [claim])
     assert missing.verdict == "not measured"
+
+
+def test_figure_groups_are_labelled_by_what_tells_them_apart():
+    """The committed records: three office seeds and one tile-swap run of one configuration."""
+    from pathlib import Path
+
+    from welfare_axis.claims_figures import group_runs
+
+    records = Path(__file__).resolve().parents[1] / "docs" / "study_runs"
+    runs = [records / n for n in ("default_smollm2", "default_smollm2_seed1", "default_smollm2_seed2",
+                                  "tile_swap_smollm2_seed0")]  # fmt: skip
+    groups = group_runs(runs)
+    assert groups == {"office tiles": runs[:3], "tiles swap": runs[3:]}
+    (label,) = group_runs(runs[:1])  # one group: its full configuration name
+    assert label.startswith("smollm2-135m-instruct tbrm lora")

@@ -34,7 +34,8 @@ from welfare_axis.claims import configuration_name
 from welfare_axis.summary import StudySummary
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
-_LAYOUT = dict(template="plotly_white", height=420)
+_LAYOUT = dict(template="plotly_white", height=480, legend=dict(orientation="h", yanchor="top", y=-0.2, x=0))
+"""Legends go below the plot, so long labels never squeeze it."""
 
 
 def _readouts(run: Path, which: str) -> dict[str, Any] | None:
@@ -43,14 +44,21 @@ def _readouts(run: Path, which: str) -> dict[str, Any] | None:
 
 
 def group_runs(runs: Sequence[Path]) -> dict[str, list[Path]]:
-    """``{configuration and tiles: [run, ...]}`` in the order given (the seeds of one configuration together)."""
-    groups: dict[str, list[Path]] = defaultdict(list)
+    """``{label: [run, ...]}`` per configuration and tile set, in the order given (the seeds of one configuration
+    together). A label keeps only what tells the groups apart (the parts of ``configuration_name`` that all groups
+    share are left out; the claims table names them in full), plus the tile set when it is not office."""
+    keyed: dict[tuple[str, str], list[Path]] = defaultdict(list)
     for run in runs:
         config = StudySummary.load(run).config
-        tiles = config.get("tiles", "office")
-        name = configuration_name(config) + ("" if tiles == "office" else f" (tiles {tiles})")
-        groups[name].append(run)
-    return dict(groups)
+        keyed[(configuration_name(config), config.get("tiles", "office"))].append(run)
+    common = set.intersection(*(set(name.split()) for name, _ in keyed)) if len(keyed) > 1 else set()
+    groups: dict[str, list[Path]] = {}
+    for (name, tiles), members in keyed.items():
+        if len(keyed) > 1:
+            name = " ".join(t for t in name.split() if t not in common)
+        label = " ".join(x for x in (name, "" if tiles == "office" else f"tiles {tiles}") if x)
+        groups[label or "office tiles"] = members
+    return groups
 
 
 def _rgba(hex_colour: str, alpha: float) -> str:
