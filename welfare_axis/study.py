@@ -292,7 +292,7 @@ def train_stage_settings(cfg: StudyConfig) -> dict[str, Any]:
         shipped = find_shipped(cfg.model, cfg.trained)
         return {"shipped": shipped.name, "sha256": shipped.provenance.sha256}
     if cfg.from_run is not None:
-        run, checkpoint = finished_run(cfg)
+        run, checkpoint, _ = finished_run(cfg)
         return {"from_run": str(run), "checkpoint": checkpoint.name,
                 "sha256": file_sha256(checkpoint / "trainable.safetensors")}  # fmt: skip
     args = dataclasses.asdict(cfg.train_args(Path("run")))
@@ -321,8 +321,8 @@ def _return_gain(gain: Mapping[str, float]) -> dict[str, Any]:
             "paired": paired, "gold_diff": gain["gold_diff"], "mold_diff": gain["mold_diff"]}  # fmt: skip
 
 
-def finished_run(cfg: StudyConfig) -> tuple[Path, Path]:
-    """``cfg.from_run`` resolved, and its latest checkpoint; checked against the study's model and tiles.
+def finished_run(cfg: StudyConfig) -> tuple[Path, Path, Args]:
+    """``cfg.from_run`` resolved, its latest checkpoint and its ``Args``; checked against the study's model and tiles.
 
     Raises:
         training.checkpoints.RunDirError: not a training run directory.
@@ -339,7 +339,7 @@ def finished_run(cfg: StudyConfig) -> tuple[Path, Path]:
         if getattr(args, name) != ours:
             raise ValueError(f"{run} trained {name}={getattr(args, name)!r} but the study reads {name}={ours!r}; "
                              f"use --set {name}={getattr(args, name)} (welfare-axis run --from-run sets it)")  # fmt: skip
-    return run, checkpoint
+    return run, checkpoint, args
 
 
 def stage_train(cfg: StudyConfig, work: Path) -> dict[str, Any]:
@@ -347,8 +347,7 @@ def stage_train(cfg: StudyConfig, work: Path) -> dict[str, Any]:
     if cfg.trained is not None:
         return stage_shipped(cfg)
     if cfg.from_run is not None:  # a finished run: its settings and evaluations, nothing trained
-        run, checkpoint = finished_run(cfg)
-        args = load_run_args(run)
+        run, checkpoint, args = finished_run(cfg)
         steps = int(read_json(checkpoint / "state.json")["step"])
         evals = read_json(run / "eval.json") if (run / "eval.json").is_file() else {}
         out_dir = str(run)
