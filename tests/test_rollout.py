@@ -20,6 +20,7 @@ from training.rollout import (
     collect_episodes,
     direction_logprobs,
     episode_token_ids,
+    shared_prefix_length,
 )
 
 SEEDS = [3, 11, 12, 40]
@@ -209,6 +210,47 @@ def test_peft_model_rollout_and_recompute_agree(llama):
     assert not frozen.training  # ...each module's own
     peft_model.eval()
     torch.testing.assert_close(action_logits(peft_model, batch), batch.direction_logits, atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3"])
+@pytest.mark.parametrize("turns", [1, 3])
+def test_shared_prefix_equals_full_forward_in_value_and_gradient(family, turns):
+    # The update runs the rows' common prefix once and the rest on its KV cache: same logits, same gradients
+    # (Gemma with an 8-token sliding window, shorter than the prefix, so the window must count positions).
+    overrides = {"sliding_window": 8} if family == "gemma3" else None
+    model, tok = tiny_model(family, seed=4, d_model=32, config_overrides=overrides)
+    config = MazeConfig(n_turns=turns, wind_prob=0.5)  # wind sentences: rows of different lengths
+    batch = collect_episodes(model, tok, seeds=SEEDS, config=config, autocast=False)
+    prefix = shared_prefix_length(batch)
+    assert prefix >= 16  # the system prompt and the maze's opening words
+    assert prefix <= int(batch.action_positions[:, 0].min())
+    if turns > 1:  # rows of different lengths: the rests are really left-padded
+        assert len(set((batch.action_positions[:, -1]).tolist())) > 1
+    ids = batch.input_ids
+    assert (ids[:, :prefix] == ids[:1, :prefix]).all() and not (ids[:, prefix] == ids[0, prefix]).all()
+
+    def run(share: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        model.zero_grad()
+        logits = action_logits(model, batch, share_prefix=share)
+        (logits * torch.linspace(-1, 1, logits.numel()).view_as(logits)).sum().backward()
+        return logits.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    shared, shared_grads = run(True)
+    full, full_grads = run(False)
+    torch.testing.assert_close(shared, full, atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(shared, batch.direction_logits, atol=2e-5, rtol=1e-5)
+    assert len(shared_grads) == len(full_grads) == len(list(model.parameters()))
+    for a, b in zip(shared_grads, full_grads, strict=True):
+        torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4)
+    model.zero_grad()
+
+
+def test_shared_prefix_length_of_one_row_or_a_late_first_difference():
+    model, tok = tiny_model("llama", seed=0)
+    batch = collect_episodes(model, tok, seeds=SEEDS[:2], config=MazeConfig(n_turns=1), autocast=False)
+    assert shared_prefix_length(batch.select([0])) == 0
+    twice = batch.select([0, 0])  # identical rows: the prefix stops before the first decision
+    assert shared_prefix_length(twice) == int(batch.action_positions[0, 0])
 
 
 # -- environment agreement ----------------------------------------------------------------------------

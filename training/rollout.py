@@ -647,26 +647,83 @@ def _position_window_masks(
 # ----------------------------------------------------------------------------------------------------
 
 
-def action_logits(model: torch.nn.Module, batch: EpisodeBatch) -> Float[Tensor, "batch turn 4"]:
+SHARED_PREFIX_MIN = 16
+"""Fewest tokens all rows must share before :func:`action_logits` runs their common prefix once."""
+
+
+def shared_prefix_length(batch: EpisodeBatch) -> int:
+    """Length of the token prefix every row of ``batch`` shares, ending before its first decision position
+    (so every decision's hidden state comes after it); 0 for a single row.
+
+    Example:
+        >>> shared_prefix_length(batch)  # two single-turn rows after the same system prompt  # doctest: +SKIP
+        37
+    """
+    if len(batch) < 2:
+        return 0
+    ids, mask = batch.input_ids, batch.attention_mask.bool()
+    same = ((ids == ids[:1]) & mask & mask[:1]).all(0)  # (T,): every row has the same real token here
+    limit = int(batch.action_positions[:, 0].min())
+    prefix = int(same[:limit].long().cumprod(0).sum())
+    return prefix
+
+
+def _fsdp_sharded(model: torch.nn.Module) -> bool:
+    """Whether ``model`` has FSDP2-sharded submodules (``training.distributed`` with ``parallel="fsdp"``)."""
+    if not torch.distributed.is_available():
+        return False
+    from torch.distributed.fsdp import FSDPModule
+
+    return any(isinstance(m, FSDPModule) for m in model.modules())
+
+
+def action_logits(
+    model: torch.nn.Module, batch: EpisodeBatch, *, share_prefix: bool = True
+) -> Float[Tensor, "batch turn 4"]:
     """Direction-token logits at every decision, by one teacher-forced forward over ``batch.input_ids``.
 
     Differentiable (call it with grad enabled, under autocast if you like); equals the rollout's
     ``batch.direction_logits`` up to float rounding. Only the ``B × n_turns`` decision positions go
     through the output head, so memory stays ``O(B·T·d_model)`` instead of ``O(B·T·vocab)``.
 
+    With ``share_prefix`` (the default), rows that share at least :data:`SHARED_PREFIX_MIN` leading tokens
+    (the system prompt and the maze's opening words, ~37 of a single-turn state's ~104 tokens on SmolLM2)
+    run that prefix once: its keys and values go into a KV cache copied to every row (``index_select``, so
+    gradients flow back to the one prefix forward), and each row's remainder, up to its last decision, is
+    fed on top. Equal to the full forward up to float rounding, in value and gradient
+    (tests/test_rollout.py); pass ``share_prefix=False`` where a hook must see whole rows at once. Not under
+    FSDP2, which frees a block's gathered weights after each call, before the backward of the first call.
+
     Example:
         >>> logits = action_logits(model, batch)  # doctest: +SKIP
         >>> log_p = direction_logprobs(logits, temperature=batch.temperature)  # doctest: +SKIP
     """
     device = _model_device(model)
-    input_ids = batch.input_ids.to(device)
-    attention_mask = batch.attention_mask.to(device)
-    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     decoder = model.get_decoder()
-    hidden = decoder(
-        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
-    ).last_hidden_state
-    positions = batch.action_positions.to(device)
+    prefix = shared_prefix_length(batch) if share_prefix and not _fsdp_sharded(model) else 0
+    if prefix >= SHARED_PREFIX_MIN:
+        ends = (batch.action_positions[:, -1] + 1).tolist()
+        pad_id = int(batch.pad_token_id)
+        inputs, mask = chunk_inputs(
+            decoder, [batch.input_ids[0, :prefix].tolist()], None, None, pad_id, device
+        )
+        cache = decoder(**inputs, use_cache=True).cache
+        cache.reorder_cache(torch.zeros(len(batch), dtype=torch.long, device=device))  # one copy per row
+        rests = [batch.input_ids[r, prefix:end].tolist() for r, end in enumerate(ends)]
+        inputs, _ = chunk_inputs(decoder, rests, cache, mask.expand(len(batch), -1), pad_id, device)
+        hidden = decoder(**inputs, use_cache=True).last_hidden_state
+        # a row's rest is left-padded to the common width W and ends at W: position d sits at W - end + d
+        width = hidden.shape[1]
+        positions = batch.action_positions + (width - torch.tensor(ends))[:, None]
+    else:
+        input_ids = batch.input_ids.to(device)
+        attention_mask = batch.attention_mask.to(device)
+        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        hidden = decoder(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+        ).last_hidden_state
+        positions = batch.action_positions
+    positions = positions.to(device)
     picked = hidden.gather(1, positions[:, :, None].expand(-1, -1, hidden.shape[-1]))
     logits = model.get_output_embeddings()(picked)
     cap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)

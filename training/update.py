@@ -49,10 +49,15 @@ def top_layer_start(policy: Policy, args: Args) -> int | None:
 
 
 def _policy_logits(
-    model: nn.Module, chunk: EpisodeBatch, hidden: torch.Tensor | None, start: int | None
+    model: nn.Module,
+    chunk: EpisodeBatch,
+    hidden: torch.Tensor | None,
+    start: int | None,
+    share_prefix: bool = True,
 ) -> torch.Tensor:
     """Direction logits of every decision of ``chunk``; rows whose decisions read the same tokens (a
-    single-turn group: only the sampled letter after the last decision differs) are run once."""
+    single-turn group: only the sampled letter after the last decision differs) are run once, and the
+    distinct rows' common prefix once (``rollout.action_logits``) unless ``share_prefix`` is False."""
     shared = distinct_rows(
         [
             [*chunk.input_ids[i, :end].tolist(), *chunk.attention_mask[i, :end].tolist()]
@@ -61,10 +66,11 @@ def _policy_logits(
     )
     if shared is not None:
         first, inverse = shared
-        logits = _policy_logits(model, chunk.select(first), None if hidden is None else hidden[first], start)
+        part = None if hidden is None else hidden[first]
+        logits = _policy_logits(model, chunk.select(first), part, start, share_prefix)
         return logits[inverse.to(logits.device)]
     if hidden is None or start is None:
-        return action_logits(model, chunk)
+        return action_logits(model, chunk, share_prefix=share_prefix)
     return top_action_logits(model, hidden, chunk, start)
 
 
@@ -101,12 +107,13 @@ def _micro_loss(
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
     """Loss of one micro-batch (mean over its episodes), its direction logits and its statistics."""
     intervention = from_args(args)  # training.intervention: only these forwards (with gradients) see it
+    share_prefix = intervention is None  # a shared prefix splits the forward: the hook must see whole rows
     with (
         intervening(policy.model, intervention, chunk.attention_mask) as penalty,
         autocast_context(args, policy.model),
     ):
         # (b, T, 4); through DDP/FSDP when distributed, so backward all-reduces the gradients
-        logits = policy.call(_policy_logits, chunk, extras.get("hidden"), extras.get("start"))
+        logits = policy.call(_policy_logits, chunk, extras.get("hidden"), extras.get("start"), share_prefix)
     logits = logits.float()
     algo = ALGORITHMS[args.algo]
     if algo.entropy_bonus:
