@@ -32,7 +32,7 @@ from probes.concept_vector import ConceptVector
 from probes.plots import axis_monitor_figure, layer_cosine_curves
 from probes.readout_report import ReportSettings, load_figures, readout_report, report_emotion_vectors
 from probes.readouts import Estimate, ReadoutReport
-from steering.evals.capability import general_texts, perplexity, qa_accuracy
+from steering.evals.capability import capability_change, general_texts, perplexity, qa_accuracy
 from steering.plots import dose_response_figure
 from steering.reliability import Reliability, reliability_table
 from steering.stats import dose_response_slopes, summarize_cells
@@ -385,18 +385,38 @@ def stage_forgetting(cfg: StudyConfig, runner: StageRunner, work: Path) -> dict[
     base, trained, tok = _load_models(runner)
     texts = general_texts(cfg.forgetting_texts)
     out: dict[str, Any] = {}
+    measured = {}
     for name, model in (("before", base), ("after", trained)):
         ppl = perplexity(model, tok, texts)
         qa = qa_accuracy(model, tok, cfg.forgetting_qa, seed=cfg.seed)
+        measured[name] = (ppl, qa)
         out[name] = {
             "perplexity": ppl.value,
             "qa_accuracy": qa.accuracy,
             "qa_stderr": qa.stderr,
             "qa_n": qa.n,
         }
-    out["drop"] = {"perplexity_increase": out["after"]["perplexity"] - out["before"]["perplexity"],
-                   "qa_accuracy_drop": out["before"]["qa_accuracy"] - out["after"]["qa_accuracy"]}  # fmt: skip
+    # paired over the same texts and items: bootstrap intervals of both changes, McNemar's test on QA
+    out["drop"] = capability_change(measured["before"], measured["after"], seed=cfg.seed).to_dict()
     return out
+
+
+def forgetting_row(drop: Mapping[str, Any]) -> dict[str, Any]:
+    """The forgetting stage's paired change as one table row: each change with its 95% bootstrap interval and
+    McNemar's p on QA (results recorded before the intervals existed show the changes alone)."""
+
+    def with_ci(key: str) -> str:
+        ci = drop.get(f"{key}_ci")
+        return f"{drop[key]:+.3f}" + (f" [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else "")
+
+    row = {
+        "perplexity increase": with_ci("perplexity_increase"),
+        "QA accuracy drop": with_ci("qa_accuracy_drop"),
+    }
+    if "qa_mcnemar_p" in drop:
+        row["QA items lost / gained"] = f"{drop['qa_lost']} / {drop['qa_gained']}"
+        row["McNemar p"] = f"{drop['qa_mcnemar_p']:.3g}"
+    return row
 
 
 def _readout_settings(cfg: StudyConfig, out: Path | None = None):
@@ -775,8 +795,9 @@ def report_sections(
     ]  # fmt: skip
     if summary.forgetting is not None:
         f = summary.forgetting
-        sections.append(Section("Forgetting", tables=[Table("non-target capability", [
-            {"when": k, **f[k]} for k in ("before", "after")] + [{"when": "drop", **f["drop"]}])]))  # fmt: skip
+        sections.append(Section("Forgetting", tables=[
+            Table("non-target capability", [{"when": k, **f[k]} for k in ("before", "after")]),
+            Table("change after training (paired over the same texts and items)", [forgetting_row(f["drop"])])]))  # fmt: skip
     if "steering" in out:
         st = out["steering"]
         figures = []

@@ -10,6 +10,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Sequence
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -46,6 +48,10 @@ class Perplexity:
     mean_nll: float
     n_tokens: int
     n_texts: int
+    text_nll: tuple[float, ...] = ()
+    """Summed negative log-likelihood of each text (for paired resampling: :func:`capability_change`)."""
+    text_tokens: tuple[int, ...] = ()
+    """Predicted tokens of each text."""
 
 
 @torch.no_grad()
@@ -57,7 +63,8 @@ def perplexity(model: nn.Module, tokenizer: Any, texts: Sequence[str], *, batch_
     if not texts:
         raise ValueError("perplexity needs at least one text")
     device = next(model.parameters()).device
-    total_nll, total_tokens = 0.0, 0
+    text_nll: list[float] = []
+    text_tokens: list[int] = []
     for i in range(0, len(texts), batch_size):
         enc = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts[i : i + batch_size]]
         width = max(len(ids) for ids in enc)
@@ -71,13 +78,15 @@ def perplexity(model: nn.Module, tokenizer: Any, texts: Sequence[str], *, batch_
         logp = torch.log_softmax(logits[:, :-1], dim=-1)
         target = ids[:, 1:]
         nll = -logp.gather(-1, target[..., None])[..., 0]
-        keep = mask[:, 1:].bool()
-        total_nll += float(nll[keep].sum())
-        total_tokens += int(keep.sum())
+        keep = mask[:, 1:].to(nll.dtype)
+        text_nll += (nll * keep).sum(1).tolist()
+        text_tokens += keep.sum(1).long().tolist()
+    total_nll, total_tokens = math.fsum(text_nll), sum(text_tokens)
     if total_tokens == 0:
         raise ValueError("the texts have no token to predict (each needs at least two tokens)")
     mean = total_nll / total_tokens
-    return Perplexity(value=math.exp(mean), mean_nll=mean, n_tokens=total_tokens, n_texts=len(texts))
+    return Perplexity(value=math.exp(mean), mean_nll=mean, n_tokens=total_tokens, n_texts=len(texts),
+                      text_nll=tuple(text_nll), text_tokens=tuple(text_tokens))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -86,6 +95,8 @@ class QAAccuracy:
     stderr: float
     n: int
     answers: list[str]
+    correct: tuple[bool, ...] = ()
+    """Whether each item's answer was graded correct (for paired comparisons: :func:`capability_change`)."""
 
 
 def qa_accuracy(
@@ -100,6 +111,96 @@ def qa_accuracy(
     answers = propose_answers(model, tokenizer, items, batch_size=batch_size)
     correct = [grade_answer(a, item.aliases) for a, item in zip(answers, items)]
     p = sum(correct) / len(correct)
-    return QAAccuracy(
-        accuracy=p, stderr=math.sqrt(p * (1 - p) / len(correct)), n=len(correct), answers=answers
+    return QAAccuracy(accuracy=p, stderr=math.sqrt(p * (1 - p) / len(correct)), n=len(correct), answers=answers,
+                      correct=tuple(bool(c) for c in correct))  # fmt: skip
+
+
+@dataclass(frozen=True)
+class CapabilityChange:
+    """How one model's capability measures moved against another's on the same texts and QA items (paired).
+
+    Intervals are percentile bootstraps over texts (perplexity: each resample pools its texts' NLL and tokens
+    for both models) and over items (QA); ``qa_mcnemar_p`` is the exact two-sided McNemar test on the items
+    that one model answers right and the other wrong.
+    """
+
+    perplexity_increase: float
+    perplexity_increase_ci: tuple[float, float]
+    qa_accuracy_drop: float
+    qa_accuracy_drop_ci: tuple[float, float]
+    qa_mcnemar_p: float
+    qa_lost: int
+    """Items right before and wrong after."""
+    qa_gained: int
+    """Items wrong before and right after."""
+    n_texts: int
+    n_items: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready (intervals as lists, as they read back)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+
+def mcnemar_exact_p(lost: int, gained: int) -> float:
+    """Exact two-sided McNemar p-value: under no change each discordant item is lost or gained with
+    probability 1/2, so ``p = min(1, 2·P(Binomial(lost + gained, 1/2) ≤ min(lost, gained)))``.
+
+    Example:
+        >>> mcnemar_exact_p(0, 0), mcnemar_exact_p(5, 0), round(mcnemar_exact_p(7, 2), 4)
+        (1.0, 0.0625, 0.1797)
+    """
+    n = lost + gained
+    if n == 0:
+        return 1.0
+    tail = math.fsum(math.comb(n, k) for k in range(min(lost, gained) + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
+def capability_change(
+    before: tuple[Perplexity, QAAccuracy],
+    after: tuple[Perplexity, QAAccuracy],
+    *,
+    n_boot: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> CapabilityChange:
+    """The paired change from ``before`` to ``after`` (each a ``(perplexity, qa_accuracy)`` of the same texts
+    and items), with bootstrap intervals and McNemar's test.
+
+    Raises:
+        ValueError: the two were measured on different numbers of texts or items, or without per-text data.
+    """
+    (ppl0, qa0), (ppl1, qa1) = before, after
+    if not (ppl0.text_nll and ppl1.text_nll and qa0.correct and qa1.correct):
+        raise ValueError("capability_change needs per-text and per-item results (measure with this version)")
+    if len(ppl0.text_nll) != len(ppl1.text_nll) or ppl0.text_tokens != ppl1.text_tokens:
+        raise ValueError(
+            "the perplexities were measured on different texts: measure both models on the same ones"
+        )
+    if len(qa0.correct) != len(qa1.correct):
+        raise ValueError(
+            f"the QA results cover {len(qa0.correct)} and {len(qa1.correct)} items: use the same items"
+        )
+    rng = np.random.default_rng(seed)
+    nll0, nll1 = np.asarray(ppl0.text_nll), np.asarray(ppl1.text_nll)
+    tokens = np.asarray(ppl0.text_tokens, dtype=float)
+    right0, right1 = np.asarray(qa0.correct, dtype=float), np.asarray(qa1.correct, dtype=float)
+    texts = rng.integers(0, len(nll0), size=(n_boot, len(nll0)))
+    items = rng.integers(0, len(right0), size=(n_boot, len(right0)))
+    count = tokens[texts].sum(1)
+    increase = np.exp(nll1[texts].sum(1) / count) - np.exp(nll0[texts].sum(1) / count)
+    drop = right0[items].mean(1) - right1[items].mean(1)
+    tails = [(1 - level) / 2 * 100, (1 + level) / 2 * 100]
+    lost = int(((right0 == 1) & (right1 == 0)).sum())
+    gained = int(((right0 == 0) & (right1 == 1)).sum())
+    return CapabilityChange(
+        perplexity_increase=ppl1.value - ppl0.value,
+        perplexity_increase_ci=tuple(float(x) for x in np.percentile(increase, tails)),
+        qa_accuracy_drop=qa0.accuracy - qa1.accuracy,
+        qa_accuracy_drop_ci=tuple(float(x) for x in np.percentile(drop, tails)),
+        qa_mcnemar_p=mcnemar_exact_p(lost, gained),
+        qa_lost=lost,
+        qa_gained=gained,
+        n_texts=len(nll0),
+        n_items=len(right0),
     )
