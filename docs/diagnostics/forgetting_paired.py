@@ -1,0 +1,68 @@
+"""Forgetting with its uncertainty for studies recorded before the forgetting stage kept per-item results.
+
+For each study run directory: the study's own forgetting stage (``welfare_axis.study.stage_forgetting``, same
+texts, QA items and seed as its config), re-run on the run's base and trained models, which now returns the
+paired change with 95% bootstrap intervals and McNemar's p (``steering.evals.capability.capability_change``).
+The point values must equal the ones the study recorded (checked; a mismatch is reported, not hidden). Nothing
+in the run directory is changed; one JSON per run is written to ``--out``.
+
+    flock /tmp/wa/heavy.lock python docs/diagnostics/forgetting_paired.py runs/default runs/default_seed1 ... \
+        --out docs/diagnostics/forgetting_paired
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from probes.artifacts import read_json, write_json  # noqa: E402
+from welfare_axis.stages import StageOutput, StageRunner  # noqa: E402
+from welfare_axis.study import StudyConfig, stage_forgetting  # noqa: E402
+
+
+def paired_forgetting(run: Path) -> dict:
+    """The run's forgetting stage re-measured, with the recorded values beside it."""
+    cfg = StudyConfig.from_overrides(StudyConfig(), read_json(run / "study_config.json"))
+    runner = StageRunner(run)
+    train = read_json(run / "stages" / "train" / "stage.json")
+    runner.outputs["train"] = StageOutput(
+        "train", train["key"], run / "stages" / "train", train["result"], True, 0.0
+    )
+    recorded = read_json(run / "stages" / "forgetting" / "stage.json")["result"]
+    t0 = time.perf_counter()
+    result = stage_forgetting(cfg, runner, run)
+    same = all(
+        abs(result[w][k] - recorded[w][k]) <= 1e-4 * max(1.0, abs(recorded[w][k]))
+        for w in ("before", "after")
+        for k in ("perplexity", "qa_accuracy")
+    )
+    return {"run": str(run), "seconds": time.perf_counter() - t0, "matches_recorded": same,
+            "recorded": recorded, "paired": result}  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("runs", nargs="+", type=Path)
+    parser.add_argument("--out", type=Path, required=True)
+    a = parser.parse_args(argv)
+    for run in a.runs:
+        record = paired_forgetting(run)
+        write_json(a.out / f"{run.name}.json", record)
+        d = record["paired"]["drop"]
+        print(f"{run.name}: perplexity {d['perplexity_increase']:+.3f} {d['perplexity_increase_ci']}, QA drop "
+              f"{d['qa_accuracy_drop']:+.3f} {d['qa_accuracy_drop_ci']} (lost {d['qa_lost']}, gained {d['qa_gained']}, "
+              f"McNemar p {d['qa_mcnemar_p']:.3g}); matches the recorded values: {record['matches_recorded']} "
+              f"({record['seconds']:.0f} s)", flush=True)  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
