@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from welfare_axis.cli import main as cli
-from welfare_axis.compare import compare_runs
+from welfare_axis.compare import compare_runs, comparison_rows, load_summary
 from welfare_axis.study import PRESETS, StudyConfig, run_study
 from welfare_axis.summary import StudySummary
 
@@ -115,6 +115,16 @@ def test_compare_tabulates_runs(tiny_study, tmp_path):
     assert "cos(v_Mold, v_Gold) by layer" in text and "logits as Q: Spearman" in text
     with pytest.raises(FileNotFoundError, match="has no summary.json"):
         compare_runs([tmp_path])
+    (row,) = comparison_rows([("tiny", load_summary(out))])  # forgetting with its paired interval and test
+    drop = load_summary(out).forgetting["drop"]
+    assert row["perplexity_increase"] == drop["perplexity_increase"]
+    assert [row["perplexity_increase_ci_low"], row["perplexity_increase_ci_high"]] == drop[
+        "perplexity_increase_ci"
+    ]
+    assert (
+        row["perplexity_increase_ci_low"] <= row["perplexity_increase"] <= row["perplexity_increase_ci_high"]
+    )
+    assert row["qa_mcnemar_p"] == drop["qa_mcnemar_p"] and 0 <= row["qa_mcnemar_p"] <= 1
 
 
 def test_bad_settings_get_clear_errors(tmp_path, capsys):

@@ -49,8 +49,10 @@ def comparison_rows(summaries: Sequence[tuple[str, StudySummary]]) -> list[dict[
             row[f"{label}_trained"] = m.trained if m else None
             row[f"{label}_control"] = m.control if m else None
         drop = (s.forgetting or {}).get("drop", {})
-        row["qa_accuracy_drop"] = drop.get("qa_accuracy_drop")
-        row["perplexity_increase"] = drop.get("perplexity_increase")
+        for key in ("qa_accuracy_drop", "perplexity_increase"):  # paired 95% bootstrap interval when recorded
+            ci = drop.get(f"{key}_ci") or (None, None)
+            row[key], row[f"{key}_ci_low"], row[f"{key}_ci_high"] = drop.get(key), ci[0], ci[1]
+        row["qa_mcnemar_p"] = drop.get("qa_mcnemar_p")
         rows.append(row)
     return rows
 
