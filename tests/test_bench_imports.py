@@ -20,3 +20,12 @@ def test_there_are_benches():
 def test_bench_imports_and_has_a_main(name):
     module = importlib.import_module(f"bench.{name}")
     assert callable(getattr(module, "main", None))
+
+
+def test_update_prefix_bench_runs_on_a_tiny_model(capsys):
+    # the shared-prefix bench checks the two paths agree before it times them; here on a tiny random model
+    from bench import update_prefix
+
+    assert update_prefix.main(["--model", "tiny-llama", "--groups", "2", "--reps", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "BENCH update_shared_vs_full " in out and "(2 distinct)" in out
