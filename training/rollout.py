@@ -657,7 +657,7 @@ def shared_prefix_length(batch: EpisodeBatch) -> int:
 
     Example:
         >>> shared_prefix_length(batch)  # two single-turn rows after the same system prompt  # doctest: +SKIP
-        37
+        38
     """
     if len(batch) < 2:
         return 0
@@ -687,7 +687,7 @@ def action_logits(
     through the output head, so memory stays ``O(B·T·d_model)`` instead of ``O(B·T·vocab)``.
 
     With ``share_prefix`` (the default), rows that share at least :data:`SHARED_PREFIX_MIN` leading tokens
-    (the system prompt and the maze's opening words, ~37 of a single-turn state's ~104 tokens on SmolLM2)
+    (the system prompt and the maze's opening words, 38 of a single-turn state's 103 tokens on SmolLM2)
     run that prefix once: its keys and values go into a KV cache copied to every row (``index_select``, so
     gradients flow back to the one prefix forward), and each row's remainder, up to its last decision, is
     fed on top. Equal to the full forward up to float rounding, in value and gradient
