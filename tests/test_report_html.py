@@ -63,3 +63,22 @@ def test_without_a_browser_the_bundled_chromium_renders(tmp_path, monkeypatch):
     assert [p.name for p in written] == ["00_0_cos_by_layer.png"] and not list(
         (tmp_path / "figures").glob(".png-*")
     )
+
+
+def test_export_replaces_an_earlier_export_in_the_same_folder(tmp_path, monkeypatch):
+    # figures of an earlier export that this one does not write again are removed; other files stay
+    def fake_png(figures, paths, **kwargs):
+        for path in paths:
+            path.write_bytes(b"\x89PNG\r\n\x1a\n")
+
+    monkeypatch.setattr(pio, "write_images", fake_png)
+    folder = tmp_path / "figures"
+    folder.mkdir()
+    (folder / "00_0_cos_by_layer.png").write_bytes(b"old")
+    (folder / "00_3_a_figure_there_is_no_longer.png").write_bytes(b"old")
+    (folder / "notes.png").write_bytes(b"mine")
+    (folder / "README.md").write_text("mine")
+    written, skipped = export_figures(_sections(), folder)
+    assert skipped is None and [p.name for p in written] == ["00_0_cos_by_layer.png"]
+    assert sorted(p.name for p in folder.iterdir()) == ["00_0_cos_by_layer.png", "README.md", "notes.png"]
+    assert (folder / "00_0_cos_by_layer.png").read_bytes().startswith(b"\x89PNG")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import html as _html
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -134,6 +135,10 @@ def _render_with_bundled_chromium(figures: list[go.Figure], paths: list[Path], s
         os.unlink(handle.name)
 
 
+_EXPORT_NAME = re.compile(r"\d{2}_\d+_\w*\.png")
+"""File names :func:`export_figures` writes: ``<section>_<figure>_<title slug>.png``."""
+
+
 def export_figures(
     sections: Sequence[Section], directory: str | Path, *, scale: float = 1.5
 ) -> tuple[list[Path], str | None]:
@@ -168,6 +173,12 @@ def export_figures(
             _render_with_bundled_chromium(figures, staged, scale)
         for tmp, path in zip(staged, paths):
             os.replace(tmp, path)
+        # an earlier export into this folder numbered its figures the same way: drop the ones this one replaces
+        # (a figure whose title changed, or more figures then than now), so the folder shows one export
+        ours = {path.name for path in paths}
+        for old in directory.glob("*.png"):
+            if _EXPORT_NAME.fullmatch(old.name) and old.name not in ours:
+                old.unlink()
     except Exception as err:
         if created:
             shutil.rmtree(directory, ignore_errors=True)
