@@ -94,7 +94,8 @@ def test_configurations_group_seeds_and_tiles_and_leave_out_fast_runs():
         configuration_name({"model": "m", "algo": "tbrm", "train_overrides": {"monitor_every": 2}})
         == "m tbrm"
     )
-    assert "| claim |" in claims_markdown(rows) and claims_markdown([]).startswith("(no")
+    assert "| claim | configuration |" in claims_markdown(rows) and claims_markdown([]).startswith("(no")
+    assert claims_markdown(rows[1:]).startswith("| claim | paper |")  # one configuration: named by the caller
     assert {c.key for c in CLAIMS} >= {"antiparallel", "path_reference", "failure_tokens", "tracking"}
 
 

@@ -167,7 +167,7 @@ class ClaimRow:
         return {"claim": self.text, "configuration": self.configuration, "paper": self.paper,
                 "trained v": self.trained.text(), "untrained u": self.untrained.text(),
                 "trained − untrained": self.difference.text(), "tile-swap": self.tile_swap.text(),
-                "null": self.null.text(), "verdict": self.verdict, "reason": self.reason}  # fmt: skip
+                "tile-swap − its untrained": self.swap_difference.text(), "null": self.null.text(), "verdict": self.verdict, "reason": self.reason}  # fmt: skip
 
 
 def configuration_name(config: Mapping[str, Any]) -> str:
@@ -296,11 +296,14 @@ def claims_table(runs: Mapping[str, StudySummary], claims: Sequence[Claim] = CLA
 
 
 def claims_markdown(rows: Sequence[ClaimRow]) -> str:
-    """The table as Markdown (for ``docs/results.md`` and the report)."""
+    """The table as Markdown (for ``docs/results.md`` and the report); the configuration column only when the
+    rows span more than one configuration (with one, the caller names it once)."""
     if not rows:
         return "(no finished non-fast studies)"
-    cols = list(rows[0].row())
+    one = len({r.configuration for r in rows}) == 1
+    cols = [c for c in rows[0].row() if not (one and c == "configuration")]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
-        lines.append("| " + " | ".join(str(v).replace("|", "\\|") for v in r.row().values()) + " |")
+        cells = r.row()
+        lines.append("| " + " | ".join(str(cells[c]).replace("|", "\\|") for c in cols) + " |")
     return "\n".join(lines)

@@ -81,7 +81,13 @@ def compare_runs(
     claims = claims_table(dict(summaries))
     text = (
         _format(rows)
-        + "\n\nClaims (welfare_axis.claims; seeds of one configuration pooled):\n"
+        + "\n\nClaims (welfare_axis.claims; seeds of one configuration pooled"
+        + (
+            f"; configuration: {claims[0].configuration}"
+            if len({c.configuration for c in claims}) == 1
+            else ""
+        )
+        + "):\n"
         + claims_markdown(claims)
     )
     if out is None:
