@@ -142,7 +142,9 @@ _EXPORT_NAME = re.compile(r"\d{2}_\d+_\w*\.png")
 def export_figures(
     sections: Sequence[Section], directory: str | Path, *, scale: float = 1.5
 ) -> tuple[list[Path], str | None]:
-    """Write every figure of ``sections`` as a PNG (kaleido) into ``directory``, atomically per file.
+    """Write every figure of ``sections`` as a PNG (kaleido) into ``directory``, atomically per file. PNGs an
+    earlier export left there under the same naming (``<section>_<figure>_<title>.png``) that this one does not
+    write again are removed, so the folder holds one export; other files are left alone.
 
     Static export needs a Chromium for kaleido (``BROWSER_PATH`` or one on ``PATH``). Without one the
     export is skipped: returns ``([], reason)`` and the HTML report is unaffected.
