@@ -78,9 +78,9 @@ def perplexity(model: nn.Module, tokenizer: Any, texts: Sequence[str], *, batch_
         logp = torch.log_softmax(logits[:, :-1], dim=-1)
         target = ids[:, 1:]
         nll = -logp.gather(-1, target[..., None])[..., 0]
-        keep = mask[:, 1:].to(nll.dtype)
-        text_nll += (nll * keep).sum(1).tolist()
-        text_tokens += keep.sum(1).long().tolist()
+        keep = mask[:, 1:].bool()
+        text_nll += torch.where(keep, nll, torch.zeros_like(nll)).sum(1).tolist()  # padding never counts
+        text_tokens += keep.sum(1).tolist()
     total_nll, total_tokens = math.fsum(text_nll), sum(text_tokens)
     if total_tokens == 0:
         raise ValueError("the texts have no token to predict (each needs at least two tokens)")
