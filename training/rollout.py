@@ -664,8 +664,7 @@ def shared_prefix_length(batch: EpisodeBatch) -> int:
     ids, mask = batch.input_ids, batch.attention_mask.bool()
     same = ((ids == ids[:1]) & mask & mask[:1]).all(0)  # (T,): every row has the same real token here
     limit = int(batch.action_positions[:, 0].min())
-    prefix = int(same[:limit].long().cumprod(0).sum())
-    return prefix
+    return int(same[:limit].long().cumprod(0).sum())
 
 
 def _fsdp_sharded(model: torch.nn.Module) -> bool:
