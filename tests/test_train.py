@@ -571,7 +571,7 @@ def test_evaluate_is_reproducible_and_compare_evals_by_hand():
     assert c["stderr_diff_paired"] == pytest.approx(diffs.std(ddof=1) / 2)
 
 
-def test_chunked_evaluation_plays_the_chunks_one_after_another():
+def test_chunked_evaluation_plays_the_chunks_one_after_another(capsys):
     from probes.models import tiny_model
 
     model, tok = tiny_model("llama")
@@ -587,6 +587,11 @@ def test_chunked_evaluation_plays_the_chunks_one_after_another():
     ]
     assert chunked.returns == [float(r) for p in parts for r in p.returns.double()]
     assert chunked.seeds == seeds and chunked.n_episodes == 5
+    # the progress bar counts every played turn of every chunk, and showing it changes nothing
+    shown = T.evaluate(model, tok, seeds, config=config, sample_seed=1, chunk_size=2, progress="eval x")
+    assert shown == chunked
+    err = capsys.readouterr().err
+    assert "eval x" in err and "9/9" in err  # 3 chunks x 3 turns
     with pytest.raises(ValueError, match="chunk_size must be an integer >= 1"):
         T.evaluate(model, tok, seeds, config=config, chunk_size=0)
     with pytest.raises(ValueError, match="eval_chunk_size must be an integer >= 1"):

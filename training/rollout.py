@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -392,6 +392,7 @@ def collect_episodes(
     autocast: bool | None = None,
     batch_size: int | None = None,
     share_prompts: bool = True,
+    on_turn: Callable[[], object] | None = None,
 ) -> EpisodeBatch:
     """Play one maze per seed with ``model`` for ``config.n_turns`` turns; return every token and reward.
 
@@ -417,6 +418,7 @@ def collect_episodes(
             first observation comes from the maze's own generator) and copy its KV cache to those rows.
             The same numbers as feeding every row (up to float rounding); single-turn groups of ``G``
             cost ``1/G`` of the forward passes.
+        on_turn: called after every played turn (a progress bar's ``update``).
 
     Returns:
         An :class:`EpisodeBatch` on the CPU.
@@ -514,6 +516,8 @@ def collect_episodes(
             if t + 1 < turns:
                 for i, text in enumerate(mazes.observations()):
                     observations[i].append(text)
+            if on_turn is not None:
+                on_turn()
     finally:
         for module, training in modes:  # restore every module's own mode (not just the root's)
             module.training = training

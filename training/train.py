@@ -207,6 +207,7 @@ def _main(args: Args, ctx: D.DistContext) -> RunResult:
             **eval_settings(args),
             autocast=use_autocast(args, policy.model),
             log_path=log,
+            progress=f"eval {name}" if args.progress and ctx.is_main else False,
         )
 
     before = EvalResult(**evals["before"]) if "before" in evals else None
