@@ -371,3 +371,52 @@ def test_direction_cosines_across_studies(tiny_study, capsys):
     assert random_cosine_bound(100) == pytest.approx(0.1959964, rel=1e-5)
     assert directions_cli(["--reference", str(out), "--runs", str(out)]) == 0
     assert "cos(v − u, v_ref − u_ref)" in capsys.readouterr().out
+
+
+def test_rl_after_a_warm_start_reports_both_gains_and_reuses_a_finished_warm_start(tmp_path, monkeypatch):
+    """--preset sft-grpo: SFT first, then Dr. GRPO from its weights. The run's "before" is the warm start's
+    "after" (copied, not replayed); the headline gain is over the untrained model, paired by maze, and equals
+    the sum of the two stages' gains; a finished run with the warm start's settings is reused, not retrained,
+    and one with other settings is refused with the differences named."""
+    import numpy as np
+
+    from welfare_axis import study
+
+    env = {"n_turns": 3, "maze_size": 12, "progress": False}
+    tiny = {**TINY, "train_overrides": {**TINY["train_overrides"], **env}, "warm_start_overrides": env}
+    cfg = StudyConfig.from_overrides(
+        StudyConfig.from_overrides(StudyConfig.preset("sft-grpo"), PRESETS["fast"]), tiny
+    )
+    out = tmp_path / "study"
+    summary = run_study(cfg, out)
+    warm_run, run = out / "stages" / "warm_start" / "run", out / "stages" / "train" / "run"
+    warm_eval, run_eval = (json.loads((d / "eval.json").read_text()) for d in (warm_run, run))
+    assert json.loads((warm_run / "config.json").read_text())["algo"] == "sft"
+    config = json.loads((run / "config.json").read_text())
+    assert config["algo"] == "dr_grpo" and config["init_from"] == str(warm_run)
+    assert run_eval["before"] == warm_eval["after"] and "warm start" in run_eval["before_copied_from"]
+    untrained, warm_after, after = (np.array(e["returns"]) for e in
+                                    (warm_eval["before"], warm_eval["after"], run_eval["after"]))  # fmt: skip
+    t = summary.training
+    assert t.before["mean_return"] == pytest.approx(untrained.mean())
+    assert t.return_gain.paired and t.return_gain.diff == pytest.approx((after - untrained).mean())
+    assert t.warm_start.algo == "sft" and t.warm_start.return_gain.diff == pytest.approx((warm_after - untrained).mean())
+    assert t.warm_start.then_gain.diff == pytest.approx((after - warm_after).mean())
+    assert t.return_gain.diff == pytest.approx(t.warm_start.return_gain.diff + t.warm_start.then_gain.diff)
+    assert "RL after a warm start: sft" in (out / "report.html").read_text()
+
+    # a finished run with the warm start's settings stands in for it: nothing is trained again for it
+    trained_algos = []
+    real_main = study.main
+    monkeypatch.setattr(study, "main", lambda args: trained_algos.append(args.algo) or real_main(args))
+    reused = run_study(StudyConfig.from_overrides(cfg, {"warm_start_run": str(warm_run)}), tmp_path / "reused")
+    assert trained_algos == ["dr_grpo"]
+    assert reused.training.return_gain == summary.training.return_gain  # the same training, the same numbers
+    other = StudyConfig.from_overrides(cfg, {"warm_start_run": str(run)})  # the Dr. GRPO run is not an SFT one
+    with pytest.raises(ValueError, match="is not this study's warm start .*algo: 'dr_grpo' \\(run\\) vs 'sft'"):
+        run_study(other, tmp_path / "other")
+    mismatched = StudyConfig.from_overrides(cfg, {"warm_start_overrides": {**env, "n_turns": 2}})
+    with pytest.raises(ValueError, match="evaluated differently \\(n_turns 2 vs 3"):
+        run_study(mismatched, tmp_path / "mismatched")
+    with pytest.raises(ValueError, match="warm_start is not set"):
+        run_study(StudyConfig.from_overrides(StudyConfig(), {"warm_start_run": str(warm_run)}), tmp_path / "x")

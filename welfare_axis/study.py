@@ -41,11 +41,11 @@ from training import Args, load_base_model, load_trained, main, recipe_args
 from training.checkpoints import latest_checkpoint, load_run_args
 from training.config import RUN_ONLY_ARGS
 from training.episodes import load_episodes
-from training.evaluation import EvalResult, compare_evals
+from training.evaluation import EvalResult, compare_evals, eval_settings
 from training.monitor import MONITOR_FILE, axis_records
 from training.shipped import find_shipped, load_shipped
 from welfare_axis.report import export_figures, render_report
-from welfare_axis.stages import StageRunner
+from welfare_axis.stages import StageOutput, StageRunner
 from welfare_axis.summary import Measure, StudySummary, TrainingSummary
 
 if TYPE_CHECKING:
@@ -104,6 +104,18 @@ class StudyConfig:
     """Training algorithm (training.train: dr_grpo, grpo, reinforce, rloo, ppo, tbrm, sft, iterative_sft). The
     default, TBRM (RL from scratch) under the CPU recipe's sizes with LoRA on every layer, is the smallest run
     measured to learn the maze (:data:`LEARN`)."""
+    warm_start: str | None = None
+    """Train this algorithm first, then the study's ``algo`` from its weights (``training.Args.init_from``):
+    ``sft`` makes RL after an SFT warm start (preset ``sft-grpo``). The warm start runs the same recipe with
+    its own values for that algorithm (:meth:`warm_start_args`), the study's model, tiles, seed and LoRA. The
+    training gain reported is over the untrained model; the second run's gain over the warm start is beside it."""
+    warm_start_overrides: dict[str, Any] = field(default_factory=dict)
+    """training.Args fields of the warm start alone (``train_overrides`` are the second run's). Both runs must
+    be evaluated alike (same held-out mazes, turns and sampling), which the study checks."""
+    warm_start_run: str | None = None
+    """A finished run to use as the warm start instead of training it again: its settings must equal
+    :meth:`warm_start_args` in everything but the output directory (checked), so it is the same training made
+    earlier (e.g. ``welfare-axis train --recipe cpu --algo sft --out runs/sft_cpu`` is seed 0's)."""
     tiles: str = "office"
     """tile set: office, swap (Mold↔Gold) or shuffle (3-way)."""
     system_prompt: str = "template"
@@ -177,22 +189,49 @@ class StudyConfig:
             merged[key] = tuple(merged[key])
         return cls(**merged)
 
-    def train_args(self, out: Path):
+    def train_args(self, out: Path, init_from: Path | None = None):
         """The run's ``training.Args``: the preset (not its per-algorithm recipes), then the study's
-        sizes (:data:`STUDY_TRAIN` or :data:`FAST_TRAIN`), then ``train_steps``, then ``train_overrides``."""
+        sizes (:data:`STUDY_TRAIN` or :data:`FAST_TRAIN`), then ``train_steps``, then ``train_overrides``;
+        ``init_from`` is the warm start's run directory (:meth:`warm_start_args`)."""
 
-        overrides: dict[str, Any] = {"model": self.model, "algo": self.algo, "tiles": self.tiles,
-                                     "finetune": self.finetune, "seed": self.seed, "out": str(out),
-                                     "system_prompt": self.system_prompt}  # fmt: skip
-        if self.train_sizes not in ("study", "recipe"):
-            raise ValueError(f"train_sizes must be study or recipe; got {self.train_sizes!r}")
-        from_recipe = self.train_sizes == "recipe" and not self.fast
-        if not from_recipe:
-            overrides.update(FAST_TRAIN if self.fast else STUDY_TRAIN)
+        overrides = self._sized({"algo": self.algo, "out": str(out)})
         if self.train_steps is not None:
             overrides["steps"] = self.train_steps
         overrides.update(self.train_overrides)
-        return recipe_args(self.train_recipe, per_algorithm=from_recipe, **overrides)
+        if init_from is not None:
+            overrides["init_from"] = str(init_from)
+        return recipe_args(self.train_recipe, per_algorithm=self._from_recipe, **overrides)
+
+    def warm_start_args(self, out: Path):
+        """The warm start's ``training.Args``: ``warm_start`` under the same recipe and sizes as the study's
+        run (the recipe's own values for that algorithm), with the study's model, tiles, seed and the run's
+        LoRA settings (``init_from`` needs the same adapter); ``train_steps`` and ``train_overrides`` belong to
+        the second run and are not applied, ``warm_start_overrides`` are.
+
+        Example:
+            >>> StudyConfig.preset("sft-grpo").warm_start_args(Path("w")).lr  # the CPU recipe's SFT lr
+            0.002
+        """
+        if self.warm_start is None:
+            raise ValueError("this study has no warm start (set warm_start, e.g. --preset sft-grpo)")
+        main = self.train_args(out)
+        lora = {k: getattr(main, k) for k in ("lora_r", "lora_alpha", "lora_layers", "lora_targets")}
+        overrides = self._sized({"algo": self.warm_start, "out": str(out)}) | lora | self.warm_start_overrides
+        return recipe_args(self.train_recipe, per_algorithm=self._from_recipe, **overrides)
+
+    @property
+    def _from_recipe(self) -> bool:
+        if self.train_sizes not in ("study", "recipe"):
+            raise ValueError(f"train_sizes must be study or recipe; got {self.train_sizes!r}")
+        return self.train_sizes == "recipe" and not self.fast
+
+    def _sized(self, overrides: dict[str, Any]) -> dict[str, Any]:
+        """The settings every training run of the study shares, then its sizes unless the recipe's own."""
+        out: dict[str, Any] = {"model": self.model, "tiles": self.tiles, "finetune": self.finetune,
+                               "seed": self.seed, "system_prompt": self.system_prompt, **overrides}  # fmt: skip
+        if not self._from_recipe:
+            out.update(FAST_TRAIN if self.fast else STUDY_TRAIN)
+        return out
 
 
 _STUDY_OPTIMISER = {"lr": 2e-4, "anneal_fraction": 1.0, "minibatches": 1, "temperature": 0.7,
@@ -253,6 +292,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Other algorithms at the short study's sizes (3 steps, top 16 layers).
     "sft": {**SHORT, "algo": "sft"},
     "iterative-sft": {**SHORT, "algo": "iterative_sft"},
+    # RL after an SFT warm start (docs/training_results.md): the CPU recipe's SFT, then 12 Dr. GRPO steps of
+    # 15 turns at lr 2e-4 (the recipe's LoRA on the top 8 layers, as the recorded runs)
+    "sft-grpo": {"warm_start": "sft", "algo": "dr_grpo",
+                 "train_overrides": {"curriculum_steps": 0, "lr": 2e-4, "entropy_coef": 0.2}},
     "reinforce": {**SHORT, "algo": "reinforce"},
     "tbrm-short": {**SHORT, "algo": "tbrm"},
     # The default's settings under the name the session-8 records use.
@@ -295,13 +338,92 @@ def train_stage_settings(cfg: StudyConfig) -> dict[str, Any]:
         run, checkpoint, _ = finished_run(cfg)
         return {"from_run": str(run), "checkpoint": checkpoint.name,
                 "sha256": file_sha256(checkpoint / "trainable.safetensors")}  # fmt: skip
-    args = dataclasses.asdict(cfg.train_args(Path("run")))
-    inert = set() if args.get("intervene_vector") else set(_INTERVENTION_ARGS)  # no effect without a vector
-    if args.get("algo") != "dpo":
+    return _key_of_args(cfg.train_args(Path("run")))  # a warm start is in the stage's dependencies
+
+
+def _key_of_args(args: Args) -> dict[str, Any]:
+    """The settings of a training run that change what it trains (a stage key)."""
+    settings = dataclasses.asdict(args)
+    inert = set() if settings.get("intervene_vector") else set(_INTERVENTION_ARGS)  # no effect without a vector
+    if settings.get("algo") != "dpo":
         inert |= set(_PREFERENCE_ARGS)  # read by DPO only
-    if args.get("reward_model") is None:
+    if settings.get("reward_model") is None:
         inert.add("reward_model")  # off: the environment's reward, as every run before the setting existed
-    return {k: v for k, v in args.items() if k not in RUN_ONLY_ARGS and k not in inert}
+    return {k: v for k, v in settings.items() if k not in RUN_ONLY_ARGS and k not in inert}
+
+
+def warm_start_settings(cfg: StudyConfig) -> dict[str, Any]:
+    """The warm start stage's cache key: its resolved ``training.Args``, and a reused run's checkpoint hash."""
+    key = _key_of_args(cfg.warm_start_args(Path("run")))
+    if cfg.warm_start_run is not None:
+        run, checkpoint = adopted_warm_start(cfg)
+        key["reused"] = {"run": str(run), "sha256": file_sha256(checkpoint / "trainable.safetensors")}
+    return key
+
+
+def adopted_warm_start(cfg: StudyConfig) -> tuple[Path, Path]:
+    """``cfg.warm_start_run`` resolved and its final checkpoint, checked to be the warm start's own training.
+
+    Raises:
+        ValueError: its settings differ from :meth:`StudyConfig.warm_start_args` (the message lists them) or
+            it has not finished.
+    """
+    run = Path(str(cfg.warm_start_run)).resolve()
+    saved, wanted = (json.loads(json.dumps(_key_of_args(a), default=str))  # as config.json holds them
+                     for a in (load_run_args(run), cfg.warm_start_args(run)))  # fmt: skip
+    if wanted.get("autocast") is None:  # the device's rule: the run recorded what it resolved to
+        saved.pop("autocast", None), wanted.pop("autocast", None)
+    diffs = [f"{k}: {saved.get(k)!r} (run) vs {wanted.get(k)!r} (warm start)"
+             for k in sorted(set(saved) | set(wanted)) if saved.get(k) != wanted.get(k)]  # fmt: skip
+    if diffs:
+        raise ValueError(f"warm_start_run {run} is not this study's warm start ({'; '.join(diffs)}); train it "
+                         "with the warm start's settings, or drop warm_start_run to let the study train it")  # fmt: skip
+    checkpoint = latest_checkpoint(run)
+    done = int(read_json(checkpoint / "state.json")["step"]) if checkpoint is not None else 0
+    if done < load_run_args(run).steps or not (run / "eval.json").is_file():
+        raise ValueError(f"warm_start_run {run} has not finished ({done} steps); resume its training first")
+    return run, checkpoint
+
+
+def check_warm_start(cfg: StudyConfig) -> None:
+    """The warm start and the run must evaluate alike: the run's "before" is the warm start's "after" and its
+    gain over the untrained model pairs the warm start's "before" with its own "after".
+
+    Raises:
+        ValueError: the held-out evaluations differ (the message names the settings) or the adapters do.
+    """
+    warm, run = cfg.warm_start_args(Path("w")), cfg.train_args(Path("r"))
+    a, b = eval_settings(warm), eval_settings(run)
+    diffs = []
+    for k in a:
+        if dataclasses.is_dataclass(a[k]) and a[k] != b[k]:  # the maze's rules: name the fields
+            x, y = dataclasses.asdict(a[k]), dataclasses.asdict(b[k])
+            diffs += [f"{f} {x[f]!r} vs {y[f]!r}" for f in x if x[f] != y[f]]
+        elif a[k] != b[k]:
+            diffs.append(k if k == "seeds" else f"{k} {a[k]!r} vs {b[k]!r}")
+    if diffs:
+        raise ValueError(f"the warm start and the run would be evaluated differently ({', '.join(diffs)}): set "
+                         "the same values in warm_start_overrides and train_overrides")  # fmt: skip
+    if warm.finetune != run.finetune:
+        raise ValueError(f"the warm start fine-tunes {warm.finetune!r} and the run {run.finetune!r}; use one")
+
+
+def stage_warm_start(cfg: StudyConfig, work: Path) -> dict[str, Any]:
+    """The warm start's training (or the finished run that is it): its run directory and evaluations."""
+    if cfg.warm_start_run is not None:
+        run, _ = adopted_warm_start(cfg)
+        out_dir = str(run)
+    else:
+        args = cfg.warm_start_args(work / "run")
+        main(dataclasses.replace(args, resume=(work / "run" / "config.json").is_file()))
+        run, out_dir = work / "run", "run"
+    evals = read_json(run / "eval.json")
+    steps = int(read_json(latest_checkpoint(run) / "state.json")["step"])
+    out = {"run": out_dir, "algo": cfg.warm_start, "steps": steps, "before": evals.get("before"),
+           "after": evals.get("after")}  # fmt: skip
+    if out["before"] and out["after"]:
+        out["return_gain"] = _return_gain(compare_evals(EvalResult(**out["before"]), EvalResult(**out["after"])))
+    return out
 
 
 def stage_shipped(cfg: StudyConfig) -> dict[str, Any]:
@@ -342,21 +464,36 @@ def finished_run(cfg: StudyConfig) -> tuple[Path, Path, Args]:
     return run, checkpoint, args
 
 
-def stage_train(cfg: StudyConfig, work: Path) -> dict[str, Any]:
+def stage_train(cfg: StudyConfig, work: Path, warm: StageOutput | None = None) -> dict[str, Any]:
+    """The study's training run (or a shipped model's or a finished run's record). After a warm start
+    (``warm``), the run starts from its weights, its "before" evaluation is the warm start's "after" (the
+    same weights, mazes and random numbers, copied rather than replayed), and the gain recorded is over the
+    untrained model, with the gain over the warm start beside it."""
 
     if cfg.trained is not None:
         return stage_shipped(cfg)
+    warm_start = None
     if cfg.from_run is not None:  # a finished run: its settings and evaluations, nothing trained
         run, checkpoint, args = finished_run(cfg)
         steps = int(read_json(checkpoint / "state.json")["step"])
         evals = read_json(run / "eval.json") if (run / "eval.json").is_file() else {}
         out_dir = str(run)
     else:
-        args = cfg.train_args(work / "run")
-        args = dataclasses.replace(args, resume=(work / "run" / "config.json").is_file())
-        steps = main(args).steps_done
+        init_from = None if warm is None else warm.dir / warm.result["run"]
+        args = cfg.train_args(work / "run", init_from=init_from)
+        resume = (work / "run" / "config.json").is_file()
+        if warm is not None and not resume and warm.result.get("after"):
+            write_json(work / "run" / "eval.json", {"before": warm.result["after"],
+                                                    "before_copied_from": f"the warm start ({init_from})"})  # fmt: skip
+        steps = main(dataclasses.replace(args, resume=resume)).steps_done
         evals = read_json(work / "run" / "eval.json") if (work / "run" / "eval.json").is_file() else {}
         out_dir = "run"
+        if warm is not None and evals.get("before") and evals.get("after"):
+            warm_start = {k: _eval_summary(v) if k in ("before", "after") else v for k, v in warm.result.items()}
+            warm_start["then_gain"] = _return_gain(
+                compare_evals(EvalResult(**evals["before"]), EvalResult(**evals["after"]))
+            )
+            evals = {**evals, "before": warm.result["before"]}  # the gain below: over the untrained model
     before, after = _eval_summary(evals.get("before")), _eval_summary(evals.get("after"))
     out: dict[str, Any] = {"run": out_dir, "steps": steps, "before": before, "after": after,
                            "train_args": dataclasses.asdict(args) | {"out": out_dir}}  # fmt: skip
@@ -364,6 +501,8 @@ def stage_train(cfg: StudyConfig, work: Path) -> dict[str, Any]:
         out["return_gain"] = _return_gain(
             compare_evals(EvalResult(**evals["before"]), EvalResult(**evals["after"]))
         )
+    if warm_start is not None:
+        out["warm_start"] = warm_start
     return out
 
 
@@ -662,7 +801,7 @@ def summarize(runner: StageRunner, cfg: StudyConfig) -> StudySummary:
         fast=cfg.fast,
         model=cfg.model,
         training=TrainingSummary.from_dict(
-            {k: train.get(k) for k in ("steps", "before", "after", "return_gain")}
+            {k: train.get(k) for k in ("steps", "before", "after", "return_gain", "warm_start")}
         ),
         measures=measures,
         layer_star=trn.extraction.layer_star,
@@ -732,6 +871,11 @@ def report_sections(
                     if "shipped" in train.result
                     else ""
                 )
+                + (
+                    f"RL after a warm start: {w['algo']} ({w['steps']} steps), then {algo} from its weights. "
+                    if (w := t.get("warm_start"))
+                    else ""
+                )
                 + f"{algo} on {cfg.model}, {t['steps']} steps. Held-out return before → after: "
                 + (
                     f"{t['before']['mean_return']:+.2f} ± {t['before']['stderr_return']:.2f} → "
@@ -745,12 +889,22 @@ def report_sections(
                     if (g := t.get("return_gain")) and g.get("gold_diff") is not None
                     else "."
                 )
+                + (
+                    f" Of it, the warm start gained {g1['diff']:+.2f} ± {g1['se']:.2f} (z {g1['z']:.1f}) and {algo} "
+                    f"after it {g2['diff']:+.2f} ± {g2['se']:.2f} (z {g2['z']:.1f}), each paired by maze."
+                    if (w := t.get("warm_start")) and (g1 := w.get("return_gain")) and (g2 := w.get("then_gain"))
+                    else ""
+                )
             ),  # fmt: skip
             tables=[
                 Table(
                     "held-out evaluation",
-                    [{"when": k, **(t[k] or {})} for k in ("before", "after") if t.get(k)],
-                )
+                    [{"when": k, **(t[k] or {})} for k in ("before", "after") if t.get(k)]
+                    if not (w := t.get("warm_start")) or not w.get("after")
+                    else [{"when": "before (untrained)", **(t["before"] or {})},
+                          {"when": f"after the {w['algo']} warm start", **w["after"]},
+                          {"when": f"after {algo}", **(t["after"] or {})}],
+                )  # fmt: skip
             ],
             figures=([training_curves(metrics)] if metrics else [])
             + (axis_view(run_dir) if run_dir else [])
@@ -943,19 +1097,30 @@ def run_study(cfg: StudyConfig, out: str | Path) -> StudySummary:
         find_shipped(cfg.model, cfg.trained)  # a clear error before any stage runs
     if cfg.from_run is not None:
         finished_run(cfg)  # the same for a training run
+    if cfg.warm_start is not None and (cfg.trained is not None or cfg.from_run is not None):
+        raise ValueError("warm_start trains the study's model first; a shipped model or a finished run has "
+                         "none: drop warm_start or trained/from_run")  # fmt: skip
+    if cfg.warm_start_run is not None and cfg.warm_start is None:
+        raise ValueError("warm_start_run reuses a warm start, but warm_start is not set (e.g. --preset sft-grpo)")
+    if cfg.warm_start is not None:
+        check_warm_start(cfg)
     runner = StageRunner(out)
     write_json(Path(out) / "study_config.json", dataclasses.asdict(cfg))
     stages: list[tuple[str, Callable[[Path], dict[str, Any]], list[str], bool]] = [
-        ("train", lambda d: stage_train(cfg, d), [], True),
+        ("train", lambda d: stage_train(cfg, d, runner.outputs.get("warm_start")),
+         ["warm_start"] if cfg.warm_start else [], True),
         ("forgetting", lambda d: stage_forgetting(cfg, runner, d), ["train"], False),
         ("readouts", lambda d: stage_readouts(cfg, runner, d), ["train"], False),
         ("steering", lambda d: stage_steering(cfg, runner, d), ["train", "readouts"], False),
     ]
+    if cfg.warm_start:  # first: the run the training starts from (the other stages' keys are unchanged)
+        stages.insert(0, ("warm_start", lambda d: stage_warm_start(cfg, d), [], True))
     if cfg.checkpoint_series:  # a control: off by default (the other stages and their keys are unchanged)
         stages.append(
             ("checkpoint_series", lambda d: stage_checkpoint_series(cfg, runner, d), ["train"], False)
         )
     settings = {
+        "warm_start": warm_start_settings(cfg) if cfg.warm_start else {},
         "train": train_stage_settings(cfg),
         "forgetting": {"qa": cfg.forgetting_qa, "texts": cfg.forgetting_texts, "seed": cfg.seed},
         "readouts": {"n_per_class": cfg.n_per_class, "scale": cfg.readout_scale, "seed": cfg.seed},

@@ -60,13 +60,30 @@ class ReturnGain(Readout):
 
 
 @dataclass(frozen=True)
+class WarmStart(Readout):
+    """The run a study's training started from (``StudyConfig.warm_start``): its algorithm, steps, held-out
+    evaluations and gain over the untrained model, and the study's run's gain over it (``then_gain``)."""
+
+    algo: str
+    steps: int
+    run: str
+    before: dict[str, Any] | None = None
+    after: dict[str, Any] | None = None
+    return_gain: ReturnGain | None = None
+    then_gain: ReturnGain | None = None
+
+
+@dataclass(frozen=True)
 class TrainingSummary(Readout):
-    """Optimizer steps and the held-out evaluation before and after training (``training.evaluation``)."""
+    """Optimizer steps and the held-out evaluation before and after training (``training.evaluation``).
+    After a warm start, ``before`` is the untrained model's (so ``return_gain`` is over it, like every other
+    configuration's) and ``warm_start`` holds the first run and the second run's gain over it."""
 
     steps: int
     before: dict[str, Any] | None = None
     after: dict[str, Any] | None = None
     return_gain: ReturnGain | None = None
+    warm_start: WarmStart | None = None
 
 
 @dataclass(frozen=True)
