@@ -400,7 +400,9 @@ def test_rl_after_a_warm_start_reports_both_gains_and_reuses_a_finished_warm_sta
     t = summary.training
     assert t.before["mean_return"] == pytest.approx(untrained.mean())
     assert t.return_gain.paired and t.return_gain.diff == pytest.approx((after - untrained).mean())
-    assert t.warm_start.algo == "sft" and t.warm_start.return_gain.diff == pytest.approx((warm_after - untrained).mean())
+    assert t.warm_start.algo == "sft" and t.warm_start.return_gain.diff == pytest.approx(
+        (warm_after - untrained).mean()
+    )
     assert t.warm_start.then_gain.diff == pytest.approx((after - warm_after).mean())
     assert t.return_gain.diff == pytest.approx(t.warm_start.return_gain.diff + t.warm_start.then_gain.diff)
     assert "RL after a warm start: sft" in (out / "report.html").read_text()
@@ -409,14 +411,21 @@ def test_rl_after_a_warm_start_reports_both_gains_and_reuses_a_finished_warm_sta
     trained_algos = []
     real_main = study.main
     monkeypatch.setattr(study, "main", lambda args: trained_algos.append(args.algo) or real_main(args))
-    reused = run_study(StudyConfig.from_overrides(cfg, {"warm_start_run": str(warm_run)}), tmp_path / "reused")
+    reused = run_study(
+        StudyConfig.from_overrides(cfg, {"warm_start_run": str(warm_run)}), tmp_path / "reused"
+    )
     assert trained_algos == ["dr_grpo"]
     assert reused.training.return_gain == summary.training.return_gain  # the same training, the same numbers
-    other = StudyConfig.from_overrides(cfg, {"warm_start_run": str(run)})  # the Dr. GRPO run is not an SFT one
-    with pytest.raises(ValueError, match="is not this study's warm start .*algo: 'dr_grpo' \\(run\\) vs 'sft'"):
+    # the Dr. GRPO run is not an SFT one
+    other = StudyConfig.from_overrides(cfg, {"warm_start_run": str(run)})
+    with pytest.raises(
+        ValueError, match="is not this study's warm start .*algo: 'dr_grpo' \\(run\\) vs 'sft'"
+    ):
         run_study(other, tmp_path / "other")
     mismatched = StudyConfig.from_overrides(cfg, {"warm_start_overrides": {**env, "n_turns": 2}})
     with pytest.raises(ValueError, match="evaluated differently \\(n_turns 2 vs 3"):
         run_study(mismatched, tmp_path / "mismatched")
     with pytest.raises(ValueError, match="warm_start is not set"):
-        run_study(StudyConfig.from_overrides(StudyConfig(), {"warm_start_run": str(warm_run)}), tmp_path / "x")
+        run_study(
+            StudyConfig.from_overrides(StudyConfig(), {"warm_start_run": str(warm_run)}), tmp_path / "x"
+        )

@@ -344,7 +344,8 @@ def train_stage_settings(cfg: StudyConfig) -> dict[str, Any]:
 def _key_of_args(args: Args) -> dict[str, Any]:
     """The settings of a training run that change what it trains (a stage key)."""
     settings = dataclasses.asdict(args)
-    inert = set() if settings.get("intervene_vector") else set(_INTERVENTION_ARGS)  # no effect without a vector
+    # the intervention's settings have no effect without a vector
+    inert = set() if settings.get("intervene_vector") else set(_INTERVENTION_ARGS)
     if settings.get("algo") != "dpo":
         inert |= set(_PREFERENCE_ARGS)  # read by DPO only
     if settings.get("reward_model") is None:
@@ -422,7 +423,9 @@ def stage_warm_start(cfg: StudyConfig, work: Path) -> dict[str, Any]:
     out = {"run": out_dir, "algo": cfg.warm_start, "steps": steps, "before": evals.get("before"),
            "after": evals.get("after")}  # fmt: skip
     if out["before"] and out["after"]:
-        out["return_gain"] = _return_gain(compare_evals(EvalResult(**out["before"]), EvalResult(**out["after"])))
+        out["return_gain"] = _return_gain(
+            compare_evals(EvalResult(**out["before"]), EvalResult(**out["after"]))
+        )
     return out
 
 
@@ -489,7 +492,9 @@ def stage_train(cfg: StudyConfig, work: Path, warm: StageOutput | None = None) -
         evals = read_json(work / "run" / "eval.json") if (work / "run" / "eval.json").is_file() else {}
         out_dir = "run"
         if warm is not None and evals.get("before") and evals.get("after"):
-            warm_start = {k: _eval_summary(v) if k in ("before", "after") else v for k, v in warm.result.items()}
+            warm_start = {
+                k: _eval_summary(v) if k in ("before", "after") else v for k, v in warm.result.items()
+            }
             warm_start["then_gain"] = _return_gain(
                 compare_evals(EvalResult(**evals["before"]), EvalResult(**evals["after"]))
             )
@@ -1101,14 +1106,20 @@ def run_study(cfg: StudyConfig, out: str | Path) -> StudySummary:
         raise ValueError("warm_start trains the study's model first; a shipped model or a finished run has "
                          "none: drop warm_start or trained/from_run")  # fmt: skip
     if cfg.warm_start_run is not None and cfg.warm_start is None:
-        raise ValueError("warm_start_run reuses a warm start, but warm_start is not set (e.g. --preset sft-grpo)")
+        raise ValueError(
+            "warm_start_run reuses a warm start, but warm_start is not set (e.g. --preset sft-grpo)"
+        )
     if cfg.warm_start is not None:
         check_warm_start(cfg)
     runner = StageRunner(out)
     write_json(Path(out) / "study_config.json", dataclasses.asdict(cfg))
     stages: list[tuple[str, Callable[[Path], dict[str, Any]], list[str], bool]] = [
-        ("train", lambda d: stage_train(cfg, d, runner.outputs.get("warm_start")),
-         ["warm_start"] if cfg.warm_start else [], True),
+        (
+            "train",
+            lambda d: stage_train(cfg, d, runner.outputs.get("warm_start")),
+            ["warm_start"] if cfg.warm_start else [],
+            True,
+        ),
         ("forgetting", lambda d: stage_forgetting(cfg, runner, d), ["train"], False),
         ("readouts", lambda d: stage_readouts(cfg, runner, d), ["train"], False),
         ("steering", lambda d: stage_steering(cfg, runner, d), ["train", "readouts"], False),
