@@ -343,6 +343,40 @@ def test_top_layer_logits_from_rollout_activations_equal_the_full_pass(batch_siz
         assemble(captured[:-1], episodes, batch_size)
 
 
+@pytest.mark.parametrize("turns", [1, 3])
+def test_top_layers_shared_prefix_equals_whole_rows_in_value_and_gradient(turns):
+    # The rows' common prefix runs once through the adapted layers (KV cache copied to every row), the rests on
+    # top: the same logits and gradients as whole rows, and the slice's layer numbering is restored after.
+    from probes.models import tiny_model
+    from training.rollout import shared_prefix_length
+    from training.top_layers import assemble, capture_below, top_action_logits
+
+    model, tok = tiny_model("llama", n_layers=4, seed=3)
+    config = MazeConfig(n_turns=turns, size=12, wind_prob=0.5)  # wind: rows of different lengths
+    with capture_below(model, 2) as captured:
+        episodes = collect_episodes(model, tok, seeds=[1, 2, 3, 4], config=config, autocast=False)
+    hidden = assemble(captured, episodes)
+    assert shared_prefix_length(episodes) >= 16
+    if turns > 1:
+        assert len(set(episodes.action_positions[:, -1].tolist())) > 1  # the rests are really left-padded
+
+    def run(share: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        model.zero_grad()
+        logits = top_action_logits(model, hidden, episodes, 2, share_prefix=share)
+        (logits * torch.linspace(-1, 1, logits.numel()).view_as(logits)).sum().backward()
+        return logits.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    shared, shared_grads = run(True)
+    whole, whole_grads = run(False)
+    torch.testing.assert_close(shared, whole, atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(shared, episodes.direction_logits, atol=2e-5, rtol=1e-5)
+    assert len(shared_grads) == len(whole_grads) > 0
+    for a, b in zip(shared_grads, whole_grads, strict=True):
+        torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4)
+    assert [layer.self_attn.layer_idx for layer in model.model.layers] == [0, 1, 2, 3]
+    model.zero_grad()
+
+
 def test_single_turn_groups_are_run_once_with_the_same_logits_and_gradients():
     from probes.models import tiny_model
     from training.top_layers import assemble, capture_below

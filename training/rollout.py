@@ -671,7 +671,7 @@ def shared_prefix_length(batch: EpisodeBatch) -> int:
     return int(same[:limit].long().cumprod(0).sum())
 
 
-def _fsdp_sharded(model: torch.nn.Module) -> bool:
+def fsdp_sharded(model: torch.nn.Module) -> bool:
     """Whether ``model`` has FSDP2-sharded submodules (``training.distributed`` with ``parallel="fsdp"``)."""
     if not torch.distributed.is_available():
         return False
@@ -703,7 +703,7 @@ def action_logits(
     """
     device = _model_device(model)
     decoder = model.get_decoder()
-    prefix = shared_prefix_length(batch) if share_prefix and not _fsdp_sharded(model) else 0
+    prefix = shared_prefix_length(batch) if share_prefix and not fsdp_sharded(model) else 0
     if prefix >= SHARED_PREFIX_MIN:
         ends = (batch.action_positions[:, -1] + 1).tolist()
         pad_id = int(batch.pad_token_id)

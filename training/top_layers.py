@@ -5,7 +5,8 @@ entering layer ``start = L − k`` during the rollout is exactly what a teacher-
 recompute (up to float rounding: the rollout attends chunk by chunk over its KV cache). Recording it
 while :func:`training.rollout.collect_episodes` plays lets the update run only layers ``start..L−1``
 (with gradients), the final norm and the output head at the decision positions: on SmolLM2 (30 layers)
-with LoRA on the top 8 the update's forward costs ~8/30 of a full one.
+with LoRA on the top 8 the update's forward costs ~8/30 of a full one. As in the full pass, the rows' common
+prefix (system prompt and the maze's opening words) runs once (``top_action_logits(share_prefix=True)``).
 
 The training loop checks every step that the logits of this path equal the rollout's own
 ``direction_logits`` (both computed with the pre-update weights), so a change in how the rollout
@@ -31,7 +32,13 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from training.rollout import EpisodeBatch, distinct_rows
+from training.rollout import (
+    SHARED_PREFIX_MIN,
+    EpisodeBatch,
+    distinct_rows,
+    fsdp_sharded,
+    shared_prefix_length,
+)
 
 __all__ = ["assemble", "capture_below", "supports_top_layers", "top_action_logits"]
 
@@ -116,21 +123,37 @@ def assemble(
 
 @contextlib.contextmanager
 def _only_layers_from(decoder: nn.Module, start: int) -> Iterator[None]:
+    """Run only layers ``start..L−1``, numbered from 0 inside (their attention's ``layer_idx``), so a KV cache
+    made for the slice holds them at the indices the decoder's mask reads (its first layer's length)."""
     original = decoder.layers
-    decoder.layers = nn.ModuleList(list(original)[start:])
+    sliced = list(original)[start:]
+    indices = [layer.self_attn.layer_idx for layer in sliced]
+    decoder.layers = nn.ModuleList(sliced)
+    for i, layer in enumerate(sliced):
+        layer.self_attn.layer_idx = i
     try:
         yield
     finally:
         decoder.layers = original
+        for layer, index in zip(sliced, indices, strict=True):
+            layer.self_attn.layer_idx = index
 
 
 def top_action_logits(
-    model: nn.Module, hidden: Float[Tensor, "batch pos d_model"], episodes: EpisodeBatch, start: int
+    model: nn.Module,
+    hidden: Float[Tensor, "batch pos d_model"],
+    episodes: EpisodeBatch,
+    start: int,
+    *,
+    share_prefix: bool = True,
 ) -> Float[Tensor, "batch turn 4"]:
     """Direction logits at every decision from layer ``start`` upwards, fed the cached ``hidden``.
 
     Equals :func:`training.rollout.action_logits` (up to float rounding) when ``hidden`` is the input of
-    layer ``start`` for ``episodes``; differentiable in the layers from ``start`` on.
+    layer ``start`` for ``episodes``; differentiable in the layers from ``start`` on. With ``share_prefix``
+    (the default), as there, the rows' common token prefix (``rollout.shared_prefix_length``; its hidden
+    states are the same in every row) runs once, on the first row's activations, into a KV cache copied to
+    every row (gradients flow back to it), and each row's rest runs on top.
     """
     if not supports_top_layers(model):
         raise ValueError(
@@ -139,13 +162,37 @@ def top_action_logits(
         )
     device = next(model.parameters()).device
     positions = episodes.action_positions.to(device)
-    width = int(positions[:, -1].max()) + 1
+    ends = positions[:, -1] + 1
+    width = int(ends.max())
     hidden = hidden[:, :width].to(device)
-    mask = (torch.arange(width, device=device)[None, :] <= positions[:, -1:]).long()
-    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+    prefix = shared_prefix_length(episodes) if share_prefix and not fsdp_sharded(model) else 0
     decoder = _decoder(model)
     with _only_layers_from(decoder, start):
-        out = decoder(inputs_embeds=hidden, attention_mask=mask, position_ids=position_ids, use_cache=False)
+        if prefix >= SHARED_PREFIX_MIN:
+            n = hidden.shape[0]
+            ahead = torch.arange(prefix, device=device)[None, :]
+            cache = decoder(inputs_embeds=hidden[:1, :prefix], position_ids=ahead, use_cache=True).cache
+            cache.reorder_cache(torch.zeros(n, dtype=torch.long, device=device))  # one copy per row
+            rest = width - prefix  # each row's rest, left-padded so that all end at the same last slot
+            slot = torch.arange(rest, device=device)[None, :]
+            lengths = (ends - prefix)[:, None]
+            real = slot >= rest - lengths  # (n, rest)
+            source = (slot - (rest - lengths) + prefix).clamp(min=0, max=width - 1)
+            embeds = hidden.gather(1, source[:, :, None].expand(-1, -1, hidden.shape[-1]))
+            embeds = embeds * real[:, :, None]
+            mask = torch.cat([torch.ones(n, prefix, dtype=torch.long, device=device), real.long()], dim=1)
+            position_ids = ((mask.cumsum(-1) - 1).clamp(min=0))[:, prefix:]
+            out = decoder(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids, cache=cache,
+                          use_cache=True)  # fmt: skip
+            positions = (
+                positions - prefix + (rest - lengths)
+            )  # decision d of a row sits at rest − len + d − prefix
+        else:
+            mask = (torch.arange(width, device=device)[None, :] < ends[:, None]).long()
+            position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+            out = decoder(
+                inputs_embeds=hidden, attention_mask=mask, position_ids=position_ids, use_cache=False
+            )
     states = out.last_hidden_state
     picked = states.gather(1, positions[:, :, None].expand(-1, -1, states.shape[-1]))
     logits = model.get_output_embeddings()(picked)

@@ -57,7 +57,8 @@ def _policy_logits(
 ) -> torch.Tensor:
     """Direction logits of every decision of ``chunk``; rows whose decisions read the same tokens (a
     single-turn group: only the sampled letter after the last decision differs) are run once, and the
-    distinct rows' common prefix once (``rollout.action_logits``) unless ``share_prefix`` is False."""
+    distinct rows' common prefix once (``rollout.action_logits``, ``top_layers.top_action_logits``) unless
+    ``share_prefix`` is False."""
     shared = distinct_rows(
         [
             [*chunk.input_ids[i, :end].tolist(), *chunk.attention_mask[i, :end].tolist()]
@@ -71,7 +72,7 @@ def _policy_logits(
         return logits[inverse.to(logits.device)]
     if hidden is None or start is None:
         return action_logits(model, chunk, share_prefix=share_prefix)
-    return top_action_logits(model, hidden, chunk, start)
+    return top_action_logits(model, hidden, chunk, start, share_prefix=share_prefix)
 
 
 def _reference_logits(
