@@ -15,9 +15,11 @@ from probes.models import tiny_model
 from probes.tokens import direction_token_ids
 from training.episodes import EpisodeLogError, load_episodes, read_episode_info, save_episodes
 from training.rollout import (
+    SHARED_PREFIX_MIN,
     EpisodeBatch,
     action_logits,
     collect_episodes,
+    common_prefix_length,
     direction_logprobs,
     episode_token_ids,
     shared_prefix_length,
@@ -112,12 +114,17 @@ def test_batched_equals_unbatched(llama, episodes):
     assert torch.equal(episodes.input_ids, one_by_one.input_ids)
 
 
+@pytest.mark.parametrize("family", ["llama", "gemma3"])
 @pytest.mark.parametrize("batch_size", [None, 3])
-def test_shared_first_prompts_give_the_same_episodes(llama, batch_size):
-    model, tok = llama
-    seeds = [3, 3, 11, 3, 11]  # two GRPO groups: each distinct first prompt is fed once, its cache copied
+def test_shared_first_prompts_give_the_same_episodes(llama, batch_size, family):
+    # each distinct first prompt is fed once, after the prompts' common beginning (system prompt and the
+    # maze's opening words), each cache copied; Gemma with a sliding window shorter than that beginning
+    model, tok = llama if family == "llama" else tiny_model("gemma3", config_overrides={"sliding_window": 8})
+    seeds = [3, 3, 11, 3, 11]  # two GRPO groups
     run = dict(seeds=seeds, config=SHORT, autocast=False, batch_size=batch_size)
     shared = collect_episodes(model, tok, **run)
+    first = [shared.input_ids[i, : int(shared.action_positions[i, 0]) + 1].tolist() for i in range(5)]
+    assert common_prefix_length(first) >= SHARED_PREFIX_MIN
     every_row = collect_episodes(model, tok, share_prompts=False, **run)
     _same(shared, every_row, exact=False)
     assert torch.equal(shared.direction_logits[0, 0], shared.direction_logits[1, 0])

@@ -394,7 +394,7 @@ def test_single_turn_groups_are_run_once_with_the_same_logits_and_gradients():
         episodes = collect_episodes(
             model, tok, seeds=seeds, config=MazeConfig(n_turns=1, size=12), autocast=False
         )
-    assert captured[0].shape[0] == 2  # the rollout fed each distinct prompt once
+    assert [c.shape[0] for c in captured] == [1, 2]  # the common prefix once, then each distinct prompt once
     hidden = assemble(captured, episodes)
     assert len({tuple(row) for row in episodes.input_ids[:3].tolist()}) > 1  # the letters sampled apart
     results = []

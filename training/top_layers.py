@@ -85,14 +85,18 @@ def assemble(
     not needed: the last decision reads position ``action_positions[:, -1]``). The rollout feeds turn
     ``t`` of row ``i`` as a left-padded chunk of ``action_positions[i, t] − action_positions[i, t−1]``
     new tokens, groups of ``rollout_batch_size`` rows one after another; at turn 0 a group's chunk may
-    hold only its distinct first prompts (``collect_episodes(share_prompts=True)``).
+    hold only its distinct first prompts, after a one-row chunk of their common beginning
+    (``collect_episodes(share_prompts=True)``).
     """
     n, turns = episodes.actions.shape
     group = rollout_batch_size or n
     groups = [list(range(s, min(s + group, n))) for s in range(0, n, group)]
-    if len(captured) != turns * len(groups):
+    calls = turns * len(groups)
+    prefixed = len(captured) == calls + len(groups)  # every group's turn 0 began with the common prefix
+    if len(captured) != calls and not prefixed:
         raise RuntimeError(
             f"captured {len(captured)} forward calls; expected {turns} turns x {len(groups)} row groups"
+            f" (+ {len(groups)} prefixes)"
         )
     positions = episodes.action_positions
     ends = positions + 1  # exclusive end of each turn's chunk
@@ -100,9 +104,16 @@ def assemble(
     width = int(ends[:, -1].max())
     d = captured[0].shape[-1]
     hidden = torch.zeros(n, width, d)
+    calls_made = iter(captured)
     for t in range(turns):
         for g, rows in enumerate(groups):
-            chunk = captured[t * len(groups) + g]
+            if t == 0 and prefixed:
+                head = next(calls_made)
+                if head.shape[0] != 1:
+                    raise RuntimeError(f"group {g}: a prefix call of {head.shape[0]} rows, expected 1")
+                hidden[rows, : head.shape[1]] = head[0]
+                starts[rows, 0] = head.shape[1]
+            chunk = next(calls_made)
             if t == 0 and chunk.shape[0] < len(rows):  # the rollout fed each distinct first prompt once
                 shared = distinct_rows([episodes.input_ids[i, : int(ends[i, 0])].tolist() for i in rows])
                 if shared is not None and len(shared[0]) == chunk.shape[0]:
