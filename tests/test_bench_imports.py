@@ -29,3 +29,13 @@ def test_update_prefix_bench_runs_on_a_tiny_model(capsys):
     assert update_prefix.main(["--model", "tiny-llama", "--groups", "2", "--reps", "1"]) == 0
     out = capsys.readouterr().out
     assert "BENCH update_shared_vs_full " in out and "(2 distinct)" in out
+
+
+def test_step_prefix_bench_runs_on_a_tiny_model(capsys):
+    # the preset-step bench checks rollout and update agree both ways before it times them
+    from bench import step_prefix
+
+    args = ["--model", "tiny-llama", "--lora-layers", "1", "--groups", "24", "--reps", "1"]
+    assert step_prefix.main(args) == 0
+    out = capsys.readouterr().out
+    assert "BENCH step_shared_vs_full " in out and "on 24 groups" in out

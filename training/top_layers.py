@@ -32,8 +32,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
+import training.rollout as _rollout
 from training.rollout import (
-    SHARED_PREFIX_MIN,
     EpisodeBatch,
     distinct_rows,
     fsdp_sharded,
@@ -179,7 +179,7 @@ def top_action_logits(
     prefix = shared_prefix_length(episodes) if share_prefix and not fsdp_sharded(model) else 0
     decoder = _decoder(model)
     with _only_layers_from(decoder, start):
-        if prefix >= SHARED_PREFIX_MIN:
+        if prefix >= _rollout.SHARED_PREFIX_MIN:  # read at call time (bench/step_prefix.py switches it)
             n = hidden.shape[0]
             ahead = torch.arange(prefix, device=device)[None, :]
             cache = decoder(inputs_embeds=hidden[:1, :prefix], position_ids=ahead, use_cache=True).cache
