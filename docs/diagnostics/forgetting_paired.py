@@ -6,7 +6,12 @@ paired change with 95% bootstrap intervals and McNemar's p (``steering.evals.cap
 The point values must equal the ones the study recorded (checked; a mismatch is reported, not hidden). Nothing
 in the run directory is changed; one JSON per run is written to ``--out``.
 
+``--training-runs`` measures finished ``welfare-axis train`` runs that no study read (the same stage at the
+study's default settings: 30 texts, 50 QA items, seed 0), e.g. to set a recipe's RL beside its SFT.
+
     flock /tmp/wa/heavy.lock python docs/diagnostics/forgetting_paired.py runs/default runs/default_seed1 ... \
+        --out docs/diagnostics/forgetting_paired
+    flock /tmp/wa/heavy.lock python docs/diagnostics/forgetting_paired.py --training-runs runs/learn_preset \
         --out docs/diagnostics/forgetting_paired
 """
 
@@ -46,20 +51,43 @@ def paired_forgetting(run: Path) -> dict:
             "recorded": recorded, "paired": result}  # fmt: skip
 
 
+def training_run_forgetting(run: Path) -> dict:
+    """A finished training run's forgetting, as a study of it (``--from-run``) would measure it."""
+    import dataclasses
+    import tempfile
+
+    from training.checkpoints import load_run_args
+
+    args = load_run_args(run)
+    cfg = StudyConfig(model=args.model, tiles=args.tiles, from_run=str(run))
+    with tempfile.TemporaryDirectory() as scratch:  # the runner's manifest stays out of the run directory
+        runner = StageRunner(scratch)
+        result = {"run": str(run.resolve()), "train_args": dataclasses.asdict(args)}
+        runner.outputs["train"] = StageOutput("train", "", Path(scratch), result, True, 0.0)
+        t0 = time.perf_counter()
+        paired = stage_forgetting(cfg, runner, Path(scratch))
+    return {"run": str(run), "seconds": time.perf_counter() - t0, "training_run": True, "paired": paired}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("runs", nargs="+", type=Path)
+    parser.add_argument("runs", nargs="*", type=Path, help="study run directories")
+    parser.add_argument("--training-runs", nargs="*", type=Path, default=[], help="training run directories")
     parser.add_argument("--out", type=Path, required=True)
     a = parser.parse_args(argv)
-    for run in a.runs:
-        record = paired_forgetting(run)
+    if not a.runs and not a.training_runs:
+        parser.error("give study run directories or --training-runs")
+    for run, measure in [(r, paired_forgetting) for r in a.runs] + [
+        (r, training_run_forgetting) for r in a.training_runs
+    ]:
+        record = measure(run)
         write_json(a.out / f"{run.name}.json", record)
         d = record["paired"]["drop"]
         print(f"{run.name}: perplexity {d['perplexity_increase']:+.3f} {d['perplexity_increase_ci']}, QA drop "
               f"{d['qa_accuracy_drop']:+.3f} {d['qa_accuracy_drop_ci']} (lost {d['qa_lost']}, gained {d['qa_gained']}, "
-              f"McNemar p {d['qa_mcnemar_p']:.3g}); matches the recorded values: {record['matches_recorded']} "
+              f"McNemar p {d['qa_mcnemar_p']:.3g}); matches the recorded values: {record.get('matches_recorded', '-')} "
               f"({record['seconds']:.0f} s)", flush=True)  # fmt: skip
     return 0
 
