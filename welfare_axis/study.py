@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tqdm.auto import tqdm
+
 from maze_env.plots import episode_figure, training_curves
 from probes.artifacts import file_sha256, read_json, write_json, write_text
 from probes.concept_vector import ConceptVector
@@ -534,6 +536,7 @@ def stage_forgetting(cfg: StudyConfig, runner: StageRunner, work: Path) -> dict[
         ppl = perplexity(model, tok, texts)
         qa = qa_accuracy(model, tok, cfg.forgetting_qa, seed=cfg.seed)
         measured[name] = (ppl, qa)
+        print(f"forgetting: {name} training, perplexity {ppl.value:.3f}, QA {qa.accuracy:.2f}", flush=True)
         out[name] = {
             "perplexity": ppl.value,
             "qa_accuracy": qa.accuracy,
@@ -575,8 +578,8 @@ def _readout_settings(cfg: StudyConfig, out: Path | None = None):
         base = dataclasses.replace(ReportSettings.smoke(), stories_per_emotion=4)
     if cfg.readout_scale == "fast":  # smoke sizes on the paper's 100x100 maze
         base = dataclasses.replace(base, maze_size=ReportSettings().maze_size)
-    return dataclasses.replace(
-        base, n_per_class=cfg.n_per_class, split_seed=cfg.seed, tiles=cfg.tiles, out=out
+    return dataclasses.replace(  # progress: each readout's time as it finishes, a bar over the extraction
+        base, n_per_class=cfg.n_per_class, split_seed=cfg.seed, tiles=cfg.tiles, out=out, progress=True
     )
 
 
@@ -644,7 +647,10 @@ def stage_steering(cfg: StudyConfig, runner: StageRunner, work: Path) -> dict[st
                  SweepConfig(layers=(u_layer,), **settings)),
             ]  # fmt: skip
         for name, vectors, sweep_cfg in plan:
-            records = run_sweep(model, tok, vectors, sweep_cfg, work / name)
+            with tqdm(desc=f"steering {', '.join(vectors)}", unit="cell") as bar:
+                records = run_sweep(
+                    model, tok, vectors, sweep_cfg, work / name, on_cell=lambda _: bar.update()
+                )
             out["slopes"] += [dataclasses.asdict(row) for row in dose_response_slopes(records, seed=cfg.seed)]
         out["sweeps"][concept] = plan[0][0]
         if len(plan) > 1:
