@@ -13,6 +13,9 @@ study's default settings: 30 texts, 50 QA items, seed 0), e.g. to set a recipe's
         --out docs/diagnostics/forgetting_paired
     flock /tmp/wa/heavy.lock python docs/diagnostics/forgetting_paired.py --training-runs runs/learn_preset \
         --out docs/diagnostics/forgetting_paired
+
+``--between A B`` compares two trained models directly (training run directories, e.g. SFT and RL after it): the
+same texts and items, so the change from A to B is paired too.
 """
 
 from __future__ import annotations
@@ -69,16 +72,44 @@ def training_run_forgetting(run: Path) -> dict:
     return {"run": str(run), "seconds": time.perf_counter() - t0, "training_run": True, "paired": paired}
 
 
+def between_runs(a: Path, b: Path, qa: int = 50, texts: int = 30, seed: int = 0) -> dict:
+    """The paired change in perplexity and QA from training run ``a``'s model to ``b``'s (the study's defaults)."""
+    from steering.evals.capability import capability_change, general_texts, perplexity, qa_accuracy
+    from training import load_trained
+
+    t0 = time.perf_counter()
+    sample = general_texts(texts)
+    measured = {}
+    for name, run in (("a", a), ("b", b)):
+        model, tok = load_trained(run, merge=True)
+        measured[name] = (perplexity(model, tok, sample), qa_accuracy(model, tok, qa, seed=seed))
+    change = capability_change(measured["a"], measured["b"], seed=seed).to_dict()
+    values = {k: {"perplexity": v[0].value, "qa_accuracy": v[1].accuracy} for k, v in measured.items()}
+    return {"a": str(a), "b": str(b), "seconds": time.perf_counter() - t0, "values": values, "change": change}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("runs", nargs="*", type=Path, help="study run directories")
     parser.add_argument("--training-runs", nargs="*", type=Path, default=[], help="training run directories")
+    parser.add_argument(
+        "--between", nargs=2, type=Path, default=None, metavar=("A", "B"), help="two training runs"
+    )
     parser.add_argument("--out", type=Path, required=True)
     a = parser.parse_args(argv)
-    if not a.runs and not a.training_runs:
-        parser.error("give study run directories or --training-runs")
+    if not a.runs and not a.training_runs and not a.between:
+        parser.error("give study run directories, --training-runs or --between")
+    if a.between:
+        record = between_runs(*a.between)
+        first, second = a.between
+        study = second.parts[-3:-1] == ("stages", "train")  # a study's own training run: name it by the study
+        write_json(a.out / f"{first.name}_to_{second.parts[-4] if study else second.name}.json", record)
+        d = record["change"]
+        print(f"{record['a']} -> {record['b']}: perplexity {d['perplexity_increase']:+.3f} {d['perplexity_increase_ci']}, "
+              f"QA drop {d['qa_accuracy_drop']:+.3f} (lost {d['qa_lost']}, gained {d['qa_gained']}, McNemar p "
+              f"{d['qa_mcnemar_p']:.3g}) ({record['seconds']:.0f} s)", flush=True)  # fmt: skip
     for run, measure in [(r, paired_forgetting) for r in a.runs] + [
         (r, training_run_forgetting) for r in a.training_runs
     ]:
