@@ -371,6 +371,20 @@ def test_direction_cosines_across_studies(tiny_study, capsys):
     assert random_cosine_bound(100) == pytest.approx(0.1959964, rel=1e-5)
     assert directions_cli(["--reference", str(out), "--runs", str(out)]) == 0
     assert "cos(v − u, v_ref − u_ref)" in capsys.readouterr().out
+    # the base model's valence axis against each study's vectors: by hand from the same pieces
+    from probes.emotions import emotion_vectors, valence_axis
+    from training import Args, load_base_model
+    from welfare_axis.directions import valence_direction
+
+    train = json.loads((out / "stages" / "train" / "stage.json").read_text())["result"]
+    base, tok = load_base_model(Args(**train["train_args"]))
+    axis = valence_direction(base, tok, last)
+    expected = valence_axis(emotion_vectors(base, tok, [last]), last).pc1.float()
+    assert torch.equal(axis[last], expected)
+    (row,) = reward_model_cosines(axis, [out])
+    assert row.cos_v_gold == pytest.approx(float(torch.cosine_similarity(expected, v[last], dim=0)), abs=1e-6)
+    assert directions_cli(["--reference", str(out), "--runs", str(out), "--valence"]) == 0
+    assert "cos(valence, v_Gold − u_Gold)" in capsys.readouterr().out
 
 
 def test_rl_after_a_warm_start_reports_both_gains_and_reuses_a_finished_warm_start(tmp_path, monkeypatch):

@@ -16,7 +16,10 @@ cross-checkpoint comparisons).
 
 ``python -m welfare_axis.directions --reference runs/default --runs runs/default_seed1 runs/from-dpo`` prints
 the markdown table; ``--reward-model DIR`` adds the Bradley–Terry reward model's head direction
-(``RewardModel.residual_direction``) against each study's vectors at the last layer.
+(``RewardModel.residual_direction``) against each study's vectors at the last layer, and ``--valence`` the base
+model's emotion valence axis there (emotion PC1 of ``probes.emotions.emotion_vectors`` on every shipped story,
+signed so positive-valence emotions project higher; ``valence_direction``): a Gold shift along it and a Mold
+shift against it are the paper's "recruited welfare axis".
 """
 
 from __future__ import annotations
@@ -141,15 +144,29 @@ def reward_model_cosines(direction: ConceptVector, runs: Sequence[Path]) -> list
     return out
 
 
-def markdown(rows: Sequence[DirectionCosine], rm_rows: Sequence[RewardModelCosine] = ()) -> str:
+def valence_direction(model, tokenizer, layer: int) -> ConceptVector:
+    """The model's emotion valence axis at ``layer`` (emotion PC1 over every shipped story, denoised with the
+    neutral texts' PCs, signed so positive-valence emotions score higher: ``probes.emotions.valence_axis``)."""
+    from probes.emotions import emotion_vectors, valence_axis
+
+    axis = valence_axis(emotion_vectors(model, tokenizer, [layer]), layer)
+    return ConceptVector({layer: axis.pc1.float()}, concept="valence")
+
+
+def markdown(
+    rows: Sequence[DirectionCosine],
+    rm_rows: Sequence[RewardModelCosine] = (),
+    valence_rows: Sequence[RewardModelCosine] = (),
+) -> str:
     lines = ["| study | reference | concept | layer | cos(v, v_ref) | cos(u, v_ref) | cos(v − u, v_ref − u_ref) | "
              "random 95% |cos| < |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     lines += [r.row() for r in rows]
-    if rm_rows:
-        lines += ["", "| study | layer | cos(RM, v_Gold) / cos(RM, u_Gold) | cos(RM, v_Mold) / cos(RM, u_Mold) | "
-                      "cos(RM, v_Gold − u_Gold) | cos(RM, v_Mold − u_Mold) | random 95% |cos| < |",
-                  "|---|---|---|---|---|---|---|"]  # fmt: skip
-        lines += [r.row() for r in rm_rows]
+    for name, extra in (("RM", rm_rows), ("valence", valence_rows)):
+        if extra:
+            lines += ["", f"| study | layer | cos({name}, v_Gold) / cos({name}, u_Gold) | cos({name}, v_Mold) / "
+                          f"cos({name}, u_Mold) | cos({name}, v_Gold − u_Gold) | cos({name}, v_Mold − u_Mold) | "
+                          "random 95% |cos| < |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+            lines += [r.row() for r in extra]
     return "\n".join(lines)
 
 
@@ -162,15 +179,29 @@ def cli(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--reward-model", default=None, help="a reward-model directory: its head direction too"
     )
+    parser.add_argument(
+        "--valence", action="store_true", help="the base model's emotion valence axis at the last layer too"
+    )
     args = parser.parse_args(argv)
     runs = [Path(p) for p in args.runs]
+    everyone = [Path(args.reference), *runs]
     rm_rows: list[RewardModelCosine] = []
+    valence_rows: list[RewardModelCosine] = []
     if args.reward_model:
         from training.reward_model import load_reward_model
 
         direction = load_reward_model(args.reward_model, device="cpu").residual_direction()
-        rm_rows = reward_model_cosines(direction, [Path(args.reference), *runs])
-    print(markdown(direction_cosines(runs, Path(args.reference)), rm_rows))
+        rm_rows = reward_model_cosines(direction, everyone)
+    if args.valence:
+        from probes.artifacts import read_json
+        from training import Args, load_base_model
+
+        # the base model every study's u was read on (the reference's, as its train stage loads it)
+        train = read_json(Path(args.reference) / "stages" / "train" / "stage.json")["result"]
+        model, tokenizer = load_base_model(Args(**{**train["train_args"], "device": "cpu"}))
+        last = max(_vectors(Path(args.reference), "control", "Gold").layers)
+        valence_rows = reward_model_cosines(valence_direction(model, tokenizer, last), everyone)
+    print(markdown(direction_cosines(runs, Path(args.reference)), rm_rows, valence_rows))
     return 0
 
 
