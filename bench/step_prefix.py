@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.lora_layers is not None:
         base = dataclasses.replace(base, lora_layers=a.lora_layers)
     scale = base.curriculum_scale or 1
-    if (a.groups * base.group_size) % scale or a.groups % 24 and a.groups != PRESET_GROUPS:
+    if (a.groups * base.group_size) % scale or a.groups % 24:
         raise SystemExit(
             f"--groups must be a multiple of 24 and of {scale // base.group_size}; got {a.groups}"
         )

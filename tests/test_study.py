@@ -439,6 +439,13 @@ def test_rl_after_a_warm_start_reports_both_gains_and_reuses_a_finished_warm_sta
     mismatched = StudyConfig.from_overrides(cfg, {"warm_start_overrides": {**env, "n_turns": 2}})
     with pytest.raises(ValueError, match="evaluated differently \\(n_turns 2 vs 3"):
         run_study(mismatched, tmp_path / "mismatched")
+    with pytest.raises(ValueError, match="warm_start_run: run directory .* does not exist"):
+        run_study(
+            StudyConfig.from_overrides(cfg, {"warm_start_run": str(tmp_path / "nowhere")}), tmp_path / "bad"
+        )
+    with pytest.raises(ValueError, match="unknown algo 'nope'"):
+        run_study(StudyConfig.from_overrides(cfg, {"warm_start": "nope"}), tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()  # refused before anything is written
     with pytest.raises(ValueError, match="warm_start is not set"):
         run_study(
             StudyConfig.from_overrides(StudyConfig(), {"warm_start_run": str(warm_run)}), tmp_path / "x"

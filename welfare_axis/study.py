@@ -40,8 +40,8 @@ from steering.reliability import Reliability, reliability_table
 from steering.stats import dose_response_slopes, summarize_cells
 from steering.sweep import SweepConfig, load_records, run_sweep
 from training import Args, load_base_model, load_trained, main, recipe_args
-from training.checkpoints import latest_checkpoint, load_run_args
-from training.config import RUN_ONLY_ARGS
+from training.checkpoints import RunDirError, latest_checkpoint, load_run_args
+from training.config import RUN_ONLY_ARGS, validate
 from training.episodes import load_episodes
 from training.evaluation import EvalResult, compare_evals, eval_settings
 from training.monitor import MONITOR_FILE, axis_records
@@ -372,8 +372,12 @@ def adopted_warm_start(cfg: StudyConfig) -> tuple[Path, Path]:
             it has not finished.
     """
     run = Path(str(cfg.warm_start_run)).resolve()
+    try:
+        args = load_run_args(run)
+    except (RunDirError, ValueError) as err:
+        raise ValueError(f"warm_start_run: {err}") from None
     saved, wanted = (json.loads(json.dumps(_key_of_args(a), default=str))  # as config.json holds them
-                     for a in (load_run_args(run), cfg.warm_start_args(run)))  # fmt: skip
+                     for a in (args, cfg.warm_start_args(run)))  # fmt: skip
     if wanted.get("autocast") is None:  # the device's rule: the run recorded what it resolved to
         saved.pop("autocast", None), wanted.pop("autocast", None)
     diffs = [f"{k}: {saved.get(k)!r} (run) vs {wanted.get(k)!r} (warm start)"
@@ -383,7 +387,7 @@ def adopted_warm_start(cfg: StudyConfig) -> tuple[Path, Path]:
                          "with the warm start's settings, or drop warm_start_run to let the study train it")  # fmt: skip
     checkpoint = latest_checkpoint(run)
     done = int(read_json(checkpoint / "state.json")["step"]) if checkpoint is not None else 0
-    if done < load_run_args(run).steps or not (run / "eval.json").is_file():
+    if done < args.steps or not (run / "eval.json").is_file():
         raise ValueError(f"warm_start_run {run} has not finished ({done} steps); resume its training first")
     return run, checkpoint
 
@@ -393,9 +397,12 @@ def check_warm_start(cfg: StudyConfig) -> None:
     gain over the untrained model pairs the warm start's "before" with its own "after".
 
     Raises:
-        ValueError: the held-out evaluations differ (the message names the settings) or the adapters do.
+        ValueError: a bad warm-start setting, the held-out evaluations differ (the message names the settings),
+            the adapters do, or ``warm_start_run`` is not a finished run of the warm start's settings.
     """
-    warm, run = cfg.warm_start_args(Path("w")), cfg.train_args(Path("r"))
+    warm, run = validate(cfg.warm_start_args(Path("w"))), cfg.train_args(Path("r"))
+    if cfg.warm_start_run is not None:
+        adopted_warm_start(cfg)
     a, b = eval_settings(warm), eval_settings(run)
     diffs = []
     for k in a:
@@ -1115,6 +1122,8 @@ def run_study(cfg: StudyConfig, out: str | Path) -> StudySummary:
         raise ValueError(
             "warm_start_run reuses a warm start, but warm_start is not set (e.g. --preset sft-grpo)"
         )
+    if cfg.trained is None and cfg.from_run is None:  # a bad setting fails before the run directory is made
+        validate(cfg.train_args(Path(out) / "run"))
     if cfg.warm_start is not None:
         check_warm_start(cfg)
     runner = StageRunner(out)
