@@ -186,6 +186,10 @@ class ReportSettings:
     """Hold out the same indices in every class, letters balanced (False: each class split at random)."""
     mold_reversal: bool = False
     """Mold trajectories may end by stepping back onto the tile just left (``maze_env.scripted``)."""
+    layer_star_candidates: tuple[int, ...] | None = None
+    """Choose ℓ* (and the emotion layer, argmax of the mean AUROC) among these layers only (None: every layer;
+    the paper's rule). A study of a LoRA run that adapted only the top layers sets them (``StudyConfig
+    .layer_star_layers="adapted"``), so ℓ* lies where v can differ from u. Per-layer curves stay complete."""
     progress: bool = False
     """Print each stage's time as it finishes and show a bar over the extraction (the command line turns
     this on)."""
@@ -264,7 +268,8 @@ def readout_report(
       trained model's argmax of ½(AUROC_Mold + AUROC_Gold) for the control too. Default: ``model``'s own.
     - ``tracking_vectors``: ``{"Gold": v_Gold, "Mold": v_Mold}`` of another model (the trained one), on
       which this model's maze activations are also projected (the paper's naive-model ``|d| < 0.12`` is
-      on v), at those vectors' ℓ* (``layer_star`` in their metadata, else this model's ℓ*).
+      on v), at those vectors' ℓ* (``layer_star`` in their metadata, else this model's ℓ*); read with their
+      permutation null, so they need ``null_shuffles`` > 0.
     - ``reference_model``: the maze-naive model for the implicit reward β(log π − log π_ref) at the
       logit-as-Q states (same tokenizer).
 
@@ -275,6 +280,14 @@ def readout_report(
     torch.manual_seed(s.split_seed)
     config = config_for_tiles(s.tiles, size=s.maze_size, n_turns=s.n_turns)
     n_layers = _layers.n_layers(model)
+    if tracking_vectors and not s.null_shuffles:
+        raise ValueError("tracking_vectors are read with a permutation null: set null_shuffles > 0")
+    bad = [layer for layer in s.layer_star_candidates or () if not 0 <= layer < n_layers]
+    if bad or s.layer_star_candidates == ():
+        raise ValueError(
+            f"layer_star_candidates {list(s.layer_star_candidates)} must be non-empty and within the model's "
+            f"layers 0..{n_layers - 1} (bad: {bad}); None chooses among every layer"
+        )
     timings: dict[str, float] = {}
     peak_rss: dict[str, float] = {}
     clock = time.perf_counter()
@@ -320,8 +333,13 @@ def readout_report(
         for concept, vector in vectors.items():
             vector.save(Path(vectors_dir) / concept)
     sel_mold, sel_gold = select_layer(v_mold, held), select_layer(v_gold, held)
+    if s.layer_star_candidates is not None:  # e.g. the layers a LoRA run adapted
+        sel_mold, sel_gold = (
+            sel_mold.within(s.layer_star_candidates),
+            sel_gold.within(s.layer_star_candidates),
+        )
     layer_mold, layer_gold = sel_mold.layer, sel_gold.layer
-    own_emotion_layer = best_mean_auroc_layer(sel_mold, sel_gold)
+    own_emotion_layer = best_mean_auroc_layer(sel_mold, sel_gold, candidates=s.layer_star_candidates)
     sections["extraction"] = Extraction(
         n_per_class=train.n_per_class,
         n_held_out=held.n_per_class,
@@ -517,7 +535,7 @@ def readout_report(
                 on_ref.positive[layer].numpy(),
                 on_ref.negative[layer].numpy(),
                 "greater" if concept == "Gold" else "less",
-                n_shuffles=max(1, s.null_shuffles),
+                n_shuffles=s.null_shuffles,
                 n_boot=s.n_boot,
                 seed=s.split_seed,
             )
@@ -549,14 +567,12 @@ def readout_report(
         return None if feedback is None else _round(feedback[concept].d[layer])
 
     def feedback_estimate(concept: str, layer: int) -> Estimate | None:
-        if feedback is None:
+        if feedback is None or not s.null_shuffles:  # null_shuffles 0: no nulls, as for every other readout
             return None
         scores = (feedback[concept].positive[layer].numpy(), feedback[concept].negative[layer].numpy())
         alternative = "greater" if concept == "Gold" else "less"
         return Estimate.of(
-            group_d(
-                *scores, alternative, n_shuffles=max(1, s.null_shuffles), n_boot=s.n_boot, seed=s.split_seed
-            )
+            group_d(*scores, alternative, n_shuffles=s.null_shuffles, n_boot=s.n_boot, seed=s.split_seed)
         )
 
     sections["tracking"] = Tracking(

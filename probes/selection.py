@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -110,6 +111,29 @@ class LayerSelection:
     layer: int
     n_positive: int
     n_negative: int
+    candidates: list[int] | None = None
+    """The layers ℓ* was chosen among (None: all of ``layers``); see :meth:`within`."""
+
+    def within(self, candidates: Sequence[int]) -> LayerSelection:
+        """The same metrics with ℓ* chosen by the paper's rule among ``candidates`` only (argmax AUROC,
+        argmax |d| and argmin overlap taken over them), e.g. the layers a LoRA run adapted, so that ℓ* lies
+        where the trained model can differ from the untrained one. The per-layer arrays stay complete.
+
+        Example:
+            >>> sel = LayerSelection("Gold", [0, 1, 2, 3], np.array([.9, .6, .7, .8]), np.array([3., 1, 2, 2.5]),
+            ...                      np.array([.1, .5, .4, .3]), layer=0, n_positive=4, n_negative=8)
+            >>> sel.within([2, 3]).layer, sel.within([2, 3]).candidates
+            (3, [2, 3])
+        """
+        chosen = sorted(set(candidates))
+        unknown = [layer for layer in chosen if layer not in self.layers]
+        if unknown or not chosen:
+            raise SelectionError(
+                f"candidate layers {unknown or '[]'} are not among the evaluated layers {self.layers[0]}..{self.layers[-1]}"
+            )
+        index = [self.layers.index(layer) for layer in chosen]
+        layer = _paper_rule(chosen, self.auroc[index], self.cohens_d[index], self.overlap[index])
+        return dataclasses.replace(self, layer=layer, candidates=chosen)
 
     @property
     def abs_cohens_d(self) -> np.ndarray:
@@ -141,6 +165,7 @@ class LayerSelection:
             "best_overlap_layer": self.best_overlap_layer,
             "n_positive": self.n_positive,
             "n_negative": self.n_negative,
+            "candidates": None if self.candidates is None else list(self.candidates),
         }
 
 
@@ -245,13 +270,18 @@ def select_layer(
     return layer_metrics(vector, positives, negatives, layers=layers, bins=bins, concept=target)
 
 
-def best_mean_auroc_layer(*selections: LayerSelection) -> int:
+def best_mean_auroc_layer(*selections: LayerSelection, candidates: Sequence[int] | None = None) -> int:
     """argmax over layers of the mean AUROC of several selections (the paper's emotion-scatter layer,
-    argmax ½(AUROC_Mold + AUROC_Gold))."""
+    argmax ½(AUROC_Mold + AUROC_Gold)), among ``candidates`` when given."""
     if not selections:
         raise SelectionError("pass at least one LayerSelection")
     layers = selections[0].layers
     if any(s.layers != layers for s in selections):
         raise SelectionError("selections cover different layers")
     mean = np.mean([s.auroc for s in selections], axis=0)
-    return layers[int(np.argmax(mean))]
+    if candidates is None:
+        return layers[int(np.argmax(mean))]
+    allowed = [i for i, layer in enumerate(layers) if layer in set(candidates)]
+    if not allowed:
+        raise SelectionError(f"no candidate layer among the evaluated layers {layers[0]}..{layers[-1]}")
+    return layers[max(allowed, key=lambda i: (mean[i], -i))]

@@ -87,6 +87,31 @@ def test_report_on_a_tiny_model_has_every_section_and_writes_json(tmp_path):
     assert "| neighbour_N |" in table
 
 
+def test_layer_star_candidates_confine_the_selected_layers():
+    model, tok = tiny_model("llama", n_layers=3)
+    report = readout_report(
+        model, tok, dataclasses.replace(TINY, layer_star_candidates=(2,), null_shuffles=0, n_boot=0)
+    )
+    assert (
+        report.extraction.layer_star == {"Mold": 2, "Gold": 2}
+        and report.extraction.best_mean_auroc_layer == 2
+    )
+    assert (
+        report.settings["layer_star_candidates"] == (2,) and len(report.geometry.cos_mold_gold.by_layer) == 3
+    )
+    # null_shuffles 0 means no nulls anywhere, feedback tracking included (it used to run a 1-shuffle null: NaN)
+    assert report.tracking.feedback_d_gold_estimate is None and report.geometry.estimates is None
+    assert report.tracking.feedback_d_gold_vector_at_layer_star is not None
+    with pytest.raises(ValueError, match="tracking_vectors are read with a permutation null"):
+        readout_report(
+            model, tok, dataclasses.replace(TINY, null_shuffles=0), tracking_vectors={"Gold": None}
+        )
+    with pytest.raises(ValueError, match=r"within the model's layers 0..2 \(bad: \[5\]\)"):
+        readout_report(
+            model, tok, dataclasses.replace(TINY, layer_star_candidates=(5,), null_shuffles=0, n_boot=0)
+        )
+
+
 @pytest.mark.slow
 def test_readouts_on_smollm2_are_finite_and_seeded():
     from probes.models import load_model

@@ -108,3 +108,28 @@ def test_best_mean_auroc_layer_and_errors():
         layer_metrics(vector, {0: torch.zeros(2, 8)}, {0: torch.zeros(2, 8)}, layers=[0, 1])
     with pytest.raises(SelectionError, match="zero"):
         layer_metrics({0: torch.zeros(8)}, {0: torch.ones(2, 8)}, {0: torch.ones(2, 8)})
+
+
+def test_within_applies_the_paper_rule_to_the_candidate_layers_only():
+    vector, held_out = held_out_with_separation_at(0, n_layers=6)
+    sel = select_layer(vector, held_out)
+    assert sel.layer == 0 and sel.candidates is None
+    top = sel.within([5, 3, 4])
+    # the rule by hand over layers 3..5: each argmax / argmin taken among them
+    idx = [3, 4, 5]
+    by_hand = _paper_rule(idx, sel.auroc[idx], sel.cohens_d[idx], sel.overlap[idx])
+    assert top.layer == by_hand and top.layer in idx and top.candidates == [3, 4, 5]
+    assert top.layers == sel.layers and np.array_equal(top.auroc, sel.auroc)  # curves stay complete
+    assert top.as_dict()["candidates"] == [3, 4, 5] and sel.as_dict()["candidates"] is None
+    assert sel.within(sel.layers).layer == sel.layer
+    with pytest.raises(SelectionError, match=r"candidate layers \[7\]"):
+        sel.within([5, 7])
+    with pytest.raises(SelectionError, match="candidate layers"):
+        sel.within([])
+    # the emotion layer among candidates: argmax of the mean AUROC over them (first on ties)
+    gold = select_layer(vector.replace(concept="Gold"), held_out)
+    mean = (sel.auroc + gold.auroc) / 2
+    assert best_mean_auroc_layer(sel, gold, candidates=[3, 4, 5]) == 3 + int(np.argmax(mean[3:]))
+    assert best_mean_auroc_layer(sel, gold) == int(np.argmax(mean))
+    with pytest.raises(SelectionError, match="no candidate layer"):
+        best_mean_auroc_layer(sel, candidates=[9])

@@ -200,6 +200,21 @@ def test_frozen_layers_note_only_when_a_selected_layer_is_below_the_adapted_ones
     assert frozen_layers_note({"finetune": "full", "lora_layers": 8}, *readout) is None
 
 
+def test_adapted_layers_and_the_layer_star_candidates_they_give():
+    from welfare_axis.study import adapted_layers, layer_star_candidates
+
+    assert adapted_layers({"finetune": "lora", "lora_layers": 8}, 30) == list(range(22, 30))
+    assert adapted_layers({"finetune": "lora", "lora_layers": None}, 30) is None
+    assert adapted_layers({"finetune": "lora", "lora_layers": 30}, 30) is None
+    assert adapted_layers({"finetune": "full", "lora_layers": 8}, 30) is None
+    top8 = {"finetune": "lora", "lora_layers": 8}
+    assert layer_star_candidates(StudyConfig(), top8, 30) is None  # the default: every layer
+    adapted = StudyConfig(layer_star_layers="adapted")
+    assert layer_star_candidates(adapted, top8, 30) == list(range(22, 30))
+    with pytest.raises(ValueError, match="layer_star_layers must be all or adapted"):
+        layer_star_candidates(StudyConfig(layer_star_layers="top"), top8, 30)
+
+
 def test_default_study_sizes_and_their_precedence(tmp_path):
     from welfare_axis import study
 
@@ -254,6 +269,35 @@ def test_the_control_can_be_steered_at_its_own_layer_star(tiny_study):
         assert rows and {r["layer"] for r in rows} == {own}
         assert (out / "stages" / "steering" / steering["control_sweeps"][concept]).is_file()
     run_study(cfg, out)  # back to the default for the other tests
+
+
+def test_layer_star_can_be_chosen_among_the_adapted_layers_only(tmp_path):
+    from probes.readouts import ReadoutReport
+    from welfare_axis.claims import configuration_name
+
+    top = {**TINY["train_overrides"], "lora_layers": 1}  # tiny-llama has 2 layers: LoRA on layer 1 only
+    cfg = StudyConfig.from_overrides(StudyConfig.preset("fast"), {**TINY, "train_overrides": top,
+                                                                  "layer_star_layers": "adapted"})  # fmt: skip
+    summary = run_study(cfg, tmp_path)
+    for name in ("trained", "control"):  # v and u are chosen alike
+        report = ReadoutReport.load(tmp_path / "stages" / "readouts" / f"readouts_{name}.json")
+        assert report.settings["layer_star_candidates"] == [1], name
+        assert (
+            report.extraction.layer_star == {"Mold": 1, "Gold": 1}
+            and report.extraction.best_mean_auroc_layer == 1
+        )
+        assert len(report.geometry.cos_mold_gold.by_layer) == 2  # the per-layer curves keep every layer
+    assert summary.layer_star == {"Mold": 1, "Gold": 1}
+    steering = json.loads((tmp_path / "stages" / "steering" / "stage.json").read_text())["result"]
+    assert {r["layer"] for r in steering["slopes"]} == {1}
+    config = json.loads((tmp_path / "study_config.json").read_text())
+    assert configuration_name(config).endswith(
+        "layer_star_layers=adapted"
+    )  # its own configuration in compare
+    assert "layer_star_layers" not in configuration_name({**config, "layer_star_layers": "all"})
+    with pytest.raises(ValueError, match="layer_star_layers must be all or adapted"):
+        run_study(StudyConfig.from_overrides(cfg, {"layer_star_layers": "top"}), tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
 
 
 def test_the_default_study_trains_the_cpu_recipes_tbrm_on_every_layer_at_a_quarter_of_its_lr():

@@ -50,9 +50,9 @@ Direction = Literal["lower", "higher"]
 MIN_SEEDS = 3
 """Seeds per configuration a verdict needs."""
 CONFIG_KEYS: tuple[str, ...] = ("model", "algo", "warm_start", "finetune", "train_recipe", "train_sizes", "train_steps",
-                                "train_overrides", "system_prompt", "trained", "from_run")  # fmt: skip
+                                "train_overrides", "system_prompt", "trained", "from_run", "layer_star_layers")  # fmt: skip
 """The study settings that define a configuration (everything that changes what is trained, but the seed and
-the tile set)."""
+the tile set, and where ℓ* may lie)."""
 
 
 @dataclass(frozen=True)
@@ -182,10 +182,14 @@ def configuration_name(config: Mapping[str, Any]) -> str:
     """
     parts = []
     # a study of a finished run (--from-run) trained nothing: the run defines it, not the training settings
-    keys = ("model", "algo", "finetune", "from_run") if config.get("from_run") else CONFIG_KEYS
+    keys = (
+        ("model", "algo", "finetune", "from_run", "layer_star_layers")
+        if config.get("from_run")
+        else CONFIG_KEYS
+    )
     for key in keys:
         value = config.get(key)
-        if value in (None, {}, "", "study", "cpu", "template") and key not in ("model", "algo"):
+        if value in (None, {}, "", "study", "cpu", "template", "all") and key not in ("model", "algo"):
             continue
         if isinstance(value, dict):
             shown = {

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from tqdm.auto import tqdm
 
 from maze_env.plots import episode_figure, training_curves
+from probes import layers as _layers
 from probes.artifacts import file_sha256, read_json, write_json, write_text
 from probes.concept_vector import ConceptVector
 from probes.plots import axis_monitor_figure, layer_cosine_curves
@@ -147,6 +148,11 @@ class StudyConfig:
     """Where the control u is steered: trained (at v's ℓ*, norm-matched per layer; the default, so v and u
     differ only in direction) or own (at u's own ℓ*, scaled so that ‖u‖ there equals ‖v‖ at v's ℓ*, as the
     paper's Table 27 reports each vector at its own layer)."""
+    layer_star_layers: str = "all"
+    """Where ℓ* (and the emotion layer) may be chosen, for v and u alike: all (every layer, the paper's rule;
+    the default, since the default study adapts every layer) or adapted (only the layers training changed:
+    with LoRA on the top k layers the top k, so that ℓ*-readouts and steering read where v can differ from u,
+    e.g. the sft-grpo preset's top 8). Per-layer curves always cover every layer."""
     steer_evals: tuple[str, ...] = ("sentiment", "confidence", "refusal", "backtracking")
     """Steering evaluations to run."""
     alphas: tuple[float, ...] = (-4.0, -2.0, 0.0, 2.0, 4.0)
@@ -573,8 +579,8 @@ def forgetting_row(drop: Mapping[str, Any]) -> dict[str, Any]:
     return row
 
 
-def _readout_settings(cfg: StudyConfig, out: Path | None = None):
-
+def _readout_settings(cfg: StudyConfig, out: Path | None = None, candidates: list[int] | None = None):
+    """The study's ``ReportSettings`` (``candidates``: the layers ℓ* may be chosen among; None: all)."""
     if cfg.readout_scale not in ("study", "full", "fast", "smoke"):
         raise ValueError(f"readout_scale must be study, full, fast or smoke; got {cfg.readout_scale!r}")
     if cfg.readout_scale == "study":
@@ -586,14 +592,31 @@ def _readout_settings(cfg: StudyConfig, out: Path | None = None):
     if cfg.readout_scale == "fast":  # smoke sizes on the paper's 100x100 maze
         base = dataclasses.replace(base, maze_size=ReportSettings().maze_size)
     return dataclasses.replace(  # progress: each readout's time as it finishes, a bar over the extraction
-        base, n_per_class=cfg.n_per_class, split_seed=cfg.seed, tiles=cfg.tiles, out=out, progress=True
+        base,
+        n_per_class=cfg.n_per_class,
+        split_seed=cfg.seed,
+        tiles=cfg.tiles,
+        out=out,
+        progress=True,
+        layer_star_candidates=None if candidates is None else tuple(candidates),
     )
+
+
+def layer_star_candidates(cfg: StudyConfig, train_args: Mapping[str, Any], n_layers: int) -> list[int] | None:
+    """The layers the study lets ℓ* be chosen among (``StudyConfig.layer_star_layers``): None for all, else
+    :func:`adapted_layers` of the run (None when it adapted every layer)."""
+    if cfg.layer_star_layers not in ("all", "adapted"):
+        raise ValueError(f"layer_star_layers must be all or adapted; got {cfg.layer_star_layers!r}")
+    return adapted_layers(train_args, n_layers) if cfg.layer_star_layers == "adapted" else None
 
 
 def stage_readouts(cfg: StudyConfig, runner: StageRunner, work: Path) -> dict[str, Any]:
     """Vectors and every readout for the untrained (control u) and trained (v) model."""
 
     base, trained, tok = _load_models(runner)
+    candidates = layer_star_candidates(
+        cfg, runner.outputs["train"].result["train_args"], _layers.n_layers(base)
+    )
     results = {}
     # The paper's common ground: one emotion basis, built on the maze-naive model, for both; the control
     # read at the trained model's emotion layer and also projected on the trained v; the trained model's
@@ -602,7 +625,7 @@ def stage_readouts(cfg: StudyConfig, runner: StageRunner, work: Path) -> dict[st
     results["trained"] = readout_report(
         trained,
         tok,
-        _readout_settings(cfg, work / "readouts_trained.json"),
+        _readout_settings(cfg, work / "readouts_trained.json", candidates),
         vectors_dir=work / "vectors_trained",
         emotions=basis,
         reference_model=base,
@@ -612,7 +635,7 @@ def stage_readouts(cfg: StudyConfig, runner: StageRunner, work: Path) -> dict[st
     results["control"] = readout_report(
         base,
         tok,
-        _readout_settings(cfg, work / "readouts_control.json"),
+        _readout_settings(cfg, work / "readouts_control.json", candidates),
         vectors_dir=work / "vectors_control",
         emotions=basis,
         emotion_layer=results["trained"].extraction.best_mean_auroc_layer,
@@ -1069,6 +1092,20 @@ def maze_view(run_dir: Path) -> list:
                                             f"return {float(batch.rewards[0].sum()):+.1f}")]  # fmt: skip
 
 
+def adapted_layers(train_args: Mapping[str, Any], n_layers: int) -> list[int] | None:
+    """The layers a training run changed: the top ``lora_layers`` with LoRA on the top layers, None when it
+    changed every layer (LoRA on all layers, or full fine-tuning).
+
+    Example:
+        >>> adapted_layers({"finetune": "lora", "lora_layers": 8}, 30)
+        [22, 23, 24, 25, 26, 27, 28, 29]
+    """
+    k = train_args.get("lora_layers")
+    if train_args.get("finetune") != "lora" or not k or int(k) >= n_layers:
+        return None
+    return list(range(n_layers - int(k), n_layers))
+
+
 def frozen_layers_note(
     train_args: Mapping[str, Any], n_layers: int, layer_star: Mapping[str, int]
 ) -> str | None:
@@ -1081,10 +1118,10 @@ def frozen_layers_note(
         >>> frozen_layers_note({"finetune": "lora", "lora_layers": 8}, 30, {"Mold": 21, "Gold": 19}).split(":")[0]
         'LoRA adapted only layers 22-29'
     """
-    k = train_args.get("lora_layers")
-    if train_args.get("finetune") != "lora" or not k:
+    adapted = adapted_layers(train_args, n_layers)
+    if adapted is None:
         return None
-    lowest = max(0, n_layers - int(k))
+    lowest = adapted[0]
     below = {c: layer for c, layer in layer_star.items() if layer < lowest}
     if not below:
         return None
@@ -1126,6 +1163,8 @@ def run_study(cfg: StudyConfig, out: str | Path) -> StudySummary:
         validate(cfg.train_args(Path(out) / "run"))
     if cfg.warm_start is not None:
         check_warm_start(cfg)
+    if cfg.layer_star_layers not in ("all", "adapted"):
+        raise ValueError(f"layer_star_layers must be all or adapted; got {cfg.layer_star_layers!r}")
     runner = StageRunner(out)
     write_json(Path(out) / "study_config.json", dataclasses.asdict(cfg))
     stages: list[tuple[str, Callable[[Path], dict[str, Any]], list[str], bool]] = [
@@ -1149,7 +1188,8 @@ def run_study(cfg: StudyConfig, out: str | Path) -> StudySummary:
         "warm_start": warm_start_settings(cfg) if cfg.warm_start else {},
         "train": train_stage_settings(cfg),
         "forgetting": {"qa": cfg.forgetting_qa, "texts": cfg.forgetting_texts, "seed": cfg.seed},
-        "readouts": {"n_per_class": cfg.n_per_class, "scale": cfg.readout_scale, "seed": cfg.seed},
+        "readouts": {"n_per_class": cfg.n_per_class, "scale": cfg.readout_scale, "seed": cfg.seed}
+        | ({"layer_star_layers": cfg.layer_star_layers} if cfg.layer_star_layers != "all" else {}),
         "steering": {k: getattr(cfg, k) for k in ("steer_model", "steer_evals", "alphas", "n_prompts", "n_samples", "max_new_tokens", "seed", "control_layer")},
         "checkpoint_series": series_settings(cfg),
     }  # fmt: skip
