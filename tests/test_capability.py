@@ -44,6 +44,21 @@ def test_perplexity_matches_hand_computation_and_is_batch_invariant(tiny_llama):
         perplexity(model, tok, [])
 
 
+def test_perplexity_reads_after_bos_when_the_tokenizer_starts_with_it(tiny_llama, tiny_gemma):
+    model, tok = tiny_gemma
+    assert tok("a")["input_ids"][0] == tok.bos_token_id  # Gemma's tokenizer starts every encoding with BOS
+    text = "The bus leaves at nine."
+    ids = torch.tensor([[tok.bos_token_id, *tok(text, add_special_tokens=False)["input_ids"]]])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1)
+    nll = -float(logp.gather(-1, ids[0, 1:, None]).sum())
+    result = perplexity(model, tok, [text])
+    assert result.n_tokens == ids.shape[1] - 1 == len(tok(text, add_special_tokens=False)["input_ids"])
+    assert result.value == pytest.approx(math.exp(nll / result.n_tokens), rel=1e-5)
+    model, tok = tiny_llama  # SmolLM2's tokenizer adds no BOS: scored from the text's second token
+    assert perplexity(model, tok, [text]).n_tokens == len(tok(text, add_special_tokens=False)["input_ids"]) - 1
+
+
 def test_general_texts_and_qa_accuracy_run(tiny_llama):
     assert len(general_texts()) >= 60
     model, tok = tiny_llama

@@ -55,18 +55,28 @@ class Perplexity:
 
 
 @torch.no_grad()
+def _bos_prefix(tokenizer: Any) -> list[int]:
+    """``[bos_token_id]`` when the tokenizer's own encoding starts with it, else ``[]``."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    ids = tokenizer("a", add_special_tokens=True)["input_ids"]
+    return [int(bos)] if bos is not None and ids and ids[0] == bos else []
+
+
 def perplexity(model: nn.Module, tokenizer: Any, texts: Sequence[str], *, batch_size: int = 8) -> Perplexity:
     """Token-level perplexity of plain texts (no chat template), pooled over all predicted tokens.
 
-    Each text is scored on its own (no packing), from its second token on; padding never counts.
+    Each text is scored on its own (no packing), from its second token on; padding never counts. A tokenizer
+    that starts every encoding with BOS (Gemma, Llama; not SmolLM2's) gets it here too, and then every token of
+    the text is predicted: Gemma models are not meant to read text without it.
     """
     if not texts:
         raise ValueError("perplexity needs at least one text")
     device = next(model.parameters()).device
+    bos = _bos_prefix(tokenizer)
     text_nll: list[float] = []
     text_tokens: list[int] = []
     for i in range(0, len(texts), batch_size):
-        enc = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts[i : i + batch_size]]
+        enc = [bos + tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts[i : i + batch_size]]
         width = max(len(ids) for ids in enc)
         ids = torch.full((len(enc), width), tokenizer.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(enc), width), dtype=torch.long)
