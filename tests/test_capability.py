@@ -56,7 +56,9 @@ def test_perplexity_reads_after_bos_when_the_tokenizer_starts_with_it(tiny_llama
     assert result.n_tokens == ids.shape[1] - 1 == len(tok(text, add_special_tokens=False)["input_ids"])
     assert result.value == pytest.approx(math.exp(nll / result.n_tokens), rel=1e-5)
     model, tok = tiny_llama  # SmolLM2's tokenizer adds no BOS: scored from the text's second token
-    assert perplexity(model, tok, [text]).n_tokens == len(tok(text, add_special_tokens=False)["input_ids"]) - 1
+    assert (
+        perplexity(model, tok, [text]).n_tokens == len(tok(text, add_special_tokens=False)["input_ids"]) - 1
+    )
 
 
 def test_general_texts_and_qa_accuracy_run(tiny_llama):
