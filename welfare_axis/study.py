@@ -1054,6 +1054,12 @@ def report_sections(
     frozen = frozen_layers_note(train.result.get("train_args", {}), trn.n_layers, trn.extraction.layer_star)
     if frozen:
         notes.append(frozen)
+    candidates = trn.settings.get("layer_star_candidates")
+    if candidates:
+        notes.append(
+            f"ℓ* was chosen among the adapted layers L{min(candidates)}-{max(candidates)} only "
+            "(layer_star_layers=adapted), for v and u alike; the paper's rule chooses among every layer."
+        )
     return f"welfare-axis study: {cfg.model}, {algo}, tiles {cfg.tiles}", sections, notes
 
 
