@@ -289,7 +289,7 @@ def test_layer_star_can_be_chosen_among_the_adapted_layers_only(tmp_path):
         assert len(report.geometry.cos_mold_gold.by_layer) == 2  # the per-layer curves keep every layer
     assert summary.layer_star == {"Mold": 1, "Gold": 1}
     html = (tmp_path / "report.html").read_text(encoding="utf-8")
-    assert "chosen among the adapted layers L1-1 only" in html
+    assert "chosen among the adapted layers L1 only" in html
     steering = json.loads((tmp_path / "stages" / "steering" / "stage.json").read_text())["result"]
     assert {r["layer"] for r in steering["slopes"]} == {1}
     config = json.loads((tmp_path / "study_config.json").read_text())

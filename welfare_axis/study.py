@@ -1056,8 +1056,9 @@ def report_sections(
         notes.append(frozen)
     candidates = trn.settings.get("layer_star_candidates")
     if candidates:
+        lo, hi = min(candidates), max(candidates)
         notes.append(
-            f"ℓ* was chosen among the adapted layers L{min(candidates)}-{max(candidates)} only "
+            f"ℓ* was chosen among the adapted layers {f'L{lo}' if lo == hi else f'L{lo}-{hi}'} only "
             "(layer_star_layers=adapted), for v and u alike; the paper's rule chooses among every layer."
         )
     return f"welfare-axis study: {cfg.model}, {algo}, tiles {cfg.tiles}", sections, notes
