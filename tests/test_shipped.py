@@ -59,6 +59,28 @@ def test_load_trained_by_name_merges_the_stored_adapter_and_reproduces_the_check
     assert got.returns == found_check(root)["returns"]
 
 
+def test_a_warm_started_run_ships_with_the_untrained_models_evaluation(shipped_root, tmp_path):
+    tmp, _ = shipped_root
+    warm = T.load_run_args(tmp / "run")
+    T.main(T.Args(**{**TINY, "steps": 1}, out=str(tmp_path / "rl"), init_from=str(tmp / "run")))
+    prov = S.ship_run(tmp_path / "rl", "warm-test", command="c", commit="abc", root=tmp_path / "s",
+                      progress=False).provenance  # fmt: skip
+    own = json.loads((tmp_path / "rl" / "eval.json").read_text())["before"]  # the warm start's weights
+    untrained = json.loads((tmp / "run" / "eval.json").read_text())["before"]
+    assert prov.before == untrained and prov.before_from == str(tmp / "run") and own != untrained
+    assert prov.gain["return_diff"] == pytest.approx(prov.after["mean_return"] - untrained["mean_return"])
+    assert S.shipped_models(tmp_path / "s")[0].provenance == prov  # before_from is stored and read back
+    # a warm start evaluated differently cannot be paired with the run
+    T.main(
+        T.Args(
+            **{**TINY, "steps": 1, "eval_episodes": 3}, out=str(tmp_path / "odd"), init_from=str(tmp / "run")
+        )
+    )
+    with pytest.raises(ValueError, match="evaluated differently"):
+        S.ship_run(tmp_path / "odd", "odd", command="c", commit="abc", root=tmp_path / "s", progress=False)
+    assert warm.init_from is None
+
+
 def found_check(root):
     (found,) = S.shipped_models(root)
     return found.provenance.check

@@ -85,6 +85,9 @@ class Provenance:
     check: dict[str, Any]
     """A small evaluation of the stored weights (the first :data:`CHECK_EPISODES` held-out mazes)."""
     notes: str = ""
+    before_from: str | None = None
+    """For a warm-started run (``init_from``), the run whose "before" is used: the warm start's (its untrained
+    model), since the run's own "before" is the warm start's "after"; None: the run's own."""
 
     @property
     def train_args(self) -> Args:
@@ -245,6 +248,30 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def untrained_evaluation(run_dir: Path, args: Args, evals: dict[str, Any]) -> tuple[EvalResult, str | None]:
+    """The untrained model's held-out evaluation for a run, and the run it was read from (None: its own).
+
+    A warm-started run (``init_from``) starts from another run's weights, so its own "before" evaluates
+    those; the untrained model's is the first run's of the chain, which must evaluate alike (same held-out
+    mazes, turns and sampling)."""
+    if args.init_from is None:
+        return EvalResult(**evals["before"]), None
+    from training.checkpoints import load_run_args
+
+    warm_dir = Path(args.init_from)
+    warm = load_run_args(warm_dir)
+    if warm.init_from is not None:
+        raise ValueError(f"{run_dir} starts from {warm_dir}, which starts from another run: ship the first of "
+                         "the chain, or a run with one warm start")  # fmt: skip
+    if eval_settings(warm) != eval_settings(args):
+        raise ValueError(f"{run_dir} and its warm start {warm_dir} are evaluated differently: their gains over "
+                         "the untrained model cannot be paired")  # fmt: skip
+    warm_evals = json.loads((warm_dir / "eval.json").read_text())
+    if not warm_evals.get("before"):
+        raise ValueError(f"{warm_dir}/eval.json has no 'before' evaluation; train it with eval_before on")
+    return EvalResult(**warm_evals["before"]), str(warm_dir)
+
+
 def ship_run(
     run_dir: str | os.PathLike[str],
     recipe: str,
@@ -301,7 +328,7 @@ def ship_run(
         )
     after = evaluate(net, tok, **eval_settings(args))  # the stored weights, before anything is published
     check = _check_eval(net, tok, args)
-    before = EvalResult(**evals["before"])
+    before, before_from = untrained_evaluation(run_dir, args, evals)
     provenance = Provenance(
         model=args.model,
         recipe=recipe,
@@ -320,6 +347,7 @@ def ship_run(
         run_after=evals.get("after"),
         check=check.to_dict(),
         notes=notes,
+        before_from=before_from,
     )
 
     def publish(tmp: Path) -> None:
