@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -68,6 +69,8 @@ def test_a_warm_started_run_ships_with_the_untrained_models_evaluation(shipped_r
     own = json.loads((tmp_path / "rl" / "eval.json").read_text())["before"]  # the warm start's weights
     untrained = json.loads((tmp / "run" / "eval.json").read_text())["before"]
     assert prov.before == untrained and prov.before_from == str(tmp / "run") and own != untrained
+    assert S._portable(str(tmp / "run")) == str(tmp / "run")  # outside the working directory: as given
+    assert S._portable(str(Path.cwd() / "runs" / "x")) == "runs/x"  # inside it: no machine path is stored
     assert prov.gain["return_diff"] == pytest.approx(prov.after["mean_return"] - untrained["mean_return"])
     assert S.shipped_models(tmp_path / "s")[0].provenance == prov  # before_from is stored and read back
     # a warm start evaluated differently cannot be paired with the run

@@ -248,6 +248,17 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def _portable(path: str | None) -> str | None:
+    """A run path as the provenance records it: relative to the working directory when inside it (no build
+    machine's absolute paths in a shipped file), else as given."""
+    if path is None:
+        return None
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return path
+
+
 def untrained_evaluation(run_dir: Path, args: Args, evals: dict[str, Any]) -> tuple[EvalResult, str | None]:
     """The untrained model's held-out evaluation for a run, and the run it was read from (None: its own).
 
@@ -269,7 +280,7 @@ def untrained_evaluation(run_dir: Path, args: Args, evals: dict[str, Any]) -> tu
     warm_evals = json.loads((warm_dir / "eval.json").read_text())
     if not warm_evals.get("before"):
         raise ValueError(f"{warm_dir}/eval.json has no 'before' evaluation; train it with eval_before on")
-    return EvalResult(**warm_evals["before"]), str(warm_dir)
+    return EvalResult(**warm_evals["before"]), _portable(str(warm_dir))
 
 
 def ship_run(
@@ -336,7 +347,9 @@ def ship_run(
         command=command,
         commit=commit or _git_commit(),
         seed=args.seed,
-        args=dataclasses.asdict(args),
+        args={
+            k: _portable(v) if k in ("out", "init_from") else v for k, v in dataclasses.asdict(args).items()
+        },
         stored_dtype=dtype,
         versions=_versions(),
         sha256=sha,
