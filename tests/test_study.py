@@ -476,6 +476,13 @@ def test_rl_after_a_warm_start_reports_both_gains_and_reuses_a_finished_warm_sta
     )
     assert trained_algos == ["dr_grpo"]
     assert reused.training.return_gain == summary.training.return_gain  # the same training, the same numbers
+    # read out later as a finished run (--from-run): the gain is still over the untrained model, not the warm start
+    later = run_study(StudyConfig.from_overrides(StudyConfig.preset("fast"), {**TINY, "from_run": str(run)}),
+                      tmp_path / "later")  # fmt: skip
+    assert trained_algos == ["dr_grpo"]  # nothing trained
+    assert later.training.return_gain == summary.training.return_gain
+    assert later.training.warm_start.then_gain == summary.training.warm_start.then_gain
+    assert later.training.warm_start.algo == "sft" and later.training.warm_start.run == str(warm_run)
     # the Dr. GRPO run is not an SFT one
     other = StudyConfig.from_overrides(cfg, {"warm_start_run": str(run)})
     with pytest.raises(

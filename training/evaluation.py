@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -189,3 +191,27 @@ def compare_evals(before: EvalResult, after: EvalResult) -> dict[str, float]:
         out["stderr_diff_paired"] = paired
         out["z_paired"] = diff / paired if paired > 0 else float("inf")
     return out
+
+
+def untrained_evaluation(run_dir: Path, args: Args, evals: dict[str, Any]) -> tuple[EvalResult, Path | None]:
+    """The untrained model's held-out evaluation for a run, and the run it was read from (None: its own).
+
+    A warm-started run (``init_from``) starts from another run's weights, so its own "before" evaluates
+    those; the untrained model's is the first run's of the chain, which must evaluate alike (same held-out
+    mazes, turns and sampling)."""
+    if args.init_from is None:
+        return EvalResult(**evals["before"]), None
+    from training.checkpoints import load_run_args
+
+    warm_dir = Path(args.init_from)
+    warm = load_run_args(warm_dir)
+    if warm.init_from is not None:
+        raise ValueError(f"{run_dir} starts from {warm_dir}, which starts from another run: chains of warm "
+                         "starts are not supported; use a run with one warm start")  # fmt: skip
+    if eval_settings(warm) != eval_settings(args):
+        raise ValueError(f"{run_dir} and its warm start {warm_dir} are evaluated differently: their gains over "
+                         "the untrained model cannot be paired")  # fmt: skip
+    warm_evals = json.loads((warm_dir / "eval.json").read_text())
+    if not warm_evals.get("before"):
+        raise ValueError(f"{warm_dir}/eval.json has no 'before' evaluation; train it with eval_before on")
+    return EvalResult(**warm_evals["before"]), warm_dir

@@ -39,7 +39,7 @@ from safetensors.torch import load_file, save
 from probes.artifacts import atomic_directory
 from probes.artifacts import file_sha256 as _sha256
 from training.config import Args, upgrade_config
-from training.evaluation import EvalResult, compare_evals, eval_settings, evaluate
+from training.evaluation import EvalResult, compare_evals, eval_settings, evaluate, untrained_evaluation
 from training.policy import make_policy, merged_model
 
 SHIPPED_DIR = Path(__file__).resolve().parent / "shipped"
@@ -259,30 +259,6 @@ def _portable(path: str | None) -> str | None:
         return path
 
 
-def untrained_evaluation(run_dir: Path, args: Args, evals: dict[str, Any]) -> tuple[EvalResult, str | None]:
-    """The untrained model's held-out evaluation for a run, and the run it was read from (None: its own).
-
-    A warm-started run (``init_from``) starts from another run's weights, so its own "before" evaluates
-    those; the untrained model's is the first run's of the chain, which must evaluate alike (same held-out
-    mazes, turns and sampling)."""
-    if args.init_from is None:
-        return EvalResult(**evals["before"]), None
-    from training.checkpoints import load_run_args
-
-    warm_dir = Path(args.init_from)
-    warm = load_run_args(warm_dir)
-    if warm.init_from is not None:
-        raise ValueError(f"{run_dir} starts from {warm_dir}, which starts from another run: ship the first of "
-                         "the chain, or a run with one warm start")  # fmt: skip
-    if eval_settings(warm) != eval_settings(args):
-        raise ValueError(f"{run_dir} and its warm start {warm_dir} are evaluated differently: their gains over "
-                         "the untrained model cannot be paired")  # fmt: skip
-    warm_evals = json.loads((warm_dir / "eval.json").read_text())
-    if not warm_evals.get("before"):
-        raise ValueError(f"{warm_dir}/eval.json has no 'before' evaluation; train it with eval_before on")
-    return EvalResult(**warm_evals["before"]), _portable(str(warm_dir))
-
-
 def ship_run(
     run_dir: str | os.PathLike[str],
     recipe: str,
@@ -339,7 +315,8 @@ def ship_run(
         )
     after = evaluate(net, tok, **eval_settings(args))  # the stored weights, before anything is published
     check = _check_eval(net, tok, args)
-    before, before_from = untrained_evaluation(run_dir, args, evals)
+    before, warm_dir = untrained_evaluation(run_dir, args, evals)
+    before_from = None if warm_dir is None else _portable(str(warm_dir))
     provenance = Provenance(
         model=args.model,
         recipe=recipe,

@@ -44,7 +44,7 @@ from training import Args, load_base_model, load_trained, main, recipe_args
 from training.checkpoints import RunDirError, latest_checkpoint, load_run_args
 from training.config import RUN_ONLY_ARGS, validate
 from training.episodes import load_episodes
-from training.evaluation import EvalResult, compare_evals, eval_settings
+from training.evaluation import EvalResult, compare_evals, eval_settings, untrained_evaluation
 from training.monitor import MONITOR_FILE, axis_records
 from training.shipped import find_shipped, load_shipped
 from welfare_axis.report import export_figures, render_report
@@ -433,10 +433,21 @@ def stage_warm_start(cfg: StudyConfig, work: Path) -> dict[str, Any]:
         args = cfg.warm_start_args(work / "run")
         main(dataclasses.replace(args, resume=(work / "run" / "config.json").is_file()))
         run, out_dir = work / "run", "run"
+    return _finished_run_record(run, out_dir, cfg.warm_start)
+
+
+def _finished_run_record(run: Path, out_dir: str, algo: str) -> dict[str, Any]:
+    """A warm start's record: its directory (as the stage names it), algorithm, steps, held-out evaluations
+    and gain over the untrained model."""
     evals = read_json(run / "eval.json")
     steps = int(read_json(latest_checkpoint(run) / "state.json")["step"])
-    out = {"run": out_dir, "algo": cfg.warm_start, "steps": steps, "before": evals.get("before"),
-           "after": evals.get("after")}  # fmt: skip
+    out = {
+        "run": out_dir,
+        "algo": algo,
+        "steps": steps,
+        "before": evals.get("before"),
+        "after": evals.get("after"),
+    }
     if out["before"] and out["after"]:
         out["return_gain"] = _return_gain(
             compare_evals(EvalResult(**out["before"]), EvalResult(**out["after"]))
@@ -496,6 +507,15 @@ def stage_train(cfg: StudyConfig, work: Path, warm: StageOutput | None = None) -
         steps = int(read_json(checkpoint / "state.json")["step"])
         evals = read_json(run / "eval.json") if (run / "eval.json").is_file() else {}
         out_dir = str(run)
+        if args.init_from is not None and evals.get("before") and evals.get("after"):
+            # a warm-started run (e.g. RL after SFT): its own "before" evaluates the warm start's weights
+            _, warm_dir = untrained_evaluation(run, args, evals)
+            warm = _finished_run_record(warm_dir, str(warm_dir), load_run_args(warm_dir).algo)
+            warm_start = {k: _eval_summary(v) if k in ("before", "after") else v for k, v in warm.items()}
+            warm_start["then_gain"] = _return_gain(
+                compare_evals(EvalResult(**evals["before"]), EvalResult(**evals["after"]))
+            )
+            evals = {**evals, "before": warm["before"]}  # the gain below: over the untrained model
     else:
         init_from = None if warm is None else warm.dir / warm.result["run"]
         args = cfg.train_args(work / "run", init_from=init_from)
