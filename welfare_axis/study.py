@@ -436,6 +436,19 @@ def stage_warm_start(cfg: StudyConfig, work: Path) -> dict[str, Any]:
     return _finished_run_record(run, out_dir, cfg.warm_start)
 
 
+def _over_the_untrained(
+    evals: Mapping[str, Any], warm: Mapping[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A warm-started run's evaluations with "before" replaced by the untrained model's (the warm start's
+    "before"), so its gain is over the untrained model; and the warm start's record (evaluations summarised)
+    with the run's gain over it (``then_gain``)."""
+    warm_start = {k: _eval_summary(v) if k in ("before", "after") else v for k, v in warm.items()}
+    warm_start["then_gain"] = _return_gain(
+        compare_evals(EvalResult(**evals["before"]), EvalResult(**evals["after"]))
+    )
+    return {**evals, "before": warm["before"]}, warm_start
+
+
 def _finished_run_record(run: Path, out_dir: str, algo: str) -> dict[str, Any]:
     """A warm start's record: its directory (as the stage names it), algorithm, steps, held-out evaluations
     and gain over the untrained model."""
@@ -510,12 +523,8 @@ def stage_train(cfg: StudyConfig, work: Path, warm: StageOutput | None = None) -
         if args.init_from is not None and evals.get("before") and evals.get("after"):
             # a warm-started run (e.g. RL after SFT): its own "before" evaluates the warm start's weights
             _, warm_dir = untrained_evaluation(run, args, evals)
-            warm = _finished_run_record(warm_dir, str(warm_dir), load_run_args(warm_dir).algo)
-            warm_start = {k: _eval_summary(v) if k in ("before", "after") else v for k, v in warm.items()}
-            warm_start["then_gain"] = _return_gain(
-                compare_evals(EvalResult(**evals["before"]), EvalResult(**evals["after"]))
-            )
-            evals = {**evals, "before": warm["before"]}  # the gain below: over the untrained model
+            warm_record = _finished_run_record(warm_dir, str(warm_dir), load_run_args(warm_dir).algo)
+            evals, warm_start = _over_the_untrained(evals, warm_record)
     else:
         init_from = None if warm is None else warm.dir / warm.result["run"]
         args = cfg.train_args(work / "run", init_from=init_from)
@@ -527,13 +536,7 @@ def stage_train(cfg: StudyConfig, work: Path, warm: StageOutput | None = None) -
         evals = read_json(work / "run" / "eval.json") if (work / "run" / "eval.json").is_file() else {}
         out_dir = "run"
         if warm is not None and evals.get("before") and evals.get("after"):
-            warm_start = {
-                k: _eval_summary(v) if k in ("before", "after") else v for k, v in warm.result.items()
-            }
-            warm_start["then_gain"] = _return_gain(
-                compare_evals(EvalResult(**evals["before"]), EvalResult(**evals["after"]))
-            )
-            evals = {**evals, "before": warm.result["before"]}  # the gain below: over the untrained model
+            evals, warm_start = _over_the_untrained(evals, warm.result)
     before, after = _eval_summary(evals.get("before")), _eval_summary(evals.get("after"))
     out: dict[str, Any] = {"run": out_dir, "steps": steps, "before": before, "after": after,
                            "train_args": dataclasses.asdict(args) | {"out": out_dir}}  # fmt: skip
@@ -625,9 +628,13 @@ def _readout_settings(cfg: StudyConfig, out: Path | None = None, candidates: lis
 def layer_star_candidates(cfg: StudyConfig, train_args: Mapping[str, Any], n_layers: int) -> list[int] | None:
     """The layers the study lets ℓ* be chosen among (``StudyConfig.layer_star_layers``): None for all, else
     :func:`adapted_layers` of the run (None when it adapted every layer)."""
+    _check_layer_star_layers(cfg)
+    return adapted_layers(train_args, n_layers) if cfg.layer_star_layers == "adapted" else None
+
+
+def _check_layer_star_layers(cfg: StudyConfig) -> None:
     if cfg.layer_star_layers not in ("all", "adapted"):
         raise ValueError(f"layer_star_layers must be all or adapted; got {cfg.layer_star_layers!r}")
-    return adapted_layers(train_args, n_layers) if cfg.layer_star_layers == "adapted" else None
 
 
 def stage_readouts(cfg: StudyConfig, runner: StageRunner, work: Path) -> dict[str, Any]:
@@ -1190,8 +1197,7 @@ def run_study(cfg: StudyConfig, out: str | Path) -> StudySummary:
         validate(cfg.train_args(Path(out) / "run"))
     if cfg.warm_start is not None:
         check_warm_start(cfg)
-    if cfg.layer_star_layers not in ("all", "adapted"):
-        raise ValueError(f"layer_star_layers must be all or adapted; got {cfg.layer_star_layers!r}")
+    _check_layer_star_layers(cfg)
     runner = StageRunner(out)
     write_json(Path(out) / "study_config.json", dataclasses.asdict(cfg))
     stages: list[tuple[str, Callable[[Path], dict[str, Any]], list[str], bool]] = [
