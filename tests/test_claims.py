@@ -127,3 +127,24 @@ def test_figure_groups_are_labelled_by_what_tells_them_apart():
     assert groups == {"office tiles": runs[:3], "tiles swap": runs[3:]}
     (label,) = group_runs(runs[:1])  # one group: its full configuration name
     assert label.startswith("smollm2-135m-instruct tbrm lora")
+
+
+def test_later_readouts_of_trained_runs_are_seeds_of_the_configuration_that_trained_them():
+    """The committed adapted readouts of SFT→GRPO seeds 0 and 1 (``--from-run <study>/stages/train/run``) pool
+    as two seeds of the sft-grpo configuration read at the adapted layers, not as two run paths."""
+    from pathlib import Path
+
+    from welfare_axis.claims import configuration_of
+
+    records = Path(__file__).resolve().parents[1] / "docs" / "study_runs"
+    later = [StudySummary.load(records / f"sft_grpo_smollm2_seed{i}_adapted") for i in (0, 1)]
+    trained = StudySummary.load(records / "sft_grpo_smollm2_seed0")
+    assert later[0].config["from_run"] != later[1].config["from_run"]
+    assert (
+        configuration_of(later[0])
+        == configuration_of(later[1])
+        == configuration_name(trained.config | {"layer_star_layers": "adapted"})
+    )
+    assert configuration_of(trained) == configuration_name(trained.config) != configuration_of(later[0])
+    rows = claims_table({"a": later[0], "b": later[1]}, CLAIMS[:1])
+    assert len(rows) == 1 and len(rows[0].trained.values) == 2

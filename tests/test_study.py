@@ -483,6 +483,17 @@ def test_rl_after_a_warm_start_reports_both_gains_and_reuses_a_finished_warm_sta
     assert later.training.return_gain == summary.training.return_gain
     assert later.training.warm_start.then_gain == summary.training.warm_start.then_gain
     assert later.training.warm_start.algo == "sft" and later.training.warm_start.run == str(warm_run)
+    # a seed of the configuration that trained it (with its own layer rule), not of a run path
+    from welfare_axis.claims import configuration_name, configuration_of
+
+    study_config = json.loads((out / "study_config.json").read_text())
+    assert later.training.trained_by == study_config
+    assert configuration_of(later) == configuration_of(summary) != configuration_name(later.config)
+    adapted = StudySummary.from_dict(
+        later.to_dict() | {"config": later.config | {"layer_star_layers": "adapted"}}
+    )
+    assert configuration_of(adapted) == configuration_name(study_config | {"layer_star_layers": "adapted"})
+    assert configuration_of(adapted).endswith("layer_star_layers=adapted")
     # the Dr. GRPO run is not an SFT one
     other = StudyConfig.from_overrides(cfg, {"warm_start_run": str(run)})
     with pytest.raises(

@@ -202,6 +202,28 @@ def configuration_name(config: Mapping[str, Any]) -> str:
     return " ".join(parts)
 
 
+def configuration_of(summary: StudySummary) -> str:
+    """The configuration a study's readouts are a seed of: :func:`configuration_name` of its settings, except
+    for a finished run that a study trained (``--from-run <study>/stages/train/run``,
+    ``TrainingSummary.trained_by``), which is a seed of that study's configuration read with this study's
+    layer rule. So a later readout of a trained run pools with the studies that trained the same way (and their
+    tile-swap control), not with one run path.
+
+    Example:
+        >>> from welfare_axis.summary import TrainingSummary
+        >>> trained = {"model": "m", "algo": "dr_grpo", "finetune": "lora", "warm_start": "sft", "seed": 2}
+        >>> later = StudySummary(config={"model": "m", "algo": "tbrm", "finetune": "lora",
+        ...     "from_run": "runs/a/stages/train/run", "layer_star_layers": "adapted"}, fast=False, model="m",
+        ...     training=TrainingSummary(steps=12, trained_by=trained), measures={}, layer_star={})
+        >>> configuration_of(later)
+        'm dr_grpo warm_start=sft lora layer_star_layers=adapted'
+    """
+    config, by = summary.config, summary.training.trained_by
+    if config.get("from_run") and by:
+        config = {**by, "from_run": None, "layer_star_layers": config.get("layer_star_layers", "all")}
+    return configuration_name(config)
+
+
 def _numeric(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
@@ -266,7 +288,7 @@ def claims_table(runs: Mapping[str, StudySummary], claims: Sequence[Claim] = CLA
             continue
         tiles = summary.config.get("tiles", "office")
         if tiles in ("office", "swap"):
-            groups[configuration_name(summary.config)][tiles].append(summary)
+            groups[configuration_of(summary)][tiles].append(summary)
     out = []
     for name, members in sorted(groups.items()):
         for claim in claims:

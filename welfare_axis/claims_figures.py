@@ -1,7 +1,7 @@
 """The figures of the claims table, across runs: one per claim family, every configuration and seed on it.
 
 Each reads finished study run directories (``welfare-axis run --out DIR``) and returns a ``go.Figure``; the
-runs of one configuration (``welfare_axis.claims.configuration_name``: the seed and the tile set aside) are
+runs of one configuration (``welfare_axis.claims.configuration_of``: the seed and the tile set aside) are
 pooled, trained seeds as a mean with their min–max band, the untrained model's readout of each run as the
 control, tile-swap runs as their own configuration-and-tiles group.
 
@@ -30,7 +30,7 @@ import plotly.graph_objects as go
 from steering.plots import dose_response_figure
 from steering.stats import summarize_cells
 from steering.sweep import load_records
-from welfare_axis.claims import configuration_name
+from welfare_axis.claims import configuration_of
 from welfare_axis.summary import StudySummary
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
@@ -45,12 +45,12 @@ def _readouts(run: Path, which: str) -> dict[str, Any] | None:
 
 def group_runs(runs: Sequence[Path]) -> dict[str, list[Path]]:
     """``{label: [run, ...]}`` per configuration and tile set, in the order given (the seeds of one configuration
-    together). A label keeps only what tells the groups apart (the parts of ``configuration_name`` that all groups
+    together). A label keeps only what tells the groups apart (the parts of ``configuration_of`` that all groups
     share are left out; the claims table names them in full), plus the tile set when it is not office."""
     keyed: dict[tuple[str, str], list[Path]] = defaultdict(list)
     for run in runs:
-        config = StudySummary.load(run).config
-        keyed[(configuration_name(config), config.get("tiles", "office"))].append(run)
+        summary = StudySummary.load(run)
+        keyed[(configuration_of(summary), summary.config.get("tiles", "office"))].append(run)
     common = set.intersection(*(set(name.split()) for name, _ in keyed)) if len(keyed) > 1 else set()
     groups: dict[str, list[Path]] = {}
     for (name, tiles), members in keyed.items():

@@ -546,7 +546,22 @@ def stage_train(cfg: StudyConfig, work: Path, warm: StageOutput | None = None) -
         )
     if warm_start is not None:
         out["warm_start"] = warm_start
+    if cfg.from_run is not None and (by := _study_that_trained(run)) is not None:
+        out["trained_by"] = by
     return out
+
+
+def _study_that_trained(run: Path) -> dict[str, Any] | None:
+    """The settings of the study whose train stage ``run`` is (``<study>/stages/train/run``), or None."""
+    study_dir = run.parent.parent.parent
+    config = study_dir / "study_config.json"
+    if (run.name, run.parent.name, run.parent.parent.name) != (
+        "run",
+        "train",
+        "stages",
+    ) or not config.is_file():
+        return None
+    return read_json(config)
 
 
 def _load_models(runner: StageRunner) -> tuple[Any, Any, Any]:
@@ -869,7 +884,7 @@ def summarize(runner: StageRunner, cfg: StudyConfig) -> StudySummary:
         fast=cfg.fast,
         model=cfg.model,
         training=TrainingSummary.from_dict(
-            {k: train.get(k) for k in ("steps", "before", "after", "return_gain", "warm_start")}
+            {k: train.get(k) for k in ("steps", "before", "after", "return_gain", "warm_start", "trained_by")}
         ),
         measures=measures,
         layer_star=trn.extraction.layer_star,

@@ -84,6 +84,10 @@ class TrainingSummary(Readout):
     after: dict[str, Any] | None = None
     return_gain: ReturnGain | None = None
     warm_start: WarmStart | None = None
+    trained_by: dict[str, Any] | None = None
+    """For a finished run that a study trained (``--from-run <study>/stages/train/run``): that study's
+    settings (its ``study_config.json``), so ``welfare-axis compare`` counts this readout as a seed of the
+    configuration that trained it rather than of a run path (:func:`welfare_axis.claims.configuration_of`)."""
 
 
 @dataclass(frozen=True)
