@@ -148,3 +148,15 @@ def test_later_readouts_of_trained_runs_are_seeds_of_the_configuration_that_trai
     assert configuration_of(trained) == configuration_name(trained.config) != configuration_of(later[0])
     rows = claims_table({"a": later[0], "b": later[1]}, CLAIMS[:1])
     assert len(rows) == 1 and len(rows[0].trained.values) == 2
+
+
+def test_one_trained_model_is_not_counted_as_two_seeds():
+    """The committed default seed 0 and its 40-prompt sentiment rerun are one trained model read twice."""
+    from pathlib import Path
+
+    records = Path(__file__).resolve().parents[1] / "docs" / "study_runs"
+    twice = {n: StudySummary.load(records / n) for n in ("default_smollm2", "default_smollm2_sentiment40")}
+    with pytest.raises(ValueError, match="both seed 0 of .* the same trained model read twice.*pass one"):
+        claims_table(twice, CLAIMS[:1])
+    swap = {"a": summary(-0.8, -0.2, seed=0), "b": summary(-0.7, -0.2, seed=0, tiles="swap")}
+    assert len(claims_table(swap, [COS])) == 1  # a seed's tile-swap run is its control, not a duplicate

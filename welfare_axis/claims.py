@@ -281,14 +281,26 @@ def claims_table(runs: Mapping[str, StudySummary], claims: Sequence[Claim] = CLA
 
     Office-tile runs are the configuration's seeds; runs with ``tiles="swap"`` are its tile-swap control. Fast
     runs (pipeline checks) are left out.
+
+    Raises:
+        ValueError: two runs are the same seed of one configuration and tile set (one trained model twice).
     """
     groups: dict[str, dict[str, list[StudySummary]]] = defaultdict(lambda: {"office": [], "swap": []})
-    for _, summary in sorted(runs.items()):
+    seen: dict[tuple[str, str, Any], str] = {}
+    for run_name, summary in sorted(runs.items()):
         if summary.fast:
             continue
         tiles = summary.config.get("tiles", "office")
         if tiles in ("office", "swap"):
-            groups[configuration_of(summary)][tiles].append(summary)
+            configuration = configuration_of(summary)
+            key = (configuration, tiles, summary.config.get("seed"))
+            if key in seen:  # one trained model counted twice would narrow the interval across seeds
+                raise ValueError(
+                    f"{seen[key]} and {run_name} are both seed {key[2]} of {configuration!r} ({tiles} tiles): the "
+                    "same trained model read twice (e.g. at two readout sizes); pass one of them"
+                )
+            seen[key] = run_name
+            groups[configuration][tiles].append(summary)
     out = []
     for name, members in sorted(groups.items()):
         for claim in claims:

@@ -78,7 +78,7 @@ def compare_runs(
 
     summaries = [(run.name, load_summary(run)) for run in runs]
     rows = comparison_rows(summaries)
-    claims = claims_table(dict(summaries))
+    claims = claims_table({str(run): summary for run, (_, summary) in zip(runs, summaries, strict=True)})
     text = (
         _format(rows)
         + "\n\nClaims (welfare_axis.claims; seeds of one configuration pooled"
