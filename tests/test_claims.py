@@ -160,3 +160,27 @@ def test_one_trained_model_is_not_counted_as_two_seeds():
         claims_table(twice, CLAIMS[:1])
     swap = {"a": summary(-0.8, -0.2, seed=0), "b": summary(-0.7, -0.2, seed=0, tiles="swap")}
     assert len(claims_table(swap, [COS])) == 1  # a seed's tile-swap run is its control, not a duplicate
+
+
+def test_a_claim_read_where_v_equals_u_is_not_a_trained_direction():
+    """SFT→GRPO adapts the top 8 layers and the default rule puts ℓ* below them (cos(v, u) = 1): the committed
+    three seeds' trained − untrained feedback tracking lies below 0 (the models answer differently), but the
+    vector read is the control's; logits-as-Q reads no vector and keeps its verdict."""
+    from pathlib import Path
+
+    records = Path(__file__).resolve().parents[1] / "docs" / "study_runs"
+    seeds = {i: StudySummary.load(records / f"sft_grpo_smollm2_seed{i}") for i in range(3)}
+    rows = {r.claim: r for r in claims_table(seeds)}
+    feedback = rows["feedback_tracking"]
+    assert feedback.difference.ci_high < 0  # would read "opposite" by the interval alone
+    assert (
+        feedback.verdict == "not distinguishable from control" and "v_Gold equals u_Gold" in feedback.reason
+    )
+    assert rows["logits_as_q"].verdict == "replicates"
+    assert all(CLAIMS_BY_KEY[k].vector_is_the_control(s) for k in ("tracking",) for s in seeds.values())
+    default = StudySummary.load(records / "default_smollm2")  # every layer adapted: v moved at ℓ*
+    assert not CLAIMS_BY_KEY["tracking"].vector_is_the_control(default)
+    assert not CLAIMS_BY_KEY["logits_as_q"].vector_is_the_control(seeds[0])
+
+
+CLAIMS_BY_KEY = {c.key: c for c in CLAIMS}

@@ -61,6 +61,8 @@ class Claim:
 
     ``measure`` names a :class:`~welfare_axis.summary.Measure`; ``steering="v_Gold_sentiment"`` reads a
     dose-response slope instead: v's slope as trained, the norm-matched control u's as untrained.
+    ``at_layer_star`` names the concept whose vector the claim reads at its ℓ* (None: a claim read at fixed
+    layers or from the logits).
     """
 
     key: str
@@ -69,6 +71,15 @@ class Claim:
     direction: Direction
     paper: str
     steering: str | None = None
+    at_layer_star: str | None = None
+
+    def vector_is_the_control(self, summary: StudySummary) -> bool:
+        """True when the study's v equals u at the ℓ* this claim reads (cos(v, u) = 1: ℓ* lies below the layers
+        training adapted), so trained and untrained read the same direction."""
+        if self.at_layer_star is None:
+            return False
+        m = summary.measures.get(f"cos_v_u_{self.at_layer_star.lower()}_at_layer_star")
+        return m is not None and _numeric(m.trained) is not None and float(m.trained) >= 1 - 1e-6
 
     def read(self, summary: StudySummary) -> tuple[Any, Any, Any]:
         """(trained, untrained, the trained value's Estimate or None) of one study."""
@@ -92,12 +103,14 @@ CLAIMS: tuple[Claim, ...] = (
           "top-5 tokens are failure words"),
     Claim("emotion_slope", "emotion-valence scatter slope", "slope", "lower", "about −1; controls a cloud"),
     Claim("emotion_r", "emotion-valence scatter r", "r", "lower", "a line; controls a cloud"),
-    Claim("tracking", "maze tracking d on v_Gold", "maze_d_gold_vector", "higher", "> 1.6 trained; < 0.12 untrained"),
-    Claim("feedback_tracking", "correctness-feedback tracking d", "feedback_d", "higher", "not reported at this size"),
+    Claim("tracking", "maze tracking d on v_Gold", "maze_d_gold_vector", "higher", "> 1.6 trained; < 0.12 untrained",
+          at_layer_star="Gold"),
+    Claim("feedback_tracking", "correctness-feedback tracking d", "feedback_d", "higher", "not reported at this size",
+          at_layer_star="Gold"),
     Claim("logits_as_q", "logits-as-Q Spearman with the true Q (ours)", "spearman_pooled_centred", "higher",
           "(ours: logits are Q/β + C(s))"),
     *(Claim(f"steer_{vec}_{ev}", f"steering slope per unit α, {vec} on {ev} (u: norm-matched)", "", direction,
-            paper, steering=f"{vec}_{ev}")
+            paper, steering=f"{vec}_{ev}", at_layer_star=vec.removeprefix("v_"))
       for vec, ev, direction, paper in (
           ("v_Gold", "sentiment", "higher", "+0.71"), ("v_Mold", "sentiment", "lower", "−0.23"),
           ("v_Gold", "confidence", "higher", "+0.15"), ("v_Mold", "confidence", "lower", "−0.12 to −0.13"),
@@ -326,6 +339,20 @@ def claims_table(runs: Mapping[str, StudySummary], claims: Sequence[Claim] = CLA
             diff, swap_diff = Spread.of(diffs), Spread.of(swap_diffs)
             readings = [x for x in trained + untrained if x is not None]
             verdict, reason = _verdict(claim, diff, ps, swap_diff, readings)
+            office = members["office"]
+            if (
+                office
+                and verdict not in ("not measured", "not measurable")
+                and all(claim.vector_is_the_control(s) for s in office)
+            ):
+                verdict, reason = (
+                    "not distinguishable from control",
+                    (
+                        f"v_{claim.at_layer_star} equals u_{claim.at_layer_star} at ℓ* in every seed (ℓ* below the "
+                        "adapted layers): trained and untrained read the same direction, so trained − untrained "
+                        "comes from the inputs (e.g. the trained model's own answers), not from training the vector"
+                    ),
+                )
             out.append(ClaimRow(claim=claim.key, text=claim.text, configuration=name, paper=claim.paper,
                                 trained=Spread.of(trained), untrained=Spread.of(untrained), difference=diff,
                                 tile_swap=Spread.of(swap), swap_difference=swap_diff, null=Spread.of(nulls),
