@@ -184,3 +184,30 @@ def test_a_claim_read_where_v_equals_u_is_not_a_trained_direction():
 
 
 CLAIMS_BY_KEY = {c.key: c for c in CLAIMS}
+
+
+def test_the_claims_figures_regenerate_from_committed_records():
+    """Records keep readouts_<which>.json beside summary.json: the per-layer band and the Q points read them."""
+    import json
+    from pathlib import Path
+
+    import numpy as np
+
+    from welfare_axis.claims_figures import layer_cosine_bands, q_agreement_points
+
+    records = Path(__file__).resolve().parents[1] / "docs" / "study_runs"
+    runs = [records / f"sft_grpo_smollm2_seed{i}_adapted" for i in range(3)] + [
+        records / "sft_grpo_swap_smollm2_seed0"
+    ]
+    curves = [
+        json.loads((r / "readouts_trained.json").read_text())["geometry"]["cos_mold_gold"]["by_layer"]
+        for r in runs[:3]
+    ]
+    bands = layer_cosine_bands(runs)
+    (office,) = [
+        t for t in bands.data if t.name and "trained v" in t.name and "swap" not in t.name and t.mode
+    ]
+    np.testing.assert_allclose(office.y, np.mean(curves, axis=0))
+    assert any(t.name and "tiles swap: trained v" in t.name for t in bands.data)
+    points = q_agreement_points(runs)
+    assert sum(len(t.y) for t in points.data) == 8  # 4 runs × (trained, untrained)

@@ -39,8 +39,12 @@ _LAYOUT = dict(template="plotly_white", height=480, legend=dict(orientation="h",
 
 
 def _readouts(run: Path, which: str) -> dict[str, Any] | None:
-    path = run / "stages" / "readouts" / f"readouts_{which}.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    """A study's readouts of its trained or control model: in its run directory, or in a record of it
+    (``docs/study_runs/<name>/``, which keeps ``readouts_<which>.json`` beside ``summary.json``)."""
+    for path in (run / "stages" / "readouts" / f"readouts_{which}.json", run / f"readouts_{which}.json"):
+        if path.is_file():
+            return json.loads(path.read_text())
+    return None
 
 
 def group_runs(runs: Sequence[Path]) -> dict[str, list[Path]]:
