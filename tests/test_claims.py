@@ -211,3 +211,14 @@ def test_the_claims_figures_regenerate_from_committed_records():
     assert any(t.name and "tiles swap: trained v" in t.name for t in bands.data)
     points = q_agreement_points(runs)
     assert sum(len(t.y) for t in points.data) == 8  # 4 runs × (trained, untrained)
+
+
+def test_a_later_readout_is_the_seed_that_trained_it():
+    """Two readouts of SFT→GRPO seed 2's run are one trained model, whatever seed each readout used."""
+    from pathlib import Path
+
+    record = Path(__file__).resolve().parents[1] / "docs" / "study_runs" / "sft_grpo_smollm2_seed2_adapted"
+    read = StudySummary.load(record)
+    resplit = StudySummary.from_dict(read.to_dict() | {"config": read.config | {"seed": 0}})
+    with pytest.raises(ValueError, match="both seed 2 of"):
+        claims_table({"a": read, "b": resplit}, CLAIMS[:1])

@@ -306,7 +306,12 @@ def claims_table(runs: Mapping[str, StudySummary], claims: Sequence[Claim] = CLA
         tiles = summary.config.get("tiles", "office")
         if tiles in ("office", "swap"):
             configuration = configuration_of(summary)
-            key = (configuration, tiles, summary.config.get("seed"))
+            by = summary.training.trained_by if summary.config.get("from_run") else None
+            key = (
+                configuration,
+                tiles,
+                (by or summary.config).get("seed"),
+            )  # the seed that trained the model
             if key in seen:  # one trained model counted twice would narrow the interval across seeds
                 raise ValueError(
                     f"{seen[key]} and {run_name} are both seed {key[2]} of {configuration!r} ({tiles} tiles): the "

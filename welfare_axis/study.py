@@ -553,13 +553,8 @@ def stage_train(cfg: StudyConfig, work: Path, warm: StageOutput | None = None) -
 
 def _study_that_trained(run: Path) -> dict[str, Any] | None:
     """The settings of the study whose train stage ``run`` is (``<study>/stages/train/run``), or None."""
-    study_dir = run.parent.parent.parent
-    config = study_dir / "study_config.json"
-    if (run.name, run.parent.name, run.parent.parent.name) != (
-        "run",
-        "train",
-        "stages",
-    ) or not config.is_file():
+    config = run.parent.parent.parent / "study_config.json"
+    if run.parts[-3:] != ("stages", "train", "run") or not config.is_file():
         return None
     return read_json(config)
 
