@@ -11,6 +11,8 @@ from probes.readouts import Estimate
 from welfare_axis.claims import CLAIMS, Claim, Spread, claims_markdown, claims_table, configuration_name
 from welfare_axis.summary import Measure, StudySummary, TrainingSummary
 
+CLAIMS_BY_KEY = {c.key: c for c in CLAIMS}
+
 COS = Claim("antiparallel", "min cos", "cos_min", "lower", "−0.9")
 
 
@@ -181,9 +183,6 @@ def test_a_claim_read_where_v_equals_u_is_not_a_trained_direction():
     default = StudySummary.load(records / "default_smollm2")  # every layer adapted: v moved at ℓ*
     assert not CLAIMS_BY_KEY["tracking"].vector_is_the_control(default)
     assert not CLAIMS_BY_KEY["logits_as_q"].vector_is_the_control(seeds[0])
-
-
-CLAIMS_BY_KEY = {c.key: c for c in CLAIMS}
 
 
 def test_the_claims_figures_regenerate_from_committed_records():

@@ -231,10 +231,16 @@ def configuration_of(summary: StudySummary) -> str:
         >>> configuration_of(later)
         'm dr_grpo warm_start=sft lora layer_star_layers=adapted'
     """
+    return configuration_name(_trained_settings(summary))
+
+
+def _trained_settings(summary: StudySummary) -> Mapping[str, Any]:
+    """The settings that trained the study's model (its own, or for a later readout of a study's trained run,
+    that study's, with this readout's layer rule): its configuration and training seed."""
     config, by = summary.config, summary.training.trained_by
     if config.get("from_run") and by:
-        config = {**by, "from_run": None, "layer_star_layers": config.get("layer_star_layers", "all")}
-    return configuration_name(config)
+        return {**by, "from_run": None, "layer_star_layers": config.get("layer_star_layers", "all")}
+    return config
 
 
 def _numeric(value: Any) -> float | None:
@@ -305,13 +311,9 @@ def claims_table(runs: Mapping[str, StudySummary], claims: Sequence[Claim] = CLA
             continue
         tiles = summary.config.get("tiles", "office")
         if tiles in ("office", "swap"):
-            configuration = configuration_of(summary)
-            by = summary.training.trained_by if summary.config.get("from_run") else None
-            key = (
-                configuration,
-                tiles,
-                (by or summary.config).get("seed"),
-            )  # the seed that trained the model
+            trained = _trained_settings(summary)
+            configuration = configuration_name(trained)
+            key = (configuration, tiles, trained.get("seed"))  # the seed that trained the model
             if key in seen:  # one trained model counted twice would narrow the interval across seeds
                 raise ValueError(
                     f"{seen[key]} and {run_name} are both seed {key[2]} of {configuration!r} ({tiles} tiles): the "
