@@ -304,6 +304,13 @@ PRESETS: dict[str, dict[str, Any]] = {
     # 15 turns at lr 2e-4 (the recipe's LoRA on the top 8 layers, as the recorded runs)
     "sft-grpo": {"warm_start": "sft", "algo": "dr_grpo",
                  "train_overrides": {"curriculum_steps": 0, "lr": 2e-4, "entropy_coef": 0.2}},
+    # The same on Gemma-3-270M at a quarter of both step sizes: at the recipe's SFT lr 2e-3 Gemma's first update
+    # diverges and its moves stay at chance (docs/training_runs/gemma_sft_cpu_preset); at 5e-4 SFT fits the expert
+    # (docs/training_runs/gemma_sft_lr5e-4). Dr. GRPO keeps SmolLM2's ratio to SFT (a tenth). ℓ* among the adapted
+    # layers, where v can differ from u.
+    "gemma-sft-grpo": {"model": "gemma3-270m", "warm_start": "sft", "algo": "dr_grpo",
+                       "warm_start_overrides": {"lr": 5e-4}, "layer_star_layers": "adapted",
+                       "train_overrides": {"curriculum_steps": 0, "lr": 5e-5, "entropy_coef": 0.2}},
     "reinforce": {**SHORT, "algo": "reinforce"},
     "tbrm-short": {**SHORT, "algo": "tbrm"},
     # The default's settings under the name the session-8 records use.
