@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -514,3 +515,28 @@ def test_rl_after_a_warm_start_reports_both_gains_and_reuses_a_finished_warm_sta
         run_study(
             StudyConfig.from_overrides(StudyConfig(), {"warm_start_run": str(warm_run)}), tmp_path / "x"
         )
+
+
+def test_gemma_sft_grpo_preset_is_the_recorded_gemma_warm_start():
+    """--preset gemma-sft-grpo: Gemma's SFT at lr 5e-4 (the recorded run that fits the expert; the CPU recipe's
+    2e-3 diverges on Gemma), then Dr. GRPO at a tenth of it, read where LoRA adapted. The warm start's settings
+    are exactly the recorded run's, so that run can stand in for it (``warm_start_run``)."""
+    from welfare_axis.study import load_run_args, warm_start_differences
+
+    cfg = StudyConfig.preset("gemma-sft-grpo")
+    run, warm = cfg.train_args(Path("run")), cfg.warm_start_args(Path("warm"))
+    assert (cfg.model, cfg.warm_start, cfg.algo, cfg.layer_star_layers) == (
+        "gemma3-270m",
+        "sft",
+        "dr_grpo",
+        "adapted",
+    )
+    assert (warm.algo, warm.lr, run.lr) == ("sft", 5e-4, 5e-5)
+    assert warm.lora_layers == run.lora_layers == 8
+    record = Path(__file__).resolve().parents[1] / "docs" / "training_runs" / "gemma_sft_lr5e-4"
+    recorded = load_run_args(record)
+    assert warm_start_differences(cfg, recorded) == []
+    assert warm_start_differences(StudyConfig.preset("sft-grpo"), recorded) == [
+        "lr: 0.0005 (run) vs 0.002 (warm start)",
+        "model: 'gemma3-270m' (run) vs 'smollm2-135m-instruct' (warm start)",
+    ]

@@ -377,6 +377,17 @@ def warm_start_settings(cfg: StudyConfig) -> dict[str, Any]:
     return key
 
 
+def warm_start_differences(cfg: StudyConfig, args: Args) -> list[str]:
+    """How a finished run's settings ``args`` differ from the study's warm start (``setting: run vs warm start``
+    per difference; empty: the run is the warm start's own training and may stand in for it)."""
+    saved, wanted = (json.loads(json.dumps(_key_of_args(a), default=str))  # as config.json holds them
+                     for a in (args, cfg.warm_start_args(Path(args.out))))  # fmt: skip
+    if wanted.get("autocast") is None:  # the device's rule: the run recorded what it resolved to
+        saved.pop("autocast", None), wanted.pop("autocast", None)
+    return [f"{k}: {saved.get(k)!r} (run) vs {wanted.get(k)!r} (warm start)"
+            for k in sorted(set(saved) | set(wanted)) if saved.get(k) != wanted.get(k)]  # fmt: skip
+
+
 def adopted_warm_start(cfg: StudyConfig) -> tuple[Path, Path]:
     """``cfg.warm_start_run`` resolved and its final checkpoint, checked to be the warm start's own training.
 
@@ -389,12 +400,7 @@ def adopted_warm_start(cfg: StudyConfig) -> tuple[Path, Path]:
         args = load_run_args(run)
     except (RunDirError, ValueError) as err:
         raise ValueError(f"warm_start_run: {err}") from None
-    saved, wanted = (json.loads(json.dumps(_key_of_args(a), default=str))  # as config.json holds them
-                     for a in (args, cfg.warm_start_args(run)))  # fmt: skip
-    if wanted.get("autocast") is None:  # the device's rule: the run recorded what it resolved to
-        saved.pop("autocast", None), wanted.pop("autocast", None)
-    diffs = [f"{k}: {saved.get(k)!r} (run) vs {wanted.get(k)!r} (warm start)"
-             for k in sorted(set(saved) | set(wanted)) if saved.get(k) != wanted.get(k)]  # fmt: skip
+    diffs = warm_start_differences(cfg, args)
     if diffs:
         raise ValueError(f"warm_start_run {run} is not this study's warm start ({'; '.join(diffs)}); train it "
                          "with the warm start's settings, or drop warm_start_run to let the study train it")  # fmt: skip
