@@ -288,6 +288,10 @@ SERIES_EMOTIONS = {"n_emotions": None, "stories_per_emotion": None, "n_neutral":
 FAST_SERIES_EMOTIONS = {"n_emotions": 12, "stories_per_emotion": 4, "n_neutral": 24}
 """The same in fast mode (12 emotions spanning the valence range, 4 stories each)."""
 
+SFT_GRPO: dict[str, Any] = {"warm_start": "sft", "algo": "dr_grpo",
+                            "train_overrides": {"curriculum_steps": 0, "lr": 2e-4, "entropy_coef": 0.2}}  # fmt: skip
+"""RL after an SFT warm start (preset ``sft-grpo``; ``gemma-sft-grpo`` changes only its model, step sizes and ℓ* rule)."""
+
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {},
     "short": SHORT,
@@ -302,15 +306,13 @@ PRESETS: dict[str, dict[str, Any]] = {
     "iterative-sft": {**SHORT, "algo": "iterative_sft"},
     # RL after an SFT warm start (docs/training_results.md): the CPU recipe's SFT, then 12 Dr. GRPO steps of
     # 15 turns at lr 2e-4 (the recipe's LoRA on the top 8 layers, as the recorded runs)
-    "sft-grpo": {"warm_start": "sft", "algo": "dr_grpo",
-                 "train_overrides": {"curriculum_steps": 0, "lr": 2e-4, "entropy_coef": 0.2}},
+    "sft-grpo": SFT_GRPO,
     # The same on Gemma-3-270M at a quarter of both step sizes: at the recipe's SFT lr 2e-3 Gemma's first update
     # diverges and its moves stay at chance (docs/training_runs/gemma_sft_cpu_preset); at 5e-4 SFT fits the expert
     # (docs/training_runs/gemma_sft_lr5e-4). Dr. GRPO keeps SmolLM2's ratio to SFT (a tenth). ℓ* among the adapted
     # layers, where v can differ from u.
-    "gemma-sft-grpo": {"model": "gemma3-270m", "warm_start": "sft", "algo": "dr_grpo",
-                       "warm_start_overrides": {"lr": 5e-4}, "layer_star_layers": "adapted",
-                       "train_overrides": {"curriculum_steps": 0, "lr": 5e-5, "entropy_coef": 0.2}},
+    "gemma-sft-grpo": {**SFT_GRPO, "model": "gemma3-270m", "warm_start_overrides": {"lr": 5e-4},
+                       "layer_star_layers": "adapted", "train_overrides": {**SFT_GRPO["train_overrides"], "lr": 5e-5}},
     "reinforce": {**SHORT, "algo": "reinforce"},
     "tbrm-short": {**SHORT, "algo": "tbrm"},
     # The default's settings under the name the session-8 records use.
