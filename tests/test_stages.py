@@ -19,7 +19,9 @@ def test_cached_stage_is_skipped_and_changed_config_reruns(tmp_path):
     run = StageRunner(tmp_path)
     a = run.stage("s", {"x": 1}, work)
     assert not a.cached and (a.dir / "out.txt").read_text() == "hello"
-    assert StageRunner(tmp_path).stage("s", {"x": 1}, work).cached and len(calls) == 1
+    again = StageRunner(tmp_path).stage("s", {"x": 1}, work)
+    assert again.cached and len(calls) == 1
+    assert again.peak_rss_gb == a.peak_rss_gb > 0  # the peak memory it ran with, kept in stage.json
     c = StageRunner(tmp_path).stage("s", {"x": 2}, work)
     assert not c.cached and c.result == {"n": 2}
 

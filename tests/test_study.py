@@ -51,6 +51,9 @@ def test_study_fills_every_section(tiny_study):
     assert gain.paired and gain.diff == pytest.approx(diff.mean())
     assert gain.se == pytest.approx(diff.std(ddof=1) / np.sqrt(len(diff)))
     assert summary.study_minutes > 0 and set(summary.stage_seconds) >= {"train", "readouts", "steering"}
+    peaks = summary.stage_peak_rss_gb  # ru_maxrss only grows: the stages' peaks never fall in run order
+    assert set(peaks) == set(summary.stage_seconds) and list(peaks.values()) == sorted(peaks.values())
+    assert summary.peak_rss_gb == max(peaks.values()) > 0
     for section in ("geometry", "logit_lens", "emotions", "tracking", "q_readout", "env_probes"):
         assert summary.section(section), section
     assert summary.forgetting and summary.steering

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from probes.artifacts import read_json, write_json
+from probes.resources import peak_rss_gb
 
 STAGE_FORMAT = 1
 """Bumped when a stage's on-disk layout changes; older stage dirs are then recomputed."""
@@ -54,6 +55,9 @@ class StageOutput:
     result: dict[str, Any]
     cached: bool
     seconds: float
+    peak_rss_gb: float | None = None
+    """The process's peak resident memory when the stage finished (``ru_maxrss`` only grows, so the first stage
+    whose value jumps is the one that needed it); None for stages recorded before it was kept."""
 
 
 class StageRunner:
@@ -117,8 +121,9 @@ class StageRunner:
             info = read_json(marker)
             if info.get("key") == key:
                 out = StageOutput(
-                    name, key, final, info["result"], cached=True, seconds=info.get("seconds", 0.0)
-                )
+                    name, key, final, info["result"], cached=True, seconds=info.get("seconds", 0.0),
+                    peak_rss_gb=info.get("peak_rss_gb"),
+                )  # fmt: skip
                 self.outputs[name] = out
                 return out
         work = final.parent / f".{name}.work"
@@ -131,10 +136,12 @@ class StageRunner:
         start = time.perf_counter()
         result = fn(work)
         seconds = time.perf_counter() - start
+        peak = round(peak_rss_gb(), 2)
         if not isinstance(result, dict):
             raise TypeError(f"stage {name!r} must return a dict of results; got {type(result).__name__}")
         write_json(
-            work / "stage.json", {"key": key, "config": dict(config), "result": result, "seconds": seconds}
+            work / "stage.json",
+            {"key": key, "config": dict(config), "result": result, "seconds": seconds, "peak_rss_gb": peak},
         )
         (work / ".key").unlink()
         old = final.parent / f".{name}.old"
@@ -143,6 +150,6 @@ class StageRunner:
             final.rename(old)
         work.rename(final)
         shutil.rmtree(old, ignore_errors=True)
-        out = StageOutput(name, key, final, result, cached=False, seconds=seconds)
+        out = StageOutput(name, key, final, result, cached=False, seconds=seconds, peak_rss_gb=peak)
         self.outputs[name] = out
         return out

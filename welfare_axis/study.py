@@ -903,6 +903,7 @@ def summarize(runner: StageRunner, cfg: StudyConfig) -> StudySummary:
         steering=steering,
         paper=PAPER,
         stage_seconds={name: round(stage.seconds, 1) for name, stage in out.items()},
+        stage_peak_rss_gb={n: s.peak_rss_gb for n, s in out.items() if s.peak_rss_gb is not None},
     )
 
 

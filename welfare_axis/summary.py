@@ -107,11 +107,19 @@ class StudySummary(Readout):
     paper: dict[str, str] = field(default_factory=dict)
     stage_seconds: dict[str, float] = field(default_factory=dict)
     """Each stage's own run time (a cached stage keeps the time it took when it ran)."""
+    stage_peak_rss_gb: dict[str, float] = field(default_factory=dict)
+    """The process's peak resident memory (GB) when each stage finished, as it ran (``ru_maxrss`` only grows:
+    the first stage whose value jumps needed the memory); empty in records made before it was kept."""
 
     @property
     def study_minutes(self) -> float:
         """The whole study's compute time: the sum of its stages' run times, in minutes."""
         return sum(self.stage_seconds.values()) / 60
+
+    @property
+    def peak_rss_gb(self) -> float | None:
+        """The largest of the stages' recorded peak resident memories (GB); None in older records."""
+        return max(self.stage_peak_rss_gb.values(), default=None)
 
     def measure(self, name: str) -> Measure:
         """The measure called ``name``; a KeyError lists the names there are."""
