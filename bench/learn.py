@@ -15,7 +15,7 @@ Headline line (shared/BENCH.md):
     BENCH learn_minutes <minutes, or the run's training minutes with "not reached"> <=8
 
 Run:
-    python -m bench.learn RUN_DIR [RUN_DIR ...]                 # read finished runs
+    python -m bench.learn RUN_DIR [RUN_DIR ...]                 # read finished runs or study directories
     flock /tmp/wa/heavy.lock python -m bench.learn --train OUT [--eval-every 1] [--set key=value ...]
         # train the default study's run (welfare_axis.study.StudyConfig) with evaluations, then read it
 """
@@ -56,17 +56,36 @@ class GainPoint:
 def gain_curve(run_dir: str | Path) -> list[GainPoint]:
     """Paired gain at every evaluated step of a run (mid-run logs ``episodes/eval_step_*``, and the end).
 
+    ``run_dir`` may also be a study directory (``welfare-axis run --out``): its training run, and with a warm
+    start (the default study's SFT) the warm start's points first, then the run's, whose steps and minutes
+    continue the warm start's and whose gains are over the untrained model (the warm start's "before": the
+    same held-out mazes, so still paired by maze).
+
     Raises:
         FileNotFoundError: the run has no ``before`` evaluation.
     """
+    run_dir = Path(run_dir)
+    stages = run_dir / "stages"
+    if stages.is_dir():
+        warm = stages / "warm_start" / "run"
+        if not warm.is_dir():
+            return gain_curve(stages / "train" / "run")
+        first = gain_curve(warm)
+        untrained = json.loads((warm / "eval.json").read_text())["before"]
+        return first + _curve(stages / "train" / "run", untrained, first[-1].step, first[-1].train_minutes)
+    return _curve(run_dir)
+
+
+def _curve(
+    run_dir: Path, before_record: dict | None = None, steps0: int = 0, minutes0: float = 0.0
+) -> list[GainPoint]:
     from training.episodes import load_episodes
     from training.evaluation import EvalResult, compare_evals, summarize_episodes
 
-    run_dir = Path(run_dir)
     evals = json.loads((run_dir / "eval.json").read_text())
     if not evals.get("before"):
         raise FileNotFoundError(f"{run_dir}/eval.json has no 'before' evaluation (train with eval_before on)")
-    before = EvalResult(**evals["before"])
+    before = EvalResult(**(before_record or evals["before"]))
     seconds: dict[int, float] = {}
     total = 0.0
     for line in (run_dir / "metrics.jsonl").read_text().splitlines():
@@ -86,7 +105,7 @@ def gain_curve(run_dir: str | Path) -> list[GainPoint]:
     for step, after in sorted(results.items()):
         gain = compare_evals(before, after)
         se = gain.get("stderr_diff_paired", gain["stderr_diff_unpaired"])
-        points.append(GainPoint(step, seconds[step] / 60, gain["return_diff"], se))
+        points.append(GainPoint(steps0 + step, minutes0 + seconds[step] / 60, gain["return_diff"], se))
     return points
 
 

@@ -38,3 +38,22 @@ def test_learn_minutes_is_the_first_point_at_the_threshold():
     assert learn_minutes(points) == 8.0
     assert learn_minutes(points, threshold=31) is None
     assert points[1].z == 5.0
+
+
+def test_a_warm_started_study_continues_the_warm_starts_curve_over_the_untrained_model(tmp_path):
+    tiny = dict(model="tiny-llama", episodes_per_step=4, group_size=2, n_turns=3, maze_size=12, progress=False,
+                threads=1, eval_episodes=4)  # fmt: skip
+    warm, run = tmp_path / "stages" / "warm_start" / "run", tmp_path / "stages" / "train" / "run"
+    T.main(T.Args(algo="sft", steps=2, lr=1e-2, out=str(warm), **tiny))
+    T.main(T.Args(algo="dr_grpo", steps=3, lr=1e-2, init_from=str(warm), out=str(run), **tiny))
+    points = gain_curve(tmp_path)
+    assert [p.step for p in points] == [2, 5]  # the run's steps continue the warm start's
+    first = gain_curve(warm)[-1]
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert points[1].train_minutes == pytest.approx(
+        first.train_minutes + sum(m["step_seconds"] for m in metrics) / 60
+    )
+    untrained = T.EvalResult(**json.loads((warm / "eval.json").read_text())["before"])
+    gain = compare_evals(untrained, T.EvalResult(**json.loads((run / "eval.json").read_text())["after"]))
+    assert (points[1].gain, points[1].se) == pytest.approx((gain["return_diff"], gain["stderr_diff_paired"]))
+    assert gain_curve(tmp_path / "stages" / "train" / "run")[-1].gain != pytest.approx(points[1].gain)

@@ -543,3 +543,19 @@ def test_gemma_sft_grpo_preset_is_the_recorded_gemma_warm_start():
         "lr: 0.0005 (run) vs 0.002 (warm start)",
         "model: 'gemma3-270m' (run) vs 'smollm2-135m-instruct' (warm start)",
     ]
+
+
+def test_sft_grpo_all_preset_is_the_recorded_every_layer_run():
+    """--preset sft-grpo-all: the sft-grpo preset with LoRA on every layer at a quarter of both step sizes; its
+    settings are exactly the recorded study's (docs/study_runs/sft_grpo_all_smollm2_seed0)."""
+    import dataclasses
+    import json
+
+    cfg = StudyConfig.preset("sft-grpo-all")
+    run, warm = cfg.train_args(Path("run")), cfg.warm_start_args(Path("warm"))
+    assert (warm.algo, run.algo) == ("sft", "dr_grpo") and warm.lora_layers is run.lora_layers is None
+    top8 = StudyConfig.preset("sft-grpo")
+    assert warm.lr == top8.warm_start_args(Path("w")).lr / 4 and run.lr == top8.train_args(Path("r")).lr / 4
+    record = Path(__file__).resolve().parents[1] / "docs" / "study_runs" / "sft_grpo_all_smollm2_seed0"
+    recorded = json.loads((record / "study_config.json").read_text())
+    assert json.loads(json.dumps(dataclasses.asdict(cfg))) == recorded

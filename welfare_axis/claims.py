@@ -49,8 +49,9 @@ from welfare_axis.summary import StudySummary
 Direction = Literal["lower", "higher"]
 MIN_SEEDS = 3
 """Seeds per configuration a verdict needs."""
-CONFIG_KEYS: tuple[str, ...] = ("model", "algo", "warm_start", "finetune", "train_recipe", "train_sizes", "train_steps",
-                                "train_overrides", "system_prompt", "trained", "from_run", "layer_star_layers")  # fmt: skip
+CONFIG_KEYS: tuple[str, ...] = ("model", "algo", "warm_start", "warm_start_overrides", "finetune", "train_recipe",
+                                "train_sizes", "train_steps", "train_overrides", "system_prompt", "trained", "from_run",
+                                "layer_star_layers")  # fmt: skip
 """The study settings that define a configuration (everything that changes what is trained, but the seed and
 the tile set, and where ℓ* may lie)."""
 

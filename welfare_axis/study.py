@@ -313,6 +313,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     # layers, where v can differ from u.
     "gemma-sft-grpo": {**SFT_GRPO, "model": "gemma3-270m", "warm_start_overrides": {"lr": 5e-4},
                        "layer_star_layers": "adapted", "train_overrides": {**SFT_GRPO["train_overrides"], "lr": 5e-5}},
+    # The same on SmolLM2 with every layer adapted (LoRA on all 30), at Gemma's step sizes: a quarter of each, as
+    # TBRM needs on every layer (docs/results.md, session 17: SFT gains +40.3, Dr. GRPO adds +3.1 ± 6.2; 40 min).
+    "sft-grpo-all": {**SFT_GRPO, "warm_start_overrides": {"lr": 5e-4},
+                     "train_overrides": {**SFT_GRPO["train_overrides"], "lr": 5e-5, "lora_layers": None}},
     "reinforce": {**SHORT, "algo": "reinforce"},
     "tbrm-short": {**SHORT, "algo": "tbrm"},
     # The default's settings under the name the session-8 records use.
