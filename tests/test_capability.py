@@ -61,6 +61,29 @@ def test_perplexity_reads_after_bos_when_the_tokenizer_starts_with_it(tiny_llama
     )
 
 
+def test_perplexity_through_the_head_a_chunk_at_a_time_equals_the_full_logits(tiny_gemma, monkeypatch):
+    """The head reads only predicted positions, HEAD_CHUNK at a time (memory without the vocabulary times the
+    batch); with Gemma's final logit soft-capping on, as the model's own forward applies it."""
+    from steering.evals import capability
+
+    model, tok = tiny_gemma
+    with torch.no_grad():
+        model.get_output_embeddings().weight.mul_(100.0)  # logits of tens, where the cap bites
+    model.config.final_logit_softcapping = 2.0
+    texts = ["The bus leaves at nine.", "Water boils at one hundred degrees Celsius at sea level.", "Hi."]
+    per_text = []
+    for t in texts:
+        ids = torch.tensor([[tok.bos_token_id, *tok(t, add_special_tokens=False)["input_ids"]]])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1)
+        per_text.append(-float(logp.gather(-1, ids[0, 1:, None]).sum()))
+    monkeypatch.setattr(capability, "HEAD_CHUNK", 3)  # chunks that split texts and cross between them
+    result = perplexity(model, tok, texts, batch_size=3)
+    assert result.text_nll == pytest.approx(per_text, rel=1e-5)
+    model.config.final_logit_softcapping = None
+    assert perplexity(model, tok, texts, batch_size=3).text_nll != pytest.approx(per_text, rel=0.1)
+
+
 def test_general_texts_and_qa_accuracy_run(tiny_llama):
     assert len(general_texts()) >= 60
     model, tok = tiny_llama

@@ -24,6 +24,7 @@ from torch import nn
 
 import probes
 from probes.grading import grade_answer
+from probes.layers import unwrap
 from steering.datasets import qa_items
 from steering.evals.confidence import propose_answers
 
@@ -62,17 +63,26 @@ def _bos_prefix(tokenizer: Any) -> list[int]:
     return [int(bos)] if bos is not None and ids and ids[0] == bos else []
 
 
+HEAD_CHUNK = 512
+"""Positions per call of the output head in :func:`perplexity` (Gemma's 262k-token vocabulary: 0.5 GB of logits)."""
+
+
 def perplexity(model: nn.Module, tokenizer: Any, texts: Sequence[str], *, batch_size: int = 8) -> Perplexity:
     """Token-level perplexity of plain texts (no chat template), pooled over all predicted tokens.
 
     Each text is scored on its own (no packing), from its second token on; padding never counts. A tokenizer
     that starts every encoding with BOS (Gemma, Llama; not SmolLM2's) gets it here too, and then every token of
-    the text is predicted: Gemma models are not meant to read text without it.
+    the text is predicted: Gemma models are not meant to read text without it. Only the predicted positions go
+    through the output head, a chunk at a time (:data:`HEAD_CHUNK`), so the vocabulary never multiplies the
+    batch: equal to log-softmax over the model's full logits up to float rounding.
     """
     if not texts:
         raise ValueError("perplexity needs at least one text")
     device = next(model.parameters()).device
     bos = _bos_prefix(tokenizer)
+    base = unwrap(model)
+    decoder, head = base.get_decoder(), base.get_output_embeddings()
+    cap = getattr(getattr(base, "config", None), "final_logit_softcapping", None)
     text_nll: list[float] = []
     text_tokens: list[int] = []
     for i in range(0, len(texts), batch_size):
@@ -84,12 +94,22 @@ def perplexity(model: nn.Module, tokenizer: Any, texts: Sequence[str], *, batch_
             ids[row, : len(seq)] = torch.tensor(seq)
             mask[row, : len(seq)] = 1
         ids, mask = ids.to(device), mask.to(device)
-        logits = model(input_ids=ids, attention_mask=mask).logits.float()
-        logp = torch.log_softmax(logits[:, :-1], dim=-1)
-        target = ids[:, 1:]
-        nll = -logp.gather(-1, target[..., None])[..., 0]
-        keep = mask[:, 1:].bool()
-        text_nll += torch.where(keep, nll, torch.zeros_like(nll)).sum(1).tolist()  # padding never counts
+        with torch.no_grad():
+            hidden = decoder(input_ids=ids, attention_mask=mask).last_hidden_state[:, :-1]
+            keep = mask[:, 1:].bool()  # padding never counts
+            rows = keep.nonzero()[:, 0]
+            picked, target = hidden[keep], ids[:, 1:][keep]
+            nll = torch.empty(len(target), dtype=torch.float32, device=device)
+            # the output head on HEAD_CHUNK positions at a time: memory O(chunk × vocab), not O(batch × width × vocab)
+            for j in range(0, len(target), HEAD_CHUNK):
+                logits = head(picked[j : j + HEAD_CHUNK]).float()
+                if cap is not None:
+                    logits = torch.tanh(logits / cap) * cap
+                nll[j : j + HEAD_CHUNK] = torch.nn.functional.cross_entropy(
+                    logits, target[j : j + HEAD_CHUNK], reduction="none"
+                )
+        per_text = torch.zeros(len(enc), dtype=torch.float64, device=device).index_add_(0, rows, nll.double())
+        text_nll += per_text.tolist()
         text_tokens += keep.sum(1).tolist()
     total_nll, total_tokens = math.fsum(text_nll), sum(text_tokens)
     if total_tokens == 0:
