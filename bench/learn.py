@@ -57,7 +57,7 @@ def gain_curve(run_dir: str | Path) -> list[GainPoint]:
     """Paired gain at every evaluated step of a run (mid-run logs ``episodes/eval_step_*``, and the end).
 
     ``run_dir`` may also be a study directory (``welfare-axis run --out``): its training run, and with a warm
-    start (the default study's SFT) the warm start's points first, then the run's, whose steps and minutes
+    start (the sft-grpo presets' SFT) the warm start's points first, then the run's, whose steps and minutes
     continue the warm start's and whose gains are over the untrained model (the warm start's "before": the
     same held-out mazes, so still paired by maze).
 
