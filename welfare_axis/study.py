@@ -314,7 +314,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "gemma-sft-grpo": {**SFT_GRPO, "model": "gemma3-270m", "warm_start_overrides": {"lr": 5e-4},
                        "layer_star_layers": "adapted", "train_overrides": {**SFT_GRPO["train_overrides"], "lr": 5e-5}},
     # The same on SmolLM2 with every layer adapted (LoRA on all 30), at Gemma's step sizes: a quarter of each, as
-    # TBRM needs on every layer (docs/results.md, session 17: SFT gains +40.3, Dr. GRPO adds +3.1 ± 6.2; 40 min).
+    # TBRM needs on every layer (docs/results.md, session 17: seed 0 +43.4, of which Dr. GRPO +3.1 ± 6.2; seed 1's SFT
+    # stays near chance, −3.1; about 39 min and 16 GB).
     "sft-grpo-all": {**SFT_GRPO, "warm_start_overrides": {"lr": 5e-4},
                      "train_overrides": {**SFT_GRPO["train_overrides"], "lr": 5e-5, "lora_layers": None}},
     "reinforce": {**SHORT, "algo": "reinforce"},
