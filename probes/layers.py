@@ -33,6 +33,7 @@ from __future__ import annotations
 import re
 from typing import Literal, get_args
 
+import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
@@ -295,6 +296,16 @@ def unembed(model: nn.Module) -> Float[Tensor, "d_model d_vocab"]:
             f"{type(model).__name__} has no output embedding (lm_head) to unembed with"
         )
     return head.weight.T
+
+
+def output_logits(model: nn.Module, hidden: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_vocab"]:
+    """The model's logits from final-norm hidden states (a decoder's ``last_hidden_state``): its output head,
+    then Gemma's final logit soft-capping where the config has one, as the model's own forward applies them.
+    Callers pass only the positions they need, so the vocabulary never multiplies the whole batch."""
+    model = unwrap(model)
+    logits = model.get_output_embeddings()(hidden)
+    cap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
+    return logits if cap is None else torch.tanh(logits / cap) * cap
 
 
 def model_name(model: nn.Module) -> str:

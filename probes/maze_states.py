@@ -460,9 +460,7 @@ def read_decisions(
     token_ids = direction_token_ids(tokenizer, letters)
     chosen = [] if layers is None else _layers.check_layers(model, layers)
     device = _device(model)
-    head = _layers.unwrap(model).get_output_embeddings()
     ids_t = torch.tensor(token_ids, device=device)
-    cap = getattr(getattr(_layers.unwrap(model), "config", None), "final_logit_softcapping", None)
     decoder = _layers.unwrap(model).get_decoder()
     acts: dict[int, list[Tensor]] = {layer: [] for layer in chosen}
     logits_out: list[Tensor] = []
@@ -484,9 +482,7 @@ def read_decisions(
         ) as got:
             hidden = decoder(**encoded, use_cache=False).last_hidden_state  # (batch, pos, d_model), normed
         picked = hidden[mask]  # (n_decisions, d_model), row-major = episode then turn
-        logits = head(picked)
-        if cap is not None:
-            logits = torch.tanh(logits / cap) * cap
+        logits = _layers.output_logits(model, picked)
         logits_out.append(logits[:, ids_t].float().cpu())
         for layer in chosen:
             acts[layer].append(got[layer].float().cpu())

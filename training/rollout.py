@@ -55,6 +55,7 @@ from maze_env.batch import MazeBatch
 from maze_env.config import MazeConfig
 from maze_env.dynamics import ACTIONS
 from maze_env.text import episode_messages, render_chat
+from probes.layers import output_logits
 from probes.models import resolve_autocast
 from probes.tokens import direction_token_ids
 from training.losses import check_temperature, direction_logprobs
@@ -759,8 +760,5 @@ def action_logits(
         positions = batch.action_positions
     positions = positions.to(device)
     picked = hidden.gather(1, positions[:, :, None].expand(-1, -1, hidden.shape[-1]))
-    logits = model.get_output_embeddings()(picked)
-    cap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
-    if cap is not None:
-        logits = torch.tanh(logits / cap) * cap
+    logits = output_logits(model, picked)
     return logits[..., torch.tensor(batch.direction_token_ids, device=device)].float()

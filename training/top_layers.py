@@ -33,6 +33,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 import training.rollout as _rollout
+from probes.layers import output_logits
 from training.rollout import (
     EpisodeBatch,
     distinct_rows,
@@ -206,8 +207,5 @@ def top_action_logits(
             )
     states = out.last_hidden_state
     picked = states.gather(1, positions[:, :, None].expand(-1, -1, states.shape[-1]))
-    logits = model.get_output_embeddings()(picked)
-    cap = getattr(model.config, "final_logit_softcapping", None)
-    if cap is not None:
-        logits = torch.tanh(logits / cap) * cap
+    logits = output_logits(model, picked)
     return logits[..., torch.tensor(episodes.direction_token_ids, device=device)].float()

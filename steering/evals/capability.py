@@ -24,7 +24,7 @@ from torch import nn
 
 import probes
 from probes.grading import grade_answer
-from probes.layers import unwrap
+from probes.layers import output_logits, unwrap
 from steering.datasets import qa_items
 from steering.evals.confidence import propose_answers
 
@@ -80,9 +80,7 @@ def perplexity(model: nn.Module, tokenizer: Any, texts: Sequence[str], *, batch_
         raise ValueError("perplexity needs at least one text")
     device = next(model.parameters()).device
     bos = _bos_prefix(tokenizer)
-    base = unwrap(model)
-    decoder, head = base.get_decoder(), base.get_output_embeddings()
-    cap = getattr(getattr(base, "config", None), "final_logit_softcapping", None)
+    decoder = unwrap(model).get_decoder()
     text_nll: list[float] = []
     text_tokens: list[int] = []
     for i in range(0, len(texts), batch_size):
@@ -102,9 +100,7 @@ def perplexity(model: nn.Module, tokenizer: Any, texts: Sequence[str], *, batch_
             nll = torch.empty(len(target), dtype=torch.float32, device=device)
             # the output head on HEAD_CHUNK positions at a time: memory O(chunk × vocab), not O(batch × width × vocab)
             for j in range(0, len(target), HEAD_CHUNK):
-                logits = head(picked[j : j + HEAD_CHUNK]).float()
-                if cap is not None:
-                    logits = torch.tanh(logits / cap) * cap
+                logits = output_logits(model, picked[j : j + HEAD_CHUNK]).float()
                 nll[j : j + HEAD_CHUNK] = torch.nn.functional.cross_entropy(
                     logits, target[j : j + HEAD_CHUNK], reduction="none"
                 )
