@@ -70,22 +70,24 @@ def gain_curve(run_dir: str | Path) -> list[GainPoint]:
         warm = stages / "warm_start" / "run"
         if not warm.is_dir():
             return gain_curve(stages / "train" / "run")
-        first = gain_curve(warm)
-        untrained = json.loads((warm / "eval.json").read_text())["before"]
-        return first + _curve(stages / "train" / "run", untrained, first[-1].step, first[-1].train_minutes)
-    return _curve(run_dir)
+        first, untrained = _curve(warm)
+        rest, _ = _curve(stages / "train" / "run", untrained, first[-1].step, first[-1].train_minutes)
+        return first + rest
+    return _curve(run_dir)[0]
 
 
 def _curve(
     run_dir: Path, before_record: dict | None = None, steps0: int = 0, minutes0: float = 0.0
-) -> list[GainPoint]:
+) -> tuple[list[GainPoint], dict]:
+    """The run's points against ``before_record`` (None: its own "before"), and the "before" record used."""
     from training.episodes import load_episodes
     from training.evaluation import EvalResult, compare_evals, summarize_episodes
 
     evals = json.loads((run_dir / "eval.json").read_text())
     if not evals.get("before"):
         raise FileNotFoundError(f"{run_dir}/eval.json has no 'before' evaluation (train with eval_before on)")
-    before = EvalResult(**(before_record or evals["before"]))
+    before_record = before_record or evals["before"]
+    before = EvalResult(**before_record)
     seconds: dict[int, float] = {}
     total = 0.0
     for line in (run_dir / "metrics.jsonl").read_text().splitlines():
@@ -106,7 +108,7 @@ def _curve(
         gain = compare_evals(before, after)
         se = gain.get("stderr_diff_paired", gain["stderr_diff_unpaired"])
         points.append(GainPoint(steps0 + step, minutes0 + seconds[step] / 60, gain["return_diff"], se))
-    return points
+    return points, before_record
 
 
 def learn_minutes(points: list[GainPoint], threshold: float = 25.0) -> float | None:

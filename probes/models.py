@@ -75,6 +75,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from probes import attention
 from probes.artifacts import atomic_directory
 
 __all__ = [
@@ -652,6 +653,7 @@ def _finish(
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.to(device=device, dtype=dtype)
     model.eval()
+    attention.install()  # CPU inference without copying grouped keys/values: the same numbers, faster
     return model, tokenizer
 
 
@@ -866,4 +868,5 @@ def tiny_model(
         model = model_class(config)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.eval()
+    attention.install()
     return model, tokenizer

@@ -48,6 +48,18 @@ def test_ship_run_writes_bf16_adapter_and_complete_provenance(shipped_root):
     assert not list(root.glob("**/.*scratch*")) and not list(root.glob("**/.*tmp*"))  # nothing half-written
 
 
+def test_provenance_names_the_run_where_it_was_shipped_from(shipped_root, tmp_path):
+    """A study trains in stages/.train.work and renames it: the provenance names the run as shipped."""
+    import shutil
+
+    tmp, _ = shipped_root
+    shutil.copytree(tmp / "run", tmp_path / "moved")
+    prov = S.ship_run(tmp_path / "moved", "moved-test", command="c", commit="abc", root=tmp_path / "s",
+                      progress=False).provenance  # fmt: skip
+    assert T.load_run_args(tmp_path / "moved").out == str(tmp / "run")  # what its config recorded
+    assert prov.args["out"] == str(tmp_path / "moved") and prov.args["init_from"] is None
+
+
 def test_load_trained_by_name_merges_the_stored_adapter_and_reproduces_the_check(shipped_root):
     tmp, root = shipped_root
     net, tok = S.load_shipped("tiny-llama", "tbrm-test", root=root)

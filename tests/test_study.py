@@ -54,6 +54,11 @@ def test_study_fills_every_section(tiny_study):
     peaks = summary.stage_peak_rss_gb  # ru_maxrss only grows: the stages' peaks never fall in run order
     assert set(peaks) == set(summary.stage_seconds) and list(peaks.values()) == sorted(peaks.values())
     assert summary.peak_rss_gb == max(peaks.values()) > 0
+    import dataclasses
+
+    later = dataclasses.replace(summary, stage_peak_rss_gb={"train": 1.0, "readouts": 3.5, "steering": 3.5})
+    assert later.peak_rss_gb == 3.5 and later.peak_rss_stage == "readouts"  # the first stage at the peak
+    assert dataclasses.replace(summary, stage_peak_rss_gb={}).peak_rss_stage is None
     for section in ("geometry", "logit_lens", "emotions", "tracking", "q_readout", "env_probes"):
         assert summary.section(section), section
     assert summary.forgetting and summary.steering

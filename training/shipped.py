@@ -324,9 +324,9 @@ def ship_run(
         command=command,
         commit=commit or _git_commit(),
         seed=args.seed,
-        args={
-            k: _portable(v) if k in ("out", "init_from") else v for k, v in dataclasses.asdict(args).items()
-        },
+        # the run's directory as shipped: a study trains in a work directory (stages/.train.work) that it renames
+        # when the stage finishes, so the ``out`` its config recorded no longer exists
+        args=dataclasses.asdict(args) | {"out": _portable(str(run_dir)), "init_from": _portable(args.init_from)},
         stored_dtype=dtype,
         versions=_versions(),
         sha256=sha,

@@ -58,8 +58,7 @@ def _run(args: argparse.Namespace) -> int:
     if gain is not None:
         print(f"training gain on held-out mazes: {gain.diff:+.1f} ± {gain.se:.1f} (z {gain.z:.1f})")
     if summary.peak_rss_gb is not None:
-        where = max(summary.stage_peak_rss_gb, key=summary.stage_peak_rss_gb.__getitem__)
-        print(f"peak RSS {summary.peak_rss_gb:.1f} GB (reached by the end of stage {where})")
+        print(f"peak RSS {summary.peak_rss_gb:.1f} GB (reached by the end of stage {summary.peak_rss_stage})")
     print(
         f"BENCH study_minutes {summary.study_minutes:.1f} <=30{' (fast: a pipeline check)' if summary.fast else ''}"
     )

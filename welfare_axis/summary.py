@@ -121,6 +121,13 @@ class StudySummary(Readout):
         """The largest of the stages' recorded peak resident memories (GB); None in older records."""
         return max(self.stage_peak_rss_gb.values(), default=None)
 
+    @property
+    def peak_rss_stage(self) -> str | None:
+        """The first stage (in run order) whose recorded peak equals :attr:`peak_rss_gb`: the stage that needed
+        the memory, since later stages carry the same high-water mark; None in older records."""
+        peak = self.peak_rss_gb
+        return next((name for name, gb in self.stage_peak_rss_gb.items() if gb == peak), None)
+
     def measure(self, name: str) -> Measure:
         """The measure called ``name``; a KeyError lists the names there are."""
         if name not in self.measures:
