@@ -326,7 +326,8 @@ def ship_run(
         seed=args.seed,
         # the run's directory as shipped: a study trains in a work directory (stages/.train.work) that it renames
         # when the stage finishes, so the ``out`` its config recorded no longer exists
-        args=dataclasses.asdict(args) | {"out": _portable(str(run_dir)), "init_from": _portable(args.init_from)},
+        args=dataclasses.asdict(args)
+        | {"out": _portable(str(run_dir)), "init_from": _portable(args.init_from)},
         stored_dtype=dtype,
         versions=_versions(),
         sha256=sha,
