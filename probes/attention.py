@@ -52,15 +52,23 @@ def _use_gqa_in_sdpa(attention_mask: torch.Tensor | None, key: torch.Tensor, val
 
 def install() -> bool:
     """Route masked CPU attention without gradients through the grouped-query kernel (idempotent). Returns
-    whether it is installed (False when this transformers has no ``sdpa_attention.use_gqa_in_sdpa`` to extend).
+    whether it is installed (False when this transformers has no ``sdpa_attention.use_gqa_in_sdpa`` to extend, or
+    torch is older than 2.5, which has no ``enable_gqa``).
     """
     global _ORIGINAL
-    if _sdpa is None or not hasattr(_sdpa, "use_gqa_in_sdpa"):
+    if _sdpa is None or not hasattr(_sdpa, "use_gqa_in_sdpa") or not _torch_has_enable_gqa():
         return False
     if _ORIGINAL is None:
         _ORIGINAL = _sdpa.use_gqa_in_sdpa
         _sdpa.use_gqa_in_sdpa = _use_gqa_in_sdpa
     return True
+
+
+def _torch_has_enable_gqa() -> bool:
+    """``scaled_dot_product_attention(..., enable_gqa=True)`` exists from torch 2.5 on."""
+    from packaging.version import Version
+
+    return Version(torch.__version__.split("+")[0]) >= Version("2.5")
 
 
 def uninstall() -> None:
