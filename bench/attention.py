@@ -30,12 +30,12 @@ if not __package__:  # run as a file: drop bench/ from sys.path so it cannot sha
 
 import argparse
 import statistics
-import time
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
+from bench.timing import timed
 from probes import attention
 from probes.models import load_model
 from probes.record import capture
@@ -43,16 +43,12 @@ from training.config import heldout_seeds
 from training.rollout import collect_episodes
 
 
-def timed(fn: Callable[[], Any]) -> tuple[Any, float, float]:
-    """(result, wall seconds, CPU seconds of this process)."""
-    wall, cpu = time.perf_counter(), time.process_time()
-    out = fn()
-    return out, time.perf_counter() - wall, time.process_time() - cpu
-
-
 def under(rule: str, fn: Callable[[], Any]) -> Callable[[], Any]:
     def run() -> Any:
-        attention.uninstall() if rule == "own" else attention.install()
+        if rule == "own":
+            attention.uninstall()
+        else:
+            attention.install()
         return fn()
 
     return run

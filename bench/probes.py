@@ -37,24 +37,17 @@ if not __package__:  # run as a file: drop bench/ from sys.path so it cannot sha
 import argparse
 import statistics
 import time
-from collections.abc import Callable
 
 import torch
 
 import maze_env
+from bench.timing import timed
 from probes import layers as L
 from probes import positions as P
 from probes.extract import reward_trajectories, reward_vectors
 from probes.models import load_model
 from probes.record import capture, record
 from probes.remote import nnsight_target
-
-
-def timed(fn: Callable[[], object]) -> tuple[float, float]:
-    """(wall seconds, CPU seconds of this process)."""
-    wall, cpu = time.perf_counter(), time.process_time()
-    fn()
-    return time.perf_counter() - wall, time.process_time() - cpu
 
 
 def main() -> None:
@@ -140,7 +133,7 @@ def main() -> None:
             for name, fn in methods.items():
                 if device.type == "cuda":
                     torch.cuda.synchronize()
-                wall, cpu = timed(fn)
+                _, wall, cpu = timed(fn)
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 walls[name].append(wall)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +39,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 import maze_env
+from probes import activation_cache as _cache
 from probes import layers as _layers
 from probes import positions as _positions
 from probes.aggregators import Aggregator, resolve
@@ -239,8 +241,13 @@ def extract_class_activations(
     backend: Backend = "hooks",
     progress: bool = False,
     metadata: Mapping[str, Any] | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
 ) -> ClassActivations:
-    """Activations of every class in one batched pass (texts of all classes share batches)."""
+    """Activations of every class in one batched pass (texts of all classes share batches).
+
+    ``cache_dir``: reuse (or store) the activations there, keyed by the model's weights, the rendered texts
+    and the capture settings (``probes.activation_cache``); a hit returns exactly what the capture would.
+    """
     if not texts_by_class:
         raise ExtractionError("texts_by_class is empty: pass {class_name: [texts or chats]}")
     for name, items in texts_by_class.items():
@@ -251,25 +258,44 @@ def extract_class_activations(
         for name, items in texts_by_class.items()
     }
     names = list(texts_by_class)
-    flat: list[Any] = [item for name in names for item in texts_by_class[name]]
-    acts = capture(
-        model,
-        tokenizer,
-        flat,
-        layers=layers,
-        site=site,
-        position=position,
-        batch_size=batch_size,
-        backend=backend,
-        close_final=close_final,
-        progress=progress,
-    )
-    by_class: dict[str, dict[int, Tensor]] = {}
-    start = 0
-    for name in names:
-        count = len(texts_by_class[name])
-        by_class[name] = {layer: rows[start : start + count] for layer, rows in acts.items()}
-        start += count
+    dataset_hash = classes_hash(rendered)
+
+    def compute() -> dict[str, dict[int, Tensor]]:
+        flat: list[Any] = [item for name in names for item in texts_by_class[name]]
+        acts = capture(
+            model,
+            tokenizer,
+            flat,
+            layers=layers,
+            site=site,
+            position=position,
+            batch_size=batch_size,
+            backend=backend,
+            close_final=close_final,
+            progress=progress,
+        )
+        out: dict[str, dict[int, Tensor]] = {}
+        start = 0
+        for name in names:
+            count = len(texts_by_class[name])
+            out[name] = {layer: rows[start : start + count] for layer, rows in acts.items()}
+            start += count
+        return out
+
+    if cache_dir is not None and _cache.cacheable(model, backend, position):
+        parts = {
+            "classes": names,
+            "texts": dataset_hash,
+            "tokenizer": _cache.tokenizer_fingerprint(tokenizer, next(iter(rendered.values()))[0]),
+            "layers": _layers.check_layers(model, layers),
+            "site": site,
+            "position": _positions.describe(position),
+            "close_final": close_final,
+            "batch_size": batch_size,
+        }
+        by_class = _cache.cached_class_activations(cache_dir, model, parts, compute, progress=progress)
+    else:
+        by_class = compute()
     base = model.original_model if hasattr(model, "original_model") else model
     base = getattr(base, "_module", base)  # nnsight / probes.remote models: the (meta) HF module
     return ClassActivations(
@@ -279,7 +305,7 @@ def extract_class_activations(
         model_dtype=_layers.model_dtype(base),
         site=site,
         position=_positions.describe(position),
-        dataset_hash=classes_hash(rendered),
+        dataset_hash=dataset_hash,
         metadata=dict(metadata or {}),
     )
 
@@ -339,8 +365,10 @@ def train_concept_vectors(
     backend: Backend = "hooks",
     progress: bool = False,
     metadata: Mapping[str, Any] | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
 ) -> dict[str, ConceptVector]:
-    """``extract_class_activations`` then ``aggregate``: a ConceptVector per class.
+    """``extract_class_activations`` then ``aggregate``: a ConceptVector per class (``cache_dir``: reuse the
+    activations of an identical capture, as in :func:`extract_class_activations`).
 
     With the default one-vs-rest ``mean_diff`` and classes Mold/Gold/Path this is the paper's Eq. 1.
 
@@ -361,6 +389,7 @@ def train_concept_vectors(
         backend=backend,
         progress=progress,
         metadata=metadata,
+        cache_dir=cache_dir,
     )
     return aggregate(class_activations, method)
 
@@ -401,8 +430,12 @@ def reward_activations(
     batch_size: int = 16,
     backend: Backend = "hooks",
     progress: bool = False,
+    cache_dir: str | os.PathLike[str] | None = None,
 ) -> ClassActivations:
-    """Final-direction-token activations of scripted Mold / Gold / Path trajectories (paper §A.3)."""
+    """Final-direction-token activations of scripted Mold / Gold / Path trajectories (paper §A.3).
+
+    ``cache_dir``: as in :func:`extract_class_activations` (reuse the activations of an identical capture).
+    """
 
     chats = reward_trajectories(n_per_class, config=config, seed=seed, mold_reversal=mold_reversal)
     used_config = config if config is not None else maze_env.MazeConfig()
@@ -426,6 +459,7 @@ def reward_activations(
         backend=backend,
         progress=progress,
         metadata=metadata,
+        cache_dir=cache_dir,
     )
 
 

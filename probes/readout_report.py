@@ -195,6 +195,10 @@ class ReportSettings:
     this on)."""
     out: Path | None = None
     """Write the report JSON here (atomically)."""
+    activation_cache: Path | None = None
+    """Reuse the extraction's activations from this folder when the model's weights, the rendered trajectories
+    and the capture settings all match (``probes.activation_cache``): the untrained model's are the same for
+    every training seed of a configuration. None: always capture. The numbers are the same either way."""
 
     @classmethod
     def smoke(cls) -> ReportSettings:
@@ -316,6 +320,7 @@ def readout_report(
         mold_reversal=s.mold_reversal,
         batch_size=s.batch_size,
         progress=s.progress,
+        cache_dir=s.activation_cache,
     )
     train, held = acts.split(s.held_out, seed=s.split_seed, matched=s.matched_split)
     resampler = (

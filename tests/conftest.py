@@ -7,6 +7,12 @@ import os
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# studies reuse activations from a cache (probes.activation_cache): keep the tests' out of the user's
+import tempfile  # noqa: E402
+
+os.environ.setdefault(
+    "WELFARE_AXIS_ACTIVATION_CACHE", tempfile.mkdtemp(prefix="welfare-axis-test-activations-")
+)
 
 import pytest  # noqa: E402
 

@@ -260,6 +260,12 @@ def test_default_study_sizes_and_their_precedence(tmp_path):
     assert full.tracking_n > settings.tracking_n
     with pytest.raises(ValueError, match="readout_scale must be"):
         study._readout_settings(StudyConfig.from_overrides(StudyConfig(), {"readout_scale": "huge"}), None)
+    # on/off settings take True/False, also as the words --set passes through; anything else is refused
+    off = StudyConfig.from_overrides(StudyConfig(), {"activation_cache": "false"})
+    assert off.activation_cache is False and study._readout_settings(off).activation_cache is None
+    assert study._readout_settings(StudyConfig()).activation_cache == study.default_activation_cache_dir()
+    with pytest.raises(ValueError, match="activation_cache is on or off"):
+        StudyConfig.from_overrides(StudyConfig(), {"activation_cache": "sometimes"})
 
 
 def test_the_control_can_be_steered_at_its_own_layer_star(tiny_study):
@@ -278,6 +284,22 @@ def test_the_control_can_be_steered_at_its_own_layer_star(tiny_study):
         assert rows and {r["layer"] for r in rows} == {own}
         assert (out / "stages" / "steering" / steering["control_sweeps"][concept]).is_file()
     run_study(cfg, out)  # back to the default for the other tests
+
+
+def test_a_second_seed_reuses_the_untrained_models_activations(tiny_study, tmp_path):
+    from probes.activation_cache import default_activation_cache_dir
+    from probes.readouts import ReadoutReport
+
+    cfg, out, _ = tiny_study  # seed 0 stored the untrained model's extraction (and the trained one's)
+    before = set(default_activation_cache_dir().glob("*.safetensors"))
+    run_study(StudyConfig.from_overrides(cfg, {"seed": 1}), tmp_path)
+    new = set(default_activation_cache_dir().glob("*.safetensors")) - before
+    assert len(new) == 1  # the seed-1 trained model's only: u came from the cache
+    record = json.loads(next(iter(new)).with_suffix(".json").read_text())
+    assert record["layers"] == [0, 1] and record["classes"] == ["Mold", "Gold", "Path"]
+    for name in ("trained", "control"):
+        report = ReadoutReport.load(tmp_path / "stages" / "readouts" / f"readouts_{name}.json")
+        assert report.settings["activation_cache"] == str(default_activation_cache_dir())
 
 
 def test_layer_star_can_be_chosen_among_the_adapted_layers_only(tmp_path):
@@ -563,4 +585,6 @@ def test_sft_grpo_all_preset_is_the_recorded_every_layer_run():
     assert warm.lr == top8.warm_start_args(Path("w")).lr / 4 and run.lr == top8.train_args(Path("r")).lr / 4
     record = Path(__file__).resolve().parents[1] / "docs" / "study_runs" / "sft_grpo_all_smollm2_seed0"
     recorded = json.loads((record / "study_config.json").read_text())
-    assert json.loads(json.dumps(dataclasses.asdict(cfg))) == recorded
+    current = json.loads(json.dumps(dataclasses.asdict(cfg)))
+    assert current.pop("activation_cache") is True  # later than the record; it changes no number
+    assert current == recorded

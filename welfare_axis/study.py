@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from maze_env.plots import episode_figure, training_curves
 from probes import layers as _layers
+from probes.activation_cache import default_activation_cache_dir
 from probes.artifacts import file_sha256, read_json, write_json, write_text
 from probes.concept_vector import ConceptVector
 from probes.plots import axis_monitor_figure, layer_cosine_curves
@@ -153,6 +154,11 @@ class StudyConfig:
     the default, since the default study adapts every layer) or adapted (only the layers training changed:
     with LoRA on the top k layers the top k, so that ℓ*-readouts and steering read where v can differ from u,
     e.g. the sft-grpo preset's top 8). Per-layer curves always cover every layer."""
+    activation_cache: bool = True
+    """Reuse the extraction's activations across studies (``probes.activation_cache``, in
+    ``$WELFARE_AXIS_ACTIVATION_CACHE`` or ``~/.cache/welfare-axis/activations``) where the model's weights, the
+    trajectories and the capture settings match: the untrained model's are the same for every seed of a
+    configuration (about 9 min of SmolLM2 at 150 per class). The numbers are identical either way."""
     steer_evals: tuple[str, ...] = ("sentiment", "confidence", "refusal", "backtracking")
     """Steering evaluations to run."""
     alphas: tuple[float, ...] = (-4.0, -2.0, 0.0, 2.0, 4.0)
@@ -193,6 +199,11 @@ class StudyConfig:
         if unknown:
             raise KeyError(f"unknown study setting(s) {unknown}; valid settings: {sorted(fields)}")
         merged = {**dataclasses.asdict(base), **overrides}
+        for key, value in overrides.items():  # on/off settings: True/False (also "true"/"false" from --set)
+            if isinstance(getattr(base, key), bool) and not isinstance(value, bool):
+                if str(value).lower() not in ("true", "false"):
+                    raise ValueError(f"{key} is on or off: give True or False, got {value!r}")
+                merged[key] = str(value).lower() == "true"
         for key in ("steer_evals", "alphas"):
             merged[key] = tuple(merged[key])
         return cls(**merged)
@@ -652,6 +663,7 @@ def _readout_settings(cfg: StudyConfig, out: Path | None = None, candidates: lis
         out=out,
         progress=True,
         layer_star_candidates=None if candidates is None else tuple(candidates),
+        activation_cache=default_activation_cache_dir() if cfg.activation_cache else None,
     )
 
 
