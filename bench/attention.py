@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from bench.timing import timed
+from bench._timing import timed
 from probes import attention
 from probes.models import load_model
 from probes.record import capture

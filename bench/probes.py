@@ -41,7 +41,7 @@ import time
 import torch
 
 import maze_env
-from bench.timing import timed
+from bench._timing import timed
 from probes import layers as L
 from probes import positions as P
 from probes.extract import reward_trajectories, reward_vectors

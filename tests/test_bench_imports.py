@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 BENCHES = sorted(
-    p.stem for p in (Path(__file__).resolve().parents[1] / "bench").glob("*.py") if p.stem != "__init__"
+    p.stem for p in (Path(__file__).resolve().parents[1] / "bench").glob("*.py") if not p.stem.startswith("_")
 )
 
 

@@ -286,20 +286,23 @@ def test_the_control_can_be_steered_at_its_own_layer_star(tiny_study):
     run_study(cfg, out)  # back to the default for the other tests
 
 
-def test_a_second_seed_reuses_the_untrained_models_activations(tiny_study, tmp_path):
+def test_a_second_training_reuses_the_untrained_models_activations(tiny_study, tmp_path):
     from probes.activation_cache import default_activation_cache_dir
     from probes.readouts import ReadoutReport
 
-    cfg, out, _ = tiny_study  # seed 0 stored the untrained model's extraction (and the trained one's)
+    cfg, out, _ = tiny_study  # stored the untrained model's extraction (and the trained one's)
     before = set(default_activation_cache_dir().glob("*.safetensors"))
-    run_study(StudyConfig.from_overrides(cfg, {"seed": 1}), tmp_path)
+    other = {**cfg.train_overrides, "lr": 1.234e-3}  # another trained model from the same untrained one
+    run_study(StudyConfig.from_overrides(cfg, {"train_overrides": other}), tmp_path)
     new = set(default_activation_cache_dir().glob("*.safetensors")) - before
-    assert len(new) == 1  # the seed-1 trained model's only: u came from the cache
+    assert len(new) == 1  # the new trained model's only: u came from the cache
     record = json.loads(next(iter(new)).with_suffix(".json").read_text())
     assert record["layers"] == [0, 1] and record["classes"] == ["Mold", "Gold", "Path"]
-    for name in ("trained", "control"):
-        report = ReadoutReport.load(tmp_path / "stages" / "readouts" / f"readouts_{name}.json")
-        assert report.settings["activation_cache"] == str(default_activation_cache_dir())
+    read = {
+        d: ReadoutReport.load(d / "stages" / "readouts" / "readouts_control.json") for d in (out, tmp_path)
+    }
+    assert read[out].extraction == read[tmp_path].extraction  # the same u, bit for bit
+    assert read[tmp_path].settings["activation_cache"] == str(default_activation_cache_dir())
 
 
 def test_layer_star_can_be_chosen_among_the_adapted_layers_only(tmp_path):
