@@ -262,7 +262,7 @@ def extract_class_activations(
 
     def compute() -> dict[str, dict[int, Tensor]]:
         flat: list[Any] = [item for name in names for item in texts_by_class[name]]
-        acts = capture(
+        acts = extract_activations(
             model,
             tokenizer,
             flat,
