@@ -25,7 +25,7 @@ and a verdict, with its reason:
 - ``not distinguishable from the null``: the trained values do not beat their null;
 - ``too few seeds``: fewer than 3 seeds (the row still shows the numbers);
 - ``not measurable``: every trained and untrained value is the same number (a floor or ceiling of the measure,
-  e.g. a steering eval that scored no response at any α).
+  e.g. a steering eval that scored no response at any α, or a value read at layers training did not change).
 
 Example:
     >>> rows = claims_table({})
@@ -260,8 +260,9 @@ def _verdict(
         return "not measured", "no seed measured it"
     if len(readings) > 1 and len(set(readings)) == 1:
         return "not measurable", (
-            f"every seed read {readings[0]:+.3f}, trained and untrained alike: the measure has no signal at this "
-            "size (a floor: e.g. no response at any α was scored as refusing or backtracking)"
+            f"every seed read {readings[0]:+.3f}, trained and untrained alike: the measure has no signal here (a "
+            "floor, e.g. no response at any α was scored as refusing or backtracking; or a value read where "
+            "training changed nothing, e.g. a minimum over layers reached below the adapted layers)"
         )
     if n < MIN_SEEDS:
         return "too few seeds", f"{n} seed(s); a verdict needs {MIN_SEEDS}"
