@@ -19,9 +19,9 @@ The key is a sha256 over
 
 A hit therefore returns exactly what the capture would return on this machine; anything else recomputes.
 Entries are ``<key>.safetensors`` (one tensor ``<class>.<layer>`` each) and ``<key>.json`` (what the key
-was made of), written atomically; deleting the folder at any time is safe. Only plain local models with
-the hooks backend and a named or indexed position are cached (nnsight / remote models, custom position
-rules and ``meta`` weights are always captured).
+was made of), written atomically; deleting the folder at any time is safe. Only plain local models in eval
+mode with the hooks backend and a named or indexed position are cached (nnsight / remote models, models in
+train mode, custom position rules and ``meta`` weights are always captured).
 
 The default folder is ``$WELFARE_AXIS_ACTIVATION_CACHE``, else ``$WELFARE_AXIS_CACHE/activations``, else
 ``~/.cache/welfare-axis/activations``. Its size is small beside the models: 31 MB for SmolLM2 at 150 per
@@ -107,8 +107,9 @@ def numerics() -> dict[str, Any]:
 
 
 def cacheable(model: nn.Module, backend: str, position: Any) -> bool:
-    """Whether a capture with these arguments is cached (plain local model, hooks, a named/indexed position)."""
-    if backend != "hooks" or not (isinstance(position, str) or type(position) is int):
+    """Whether a capture with these arguments is cached: a plain local model in eval mode (in train mode dropout
+    may make each capture differ), the hooks backend, a named or indexed position."""
+    if backend != "hooks" or not (isinstance(position, str) or type(position) is int) or model.training:
         return False
     if hasattr(model, "_module") or type(model).__module__.startswith("nnsight"):
         return False
