@@ -40,6 +40,7 @@ import hashlib
 import json
 import os
 import platform
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -170,10 +171,17 @@ def cached_class_activations(
             order = list(record["classes"])  # the caller's class order, layers ascending
             return {cls: dict(sorted(out[cls].items())) for cls in order}
     result = compute()
-    folder.mkdir(parents=True, exist_ok=True)
     flat = {
         f"{cls}.{layer}": rows.clone() for cls, by_layer in result.items() for layer, rows in by_layer.items()
     }
-    atomic_write(tensors_path, lambda tmp: save_file(flat, str(tmp)))
-    write_json(record_path, record)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write(tensors_path, lambda tmp: save_file(flat, str(tmp)))
+        write_json(record_path, record)
+    except OSError as err:  # a cache that cannot be written must not cost the capture just made
+        warnings.warn(
+            f"activation cache not written ({err}); the activations are used as captured. Point "
+            f"${ACTIVATION_CACHE_ENV_VAR} at a writable folder, or turn the cache off (activation_cache=False)",
+            stacklevel=2,
+        )
     return result

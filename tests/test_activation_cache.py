@@ -125,3 +125,13 @@ def test_only_plain_local_captures_are_cached(monkeypatch, tmp_path):
     monkeypatch.delenv("WELFARE_AXIS_ACTIVATION_CACHE")
     monkeypatch.setenv("WELFARE_AXIS_CACHE", str(tmp_path / "root"))
     assert default_activation_cache_dir() == tmp_path / "root" / "activations"
+
+
+def test_an_unwritable_cache_warns_and_keeps_the_capture(tmp_path, counted):
+    model, tok = tiny_model("llama", seed=0)
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")
+    with pytest.warns(UserWarning, match="activation cache not written"):
+        got = _acts(model, tok, blocked / "cache")
+    _same(got, _acts(model, tok, None))
+    assert len(counted) == 2 and blocked.read_text() == "not a folder"
