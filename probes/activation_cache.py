@@ -60,11 +60,9 @@ def default_activation_cache_dir() -> Path:
     own = os.environ.get(ACTIVATION_CACHE_ENV_VAR)
     if own:
         return Path(own).expanduser()
-    from probes.models import CACHE_ENV_VAR
+    from probes.models import toolkit_cache_dir
 
-    root = os.environ.get(CACHE_ENV_VAR)
-    base = Path(root).expanduser() if root else Path.home() / ".cache" / "welfare-axis"
-    return base / "activations"
+    return toolkit_cache_dir() / "activations"
 
 
 def weights_fingerprint(model: nn.Module) -> str:

@@ -89,6 +89,7 @@ __all__ = [
     "resolve_autocast",
     "cached_model_dir",
     "default_cache_dir",
+    "toolkit_cache_dir",
     "load_model",
     "load_tokenizer",
     "quiet_loading",
@@ -348,11 +349,15 @@ def quiet_loading() -> None:
     hf_logging.disable_progress_bar()
 
 
+def toolkit_cache_dir() -> Path:
+    """The toolkit's cache folder: ``$WELFARE_AXIS_CACHE``, else ``~/.cache/welfare-axis`` (models, activations)."""
+    root = os.environ.get(CACHE_ENV_VAR)
+    return Path(root).expanduser() if root else Path.home() / ".cache" / "welfare-axis"
+
+
 def default_cache_dir() -> Path:
     """The models cache root: ``$WELFARE_AXIS_CACHE/models``, else ``~/.cache/welfare-axis/models``."""
-    root = os.environ.get(CACHE_ENV_VAR)
-    base = Path(root).expanduser() if root else Path.home() / ".cache" / "welfare-axis"
-    return base / "models"
+    return toolkit_cache_dir() / "models"
 
 
 def cached_model_dir(name: str = DEFAULT_MODEL, cache_dir: str | os.PathLike[str] | None = None) -> Path:
