@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 import training as T
 from bench.learn import GainPoint, gain_curve, learn_minutes
+from training.config import RUN_ONLY_ARGS
 from training.episodes import load_episodes
 from training.evaluation import compare_evals, summarize_episodes
 
@@ -31,6 +34,18 @@ def test_gain_curve_pairs_every_mid_run_evaluation_with_the_untrained_one(tmp_pa
     assert (points[0].gain, points[0].se) == pytest.approx((gain["return_diff"], gain["stderr_diff_paired"]))
     final = compare_evals(before, T.EvalResult(**evals["after"]))
     assert points[-1].gain == pytest.approx(final["return_diff"])
+
+
+def test_mid_run_evaluations_change_nothing_that_is_trained(tmp_path):
+    tiny = dict(model="tiny-llama", steps=2, episodes_per_step=4, group_size=2, n_turns=3, maze_size=12,
+                progress=False, threads=1, lr=1e-2, eval_episodes=4)  # fmt: skip
+    T.main(T.Args(**tiny, eval_every=1, out=str(tmp_path / "on")))
+    T.main(T.Args(**tiny, out=str(tmp_path / "off")))
+    on, off = (load_file(str(tmp_path / r / "final" / "adapter_model.safetensors")) for r in ("on", "off"))
+    assert on.keys() == off.keys() and all(torch.equal(on[k], off[k]) for k in on)
+    evals = [json.loads((tmp_path / r / "eval.json").read_text())["after"]["returns"] for r in ("on", "off")]
+    assert evals[0] == evals[1]
+    assert "eval_every" in RUN_ONLY_ARGS  # so a study's train stage and configuration name ignore it
 
 
 def test_learn_minutes_is_the_first_point_at_the_threshold():

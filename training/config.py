@@ -214,9 +214,10 @@ class Args:
 
 
 RUN_ONLY_ARGS: tuple[str, ...] = ("out", "progress", "resume", "stop_at_step", "threads", "device", "log_episodes",
-                                  "monitor_every", "monitor_n_per_class")  # fmt: skip
+                                  "monitor_every", "monitor_n_per_class", "eval_every")  # fmt: skip
 """Args that do not change what is trained (left out of a study's train-stage key and of its configuration
-name; the axis monitor reads the model without gradients or random numbers, tested)."""
+name; the axis monitor and the mid-run evaluations read the model without gradients, in eval mode, with their
+own random numbers: both tested)."""
 
 
 RECIPES: dict[str, dict[str, Any]] = {
