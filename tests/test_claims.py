@@ -221,3 +221,33 @@ def test_a_later_readout_is_the_seed_that_trained_it():
     resplit = StudySummary.from_dict(read.to_dict() | {"config": read.config | {"seed": 0}})
     with pytest.raises(ValueError, match="both seed 2 of"):
         claims_table({"a": read, "b": resplit}, CLAIMS[:1])
+
+
+def test_a_measure_added_after_a_study_ran_is_read_from_its_own_readouts(tmp_path):
+    """Session 19's records predate ``cos_last_layer``: loading one reads it from the record's two readouts
+    (cos(v_Mold, v_Gold) at the last layer before the final norm), keeps every recorded measure, and the
+    claims table pools it across the seeds like any other measure."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    records = Path(__file__).resolve().parents[1] / "docs" / "study_runs"
+    names = [f"sft_grpo_smollm2_seed{i}_n150" for i in (0, 1)] + ["sft_grpo_smollm2_seed2_adapted_n150"]
+    last = {}
+    for name in names:
+        assert "cos_last_layer" not in json.loads((records / name / "summary.json").read_text())["measures"]
+        curves = [json.loads((records / name / f"readouts_{w}.json").read_text())["geometry"]["cos_mold_gold"]
+                  for w in ("trained", "control")]  # fmt: skip
+        last[name] = (curves[0]["by_layer"][-1], curves[1]["by_layer"][-1])
+    loaded = {name: StudySummary.load(records / name) for name in names}
+    for name, s in loaded.items():
+        m = s.measure("cos_last_layer")
+        assert (m.trained, m.control) == last[name] and m.trained_estimate.value == m.trained
+        recorded = json.loads((records / name / "summary.json").read_text())["measures"]["cos_min"]
+        assert s.measure("cos_min").trained == recorded["trained"]
+    (row,) = claims_table(loaded, [CLAIMS_BY_KEY["antiparallel_last"]])
+    assert row.difference.mean == pytest.approx(sum(t - c for t, c in last.values()) / 3)
+    alone = tmp_path / "alone"  # a summary without its readouts is read as recorded
+    alone.mkdir()
+    shutil.copy(records / names[0] / "summary.json", alone / "summary.json")
+    assert "cos_last_layer" not in StudySummary.load(alone / "summary.json").measures

@@ -96,6 +96,8 @@ CLAIMS: tuple[Claim, ...] = (
     Claim("antiparallel", "min over layers cos(v_Mold, v_Gold) (Eq. 1)", "cos_min", "lower",
           "−0.84 to −0.95 trained; −0.13 to −0.23 untrained"),
     Claim("antiparallel_avg", "layer-averaged cos(v_Mold, v_Gold)", "cos_avg", "lower", "−0.210 trained; +0.089 control"),
+    Claim("antiparallel_last", "cos(v_Mold, v_Gold) at the last layer (preregistered lead, session 20)",
+          "cos_last_layer", "lower", "not reported per layer (Eq. 1 takes the minimum over layers)"),
     Claim("path_reference", "Path-reference cosine at the last layer", "path_reference_last_layer", "lower",
           "−0.60 trained; positive untrained"),
     Claim("centred", "centred class means Mold·Gold at ⌊2L/3⌋", "centred_mold_gold", "lower",

@@ -50,7 +50,7 @@ from training.monitor import MONITOR_FILE, axis_records
 from training.shipped import find_shipped, load_shipped
 from welfare_axis.report import export_figures, render_report
 from welfare_axis.stages import StageOutput, StageRunner
-from welfare_axis.summary import Measure, StudySummary, TrainingSummary
+from welfare_axis.summary import Measure, StudySummary, TrainingSummary, readout_measures
 
 if TYPE_CHECKING:
     from welfare_axis.report import Section
@@ -831,36 +831,7 @@ def summarize(runner: StageRunner, cfg: StudyConfig) -> StudySummary:
     rd = out["readouts"]
     ctrl = ReadoutReport.load(rd.dir / rd.result["control"])
     trn = ReadoutReport.load(rd.dir / rd.result["trained"])
-    measures: dict[str, Measure] = {}
-
-    def add(
-        section: str,
-        name: str,
-        read: Callable[[ReadoutReport], Any],
-        estimate: Callable[[ReadoutReport], Any] | None = None,
-    ) -> None:
-        measures[name] = Measure(
-            section=section,
-            trained=read(trn),
-            control=read(ctrl),
-            trained_estimate=estimate(trn) if estimate else None,
-            control_estimate=estimate(ctrl) if estimate else None,
-            paper_trained=PAPER.get(f"{name}_trained", ""),
-            paper_control=PAPER.get(f"{name}_control", ""),
-        )
-
-    def geometry(attribute: str) -> Callable[[ReadoutReport], Any]:
-        return lambda r: getattr(r.geometry.estimates, attribute) if r.geometry.estimates else None
-
-    add("geometry", "cos_min", lambda r: r.geometry.cos_mold_gold.min, geometry("cos_mold_gold_min"))
-    add("geometry", "cos_argmin", lambda r: r.geometry.cos_mold_gold.argmin)
-    add("geometry", "cos_avg", lambda r: r.geometry.cos_mold_gold.avg, geometry("cos_mold_gold_avg"))
-    add("geometry", "cos_last_layer_post_norm", lambda r: geometry("last_layer_post_norm")(r)
-        and geometry("last_layer_post_norm")(r).value, geometry("last_layer_post_norm"))  # fmt: skip
-    add("geometry", "centred_mold_gold", lambda r: r.geometry.centred.pairs.get("Mold·Gold"),
-        lambda r: r.geometry.estimates.centred.get("Mold·Gold") if r.geometry.estimates else None)  # fmt: skip
-    add("geometry", "path_reference_last_layer", lambda r: r.geometry.path_reference.last_layer,
-        geometry("path_reference_last"))  # fmt: skip
+    measures = readout_measures(trn, ctrl, PAPER)
     rotation = vector_rotation(
         rd.dir / rd.result["vectors"]["trained"], rd.dir / rd.result["vectors"]["control"]
     )
@@ -869,34 +840,6 @@ def summarize(runner: StageRunner, cfg: StudyConfig) -> StudySummary:
         measures[f"cos_v_u_{concept.lower()}_at_layer_star"] = Measure(
             section="geometry", trained=round(rotation[concept][star], 6), control=None
         )
-    add("logit_lens", "v_mold_top_raw", lambda r: r.logit_lens.of("Mold").top)
-    add("logit_lens", "v_gold_bottom_raw", lambda r: r.logit_lens.of("Gold").bottom)
-    add("logit_lens", "v_mold_failure_auroc", lambda r: r.logit_lens.of("Mold").failure_auroc,
-        lambda r: r.logit_lens.of("Mold").failure_auroc_estimate)  # fmt: skip
-    add("emotions", "slope", lambda r: r.emotions.scatter.slope, lambda r: r.emotions.scatter.slope_estimate)
-    add("emotions", "r", lambda r: r.emotions.scatter.r, lambda r: r.emotions.scatter.r_estimate)
-    add("tracking", "maze_d_gold_vector", lambda r: r.tracking.maze_d_gold_vector_at_layer_star,
-        lambda r: r.tracking.maze_d_gold_estimate)  # fmt: skip
-    add("tracking", "feedback_d", lambda r: r.tracking.feedback_d_gold_vector_at_layer_star,
-        lambda r: r.tracking.feedback_d_gold_estimate)  # fmt: skip
-    on_v = (ctrl.tracking.maze_d_on_reference_vectors or {}).get("Gold")
-    measures["control_maze_d_on_v_gold"] = Measure(
-        section="tracking", trained=None, control=on_v.value if on_v else None, control_estimate=on_v
-    )
-    add("q_readout", "spearman_pooled_centred", lambda r: r.q_readout.spearman_pooled_centred,
-        lambda r: r.q_readout.spearman_pooled_estimate)  # fmt: skip
-    implicit = trn.q_readout.implicit_reward_spearman_estimate
-    measures["implicit_reward_spearman"] = Measure(
-        section="q_readout",
-        trained=implicit.value if implicit else None,
-        control=None,
-        trained_estimate=implicit,
-    )
-    for task, row in trn.env_probes.tasks.items():
-        if row is not None:
-            add("env_probes", task,
-                lambda r, t=task: None if r.env_probes.tasks.get(t) is None else r.env_probes.tasks[t].score)  # fmt: skip
-
     steering = None
     if "steering" in out:
         slopes = out["steering"].result["slopes"]

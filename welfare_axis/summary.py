@@ -17,13 +17,15 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from probes.readouts import Estimate, Readout
+from probes.readouts import Estimate, Readout, ReadoutReport
 
 SECTIONS: tuple[str, ...] = ("geometry", "logit_lens", "emotions", "tracking", "q_readout", "env_probes")
 """The measure sections, in report order."""
@@ -147,4 +149,103 @@ class StudySummary(Readout):
             raise FileNotFoundError(
                 f"{path.parent} has no summary.json: run `welfare-axis run --out {path.parent}` to finish it first"
             )
-        return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        summary = cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        return summary.with_readout_measures(path.parent)
+
+    def with_readout_measures(self, run: str | os.PathLike[str]) -> StudySummary:
+        """This summary with every :func:`readout_measures` entry it lacks, read from the two readouts saved
+        with it (``<run>/readouts_{trained,control}.json`` in a record of ``docs/study_runs``, or
+        ``<run>/stages/readouts/`` in a study directory). So a measure added to the toolkit after a study ran
+        is read from that study's own readouts; the recorded measures are kept as they are. Without the
+        readouts, the summary is returned unchanged."""
+        for folder in (Path(run), Path(run) / "stages" / "readouts"):
+            trained, control = folder / "readouts_trained.json", folder / "readouts_control.json"
+            if trained.is_file() and control.is_file():
+                break
+        else:
+            return self
+        missing = set(READOUT_MEASURES) - set(self.measures)
+        if not missing:
+            return self
+        derived = readout_measures(ReadoutReport.load(trained), ReadoutReport.load(control), self.paper)
+        added = {name: m for name, m in derived.items() if name in missing}
+        return dataclasses.replace(self, measures={**self.measures, **added})
+
+
+READOUT_MEASURES: tuple[str, ...] = (
+    "cos_min", "cos_argmin", "cos_avg", "cos_last_layer", "cos_last_layer_post_norm", "centred_mold_gold",
+    "path_reference_last_layer", "v_mold_top_raw", "v_gold_bottom_raw", "v_mold_failure_auroc", "slope", "r",
+    "maze_d_gold_vector", "feedback_d", "control_maze_d_on_v_gold", "spearman_pooled_centred",
+    "implicit_reward_spearman",
+)  # fmt: skip
+"""The measures :func:`readout_measures` always returns (beside one per environment-probe task)."""
+
+
+def readout_measures(
+    trained: ReadoutReport, control: ReadoutReport, paper: Mapping[str, str] | None = None
+) -> dict[str, Measure]:
+    """The study's headline measures that the two readouts alone determine: the trained model's (v) beside
+    the untrained control's (u), with their intervals and nulls where the readout has them, and the paper's
+    values from ``paper`` (``f"{name}_trained"``/``f"{name}_control"`` keys, e.g. ``welfare_axis.study.PAPER``).
+
+    ``cos_last_layer`` is cos(v_Mold, v_Gold) at the last layer of the residual stream (before the final
+    norm), the statistic of the test preregistered in docs/results.md (session 20);
+    ``cos_last_layer_post_norm`` is the same after the final norm, as the logit lens reads it.
+    """
+    paper = paper or {}
+    measures: dict[str, Measure] = {}
+
+    def add(section: str, name: str, read: Callable[[ReadoutReport], Any],
+            estimate: Callable[[ReadoutReport], Any] | None = None) -> None:  # fmt: skip
+        measures[name] = Measure(
+            section=section,
+            trained=read(trained),
+            control=read(control),
+            trained_estimate=estimate(trained) if estimate else None,
+            control_estimate=estimate(control) if estimate else None,
+            paper_trained=paper.get(f"{name}_trained", ""),
+            paper_control=paper.get(f"{name}_control", ""),
+        )
+
+    def geometry(attribute: str) -> Callable[[ReadoutReport], Any]:
+        return lambda r: getattr(r.geometry.estimates, attribute) if r.geometry.estimates else None
+
+    add("geometry", "cos_min", lambda r: r.geometry.cos_mold_gold.min, geometry("cos_mold_gold_min"))
+    add("geometry", "cos_argmin", lambda r: r.geometry.cos_mold_gold.argmin)
+    add("geometry", "cos_avg", lambda r: r.geometry.cos_mold_gold.avg, geometry("cos_mold_gold_avg"))
+    add("geometry", "cos_last_layer", lambda r: r.geometry.cos_mold_gold.by_layer[-1],
+        geometry("last_layer_pre_norm"))  # fmt: skip
+    add("geometry", "cos_last_layer_post_norm", lambda r: geometry("last_layer_post_norm")(r)
+        and geometry("last_layer_post_norm")(r).value, geometry("last_layer_post_norm"))  # fmt: skip
+    add("geometry", "centred_mold_gold", lambda r: r.geometry.centred.pairs.get("Mold·Gold"),
+        lambda r: r.geometry.estimates.centred.get("Mold·Gold") if r.geometry.estimates else None)  # fmt: skip
+    add("geometry", "path_reference_last_layer", lambda r: r.geometry.path_reference.last_layer,
+        geometry("path_reference_last"))  # fmt: skip
+    add("logit_lens", "v_mold_top_raw", lambda r: r.logit_lens.of("Mold").top)
+    add("logit_lens", "v_gold_bottom_raw", lambda r: r.logit_lens.of("Gold").bottom)
+    add("logit_lens", "v_mold_failure_auroc", lambda r: r.logit_lens.of("Mold").failure_auroc,
+        lambda r: r.logit_lens.of("Mold").failure_auroc_estimate)  # fmt: skip
+    add("emotions", "slope", lambda r: r.emotions.scatter.slope, lambda r: r.emotions.scatter.slope_estimate)
+    add("emotions", "r", lambda r: r.emotions.scatter.r, lambda r: r.emotions.scatter.r_estimate)
+    add("tracking", "maze_d_gold_vector", lambda r: r.tracking.maze_d_gold_vector_at_layer_star,
+        lambda r: r.tracking.maze_d_gold_estimate)  # fmt: skip
+    add("tracking", "feedback_d", lambda r: r.tracking.feedback_d_gold_vector_at_layer_star,
+        lambda r: r.tracking.feedback_d_gold_estimate)  # fmt: skip
+    on_v = (control.tracking.maze_d_on_reference_vectors or {}).get("Gold")
+    measures["control_maze_d_on_v_gold"] = Measure(
+        section="tracking", trained=None, control=on_v.value if on_v else None, control_estimate=on_v
+    )
+    add("q_readout", "spearman_pooled_centred", lambda r: r.q_readout.spearman_pooled_centred,
+        lambda r: r.q_readout.spearman_pooled_estimate)  # fmt: skip
+    implicit = trained.q_readout.implicit_reward_spearman_estimate
+    measures["implicit_reward_spearman"] = Measure(
+        section="q_readout",
+        trained=implicit.value if implicit else None,
+        control=None,
+        trained_estimate=implicit,
+    )
+    for task, row in trained.env_probes.tasks.items():
+        if row is not None:
+            add("env_probes", task,
+                lambda r, t=task: None if r.env_probes.tasks.get(t) is None else r.env_probes.tasks[t].score)  # fmt: skip
+    return measures
