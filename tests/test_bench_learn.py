@@ -10,9 +10,9 @@ from safetensors.torch import load_file
 
 import training as T
 from bench.learn import GainPoint, gain_curve, learn_minutes
-from training.config import RUN_ONLY_ARGS
 from training.episodes import load_episodes
 from training.evaluation import compare_evals, summarize_episodes
+from welfare_axis.claims import configuration_name
 
 
 def test_gain_curve_pairs_every_mid_run_evaluation_with_the_untrained_one(tmp_path):
@@ -45,7 +45,10 @@ def test_mid_run_evaluations_change_nothing_that_is_trained(tmp_path):
     assert on.keys() == off.keys() and all(torch.equal(on[k], off[k]) for k in on)
     evals = [json.loads((tmp_path / r / "eval.json").read_text())["after"]["returns"] for r in ("on", "off")]
     assert evals[0] == evals[1]
-    assert "eval_every" in RUN_ONLY_ARGS  # so a study's train stage and configuration name ignore it
+    name = configuration_name(
+        {"model": "m", "algo": "tbrm", "train_overrides": {"lr": 5e-4, "eval_every": 2}}
+    )
+    assert name == configuration_name({"model": "m", "algo": "tbrm", "train_overrides": {"lr": 5e-4}})
 
 
 def test_learn_minutes_is_the_first_point_at_the_threshold():

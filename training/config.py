@@ -214,10 +214,14 @@ class Args:
 
 
 RUN_ONLY_ARGS: tuple[str, ...] = ("out", "progress", "resume", "stop_at_step", "threads", "device", "log_episodes",
-                                  "monitor_every", "monitor_n_per_class", "eval_every")  # fmt: skip
+                                  "monitor_every", "monitor_n_per_class")  # fmt: skip
 """Args that do not change what is trained (left out of a study's train-stage key and of its configuration
-name; the axis monitor and the mid-run evaluations read the model without gradients, in eval mode, with their
-own random numbers: both tested)."""
+name; the axis monitor reads the model without gradients or random numbers, tested)."""
+INERT_ARGS: tuple[str, ...] = (*RUN_ONLY_ARGS, "eval_every")
+"""Args that change nothing that is trained: the run-only ones, and ``eval_every`` (mid-run held-out evaluations
+run in eval mode with their own random numbers; tested). ``eval_every`` stays in a study's train-stage key, as it
+was before it was known to be inert, so finished studies are not trained again; a configuration's name
+(``welfare_axis.claims``) leaves all of them out, so a run evaluated on the way is a seed like any other."""
 
 
 RECIPES: dict[str, dict[str, Any]] = {

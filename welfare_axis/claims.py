@@ -43,7 +43,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from training.config import RUN_ONLY_ARGS
+from training.config import INERT_ARGS
 from welfare_axis.summary import StudySummary
 
 Direction = Literal["lower", "higher"]
@@ -208,9 +208,7 @@ def configuration_name(config: Mapping[str, Any]) -> str:
         if value in (None, {}, "", "study", "cpu", "template", "all") and key not in ("model", "algo"):
             continue
         if isinstance(value, dict):
-            shown = {
-                k: v for k, v in value.items() if k not in RUN_ONLY_ARGS
-            }  # e.g. monitor_every: same model
+            shown = {k: v for k, v in value.items() if k not in INERT_ARGS}  # e.g. monitor_every: same model
             if not shown and key not in ("model", "algo"):
                 continue
             value = ",".join(f"{k}={v}" for k, v in sorted(shown.items()))
