@@ -181,9 +181,12 @@ def test_the_default_studys_train_key_is_stable():
     from welfare_axis import study
     from welfare_axis.stages import STAGE_FORMAT, config_hash
 
-    settings = study.train_stage_settings(StudyConfig())
-    key = config_hash({"stage": "train", "format": STAGE_FORMAT, "config": settings, "depends": {}})
-    assert key == "871b813a915a9e9f"
+    def key(cfg: StudyConfig) -> str:
+        settings = study.train_stage_settings(cfg)
+        return config_hash({"stage": "train", "format": STAGE_FORMAT, "config": settings, "depends": {}})
+
+    assert key(StudyConfig()) == "b78bf920f2bc1b8c"  # 8 steps since session 20
+    assert key(StudyConfig.preset("tbrm-6-steps")) == "871b813a915a9e9f"  # the default's key until session 20
 
 
 def test_train_cache_key_is_the_resolved_training_config(monkeypatch):
@@ -252,7 +255,11 @@ def test_default_study_sizes_and_their_precedence(tmp_path):
         StudyConfig.preset("short"), {"train_steps": 12, "train_overrides": {"lora_layers": 8}}
     )
     assert (cfg.train_args(tmp_path).steps, cfg.train_args(tmp_path).lora_layers) == (12, 8)
-    assert StudyConfig.preset("fast").train_args(tmp_path).steps == study.FAST_TRAIN["steps"]
+    assert (
+        StudyConfig.preset("fast").train_args(tmp_path).steps == study.FAST_TRAIN["steps"]
+    )  # not the default's 8
+    fast12 = StudyConfig.from_overrides(StudyConfig.preset("fast"), {"train_steps": 12})
+    assert fast12.train_args(tmp_path).steps == 12
     settings = study._readout_settings(StudyConfig(), tmp_path / "r.json")
     assert (settings.n_per_class, settings.maze_size, settings.n_turns) == (24, 100, 15)
     assert all(getattr(settings, k) == v for k, v in study.STUDY_READOUTS.items())
@@ -343,7 +350,7 @@ def test_layer_star_can_be_chosen_among_the_adapted_layers_only(tmp_path):
     assert not (tmp_path / "bad").exists()
 
 
-def test_the_default_study_trains_the_cpu_recipes_tbrm_on_every_layer_at_a_quarter_of_its_lr():
+def test_the_default_study_trains_the_cpu_recipes_tbrm_on_every_layer_at_a_quarter_of_its_lr_for_8_steps():
     from pathlib import Path
 
     from training.config import recipe_args
@@ -352,16 +359,12 @@ def test_the_default_study_trains_the_cpu_recipes_tbrm_on_every_layer_at_a_quart
     assert StudyConfig.preset("learn") == StudyConfig.preset("default") == StudyConfig()
     recipe = recipe_args("cpu", algo="tbrm")
     assert args.algo == "tbrm" and args.lora_layers is None  # every layer adapted: v can differ from u
-    for key in (
-        "steps",
-        "tbrm_beta",
-        "curriculum_steps",
-        "curriculum_scale",
-        "minibatches",
-        "eval_episodes",
-    ):
+    for key in ("tbrm_beta", "curriculum_scale", "minibatches", "eval_episodes"):
         assert getattr(args, key) == getattr(recipe, key), key
     assert args.lr == recipe.lr / 4  # a quarter of the recipe's step size: 30 adapted layers, not 8
+    assert args.steps == args.curriculum_steps == recipe.steps + 2 == 8  # every step single-turn, 2 more
+    six = StudyConfig.preset("tbrm-6-steps").train_args(Path("run"))
+    assert (six.steps, six.curriculum_steps, six.lr, six.lora_layers) == (6, 6, args.lr, None)
     with pytest.raises(ValueError, match="train_sizes"):
         StudyConfig.from_overrides(StudyConfig(), {"train_sizes": "huge"}).train_args(Path("run"))
 

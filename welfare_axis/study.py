@@ -79,11 +79,16 @@ PAPER = {
 }
 
 
-LEARN_OVERRIDES: dict[str, Any] = {"lora_layers": None, "lr": 5e-4}
+LEARN_OVERRIDES: dict[str, Any] = {"lora_layers": None, "lr": 5e-4, "steps": 8, "curriculum_steps": 8}
 """The default study's changes to the CPU recipe's TBRM (issue 17): LoRA on all layers, so v can differ from u
-wherever it is read, at a quarter of the recipe's lr. Measured (docs/training_runs/tbrm_cpu_all_layers_lr5e-4):
-+21.4 ± 6.1 paired (z 3.5) on 64 held-out 15-turn mazes in 27.7 min of training; at the recipe's 2e-3 it does not
-learn (+2.2 ± 6.8) and forgets (QA 0.36 -> 0.04)."""
+wherever it is read, at a quarter of the recipe's lr, for 8 single-turn steps instead of 6. At the recipe's 2e-3
+it does not learn (+2.2 ± 6.8) and forgets (QA 0.36 -> 0.04). With 6 steps (:data:`SIX_STEP_OVERRIDES`, the default
+until session 20) seeds gained z 3.5/3.1, 1.6/1.4 and 4.1 on 64 held-out 15-turn mazes (seed 1 twice does not
+learn); with 8 the same seed 1 gains +25.0 (docs/results.md, session 20). Two steps cost about 3.3 min on AVX-512
+cores, 6 min on AVX2 ones."""
+SIX_STEP_OVERRIDES: dict[str, Any] = {"lora_layers": None, "lr": 5e-4}
+"""The default study's training until session 20 (6 steps): its records in docs/study_runs (``default_smollm2*``,
+``tile_swap_smollm2*``, ``tbrm_smollm2_seed*_n150``); preset ``tbrm-6-steps``."""
 SHORT = {"algo": "dr_grpo", "train_sizes": "study", "train_overrides": {}}
 """The study's earlier default (3 Dr. GRPO steps with LoRA on the top 16 layers, ~26 min end to end): it does not
 teach the maze (paired z 2.0), kept as the ``short`` preset and as the base of the algorithm presets."""
@@ -106,8 +111,8 @@ class StudyConfig:
     sets them)."""
     algo: str = "tbrm"
     """Training algorithm (training.train: dr_grpo, grpo, reinforce, rloo, ppo, tbrm, sft, iterative_sft). The
-    default, TBRM (RL from scratch) under the CPU recipe's sizes with LoRA on every layer, is the smallest run
-    measured to learn the maze (:data:`LEARN`)."""
+    default, TBRM (RL from scratch) under the CPU recipe's sizes with LoRA on every layer for 8 steps, is the
+    smallest run measured to learn the maze (:data:`LEARN_OVERRIDES`)."""
     warm_start: str | None = None
     """Train this algorithm first, then the study's ``algo`` from its weights (``training.Args.init_from``):
     ``sft`` makes RL after an SFT warm start (preset ``sft-grpo``). The warm start runs the same recipe with
@@ -136,7 +141,7 @@ class StudyConfig:
     train_steps: int | None = None
     """Override the preset's number of optimisation steps."""
     train_overrides: dict[str, Any] = field(default_factory=lambda: dict(LEARN_OVERRIDES))
-    """Any other training.Args fields (default :data:`LEARN_OVERRIDES`: every layer adapted, lr 5e-4).
+    """Any other training.Args fields (default :data:`LEARN_OVERRIDES`: every layer adapted, lr 5e-4, 8 steps).
     ``--set train_overrides=...`` replaces the whole dict."""
     n_per_class: int = 24
     """Scripted trajectories per class (Mold, Gold, Path) for the vectors (paper: 5,000)."""
@@ -211,12 +216,17 @@ class StudyConfig:
     def train_args(self, out: Path, init_from: Path | None = None):
         """The run's ``training.Args``: the preset (not its per-algorithm recipes), then the study's
         sizes (:data:`STUDY_TRAIN` or :data:`FAST_TRAIN`), then ``train_steps``, then ``train_overrides``;
-        ``init_from`` is the warm start's run directory (:meth:`warm_start_args`)."""
+        ``init_from`` is the warm start's run directory (:meth:`warm_start_args`). A fast study (a pipeline
+        check) keeps its own few steps and no curriculum, whatever step count ``train_overrides`` gives the full
+        run (the default's 8); ``train_steps`` still sets them."""
 
         overrides = self._sized({"algo": self.algo, "out": str(out)})
         if self.train_steps is not None:
             overrides["steps"] = self.train_steps
         overrides.update(self.train_overrides)
+        if self.fast:
+            overrides["steps"] = FAST_TRAIN["steps"] if self.train_steps is None else self.train_steps
+            overrides["curriculum_steps"] = FAST_TRAIN["curriculum_steps"]
         if init_from is not None:
             overrides["init_from"] = str(init_from)
         return recipe_args(self.train_recipe, per_algorithm=self._from_recipe, **overrides)
@@ -333,6 +343,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "tbrm-short": {**SHORT, "algo": "tbrm"},
     # The default's settings under the name the session-8 records use.
     "learn": {},
+    "tbrm-6-steps": {"train_overrides": dict(SIX_STEP_OVERRIDES)},
     "full-ft": {**SHORT, "finetune": "full"},
     "steer-trained": {"steer_model": "trained"},
     # App. G: the vectors at every checkpoint (every 2nd step kept; fast mode: steps 2 and 3).
