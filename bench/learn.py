@@ -112,14 +112,15 @@ def _curve(
 
 
 def learn_minutes(points: list[GainPoint], threshold: float = 25.0) -> float | None:
-    """Training minutes of the first point whose gain reaches ``threshold`` (None: never).
+    """Training minutes of the first point whose gain reaches ``threshold`` (None: never). Returns are float32
+    sums of per-turn rewards, so a gain within 1e-4 of the threshold (e.g. 24.999998 for +25) reaches it.
 
     Example:
         >>> learn_minutes([GainPoint(2, 9.0, 12.0, 5.0), GainPoint(4, 18.0, 26.0, 6.0)])
         18.0
     """
     for point in points:
-        if point.gain >= threshold:
+        if point.gain >= threshold - 1e-4:
             return point.train_minutes
     return None
 

@@ -55,6 +55,8 @@ def test_learn_minutes_is_the_first_point_at_the_threshold():
     points = [GainPoint(1, 4.0, 10.0, 3.0), GainPoint(2, 8.0, 25.0, 5.0), GainPoint(3, 12.0, 30.0, 5.0)]
     assert learn_minutes(points) == 8.0
     assert learn_minutes(points, threshold=31) is None
+    assert learn_minutes([GainPoint(8, 13.1, 24.999998, 6.6)]) == 13.1  # +25 up to float32 rounding
+    assert learn_minutes([GainPoint(8, 13.1, 24.99, 6.6)]) is None
     assert points[1].z == 5.0
 
 
