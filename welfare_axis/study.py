@@ -84,8 +84,9 @@ LEARN_OVERRIDES: dict[str, Any] = {"lora_layers": None, "lr": 5e-4, "steps": 8, 
 wherever it is read, at a quarter of the recipe's lr, for 8 single-turn steps instead of 6. At the recipe's 2e-3
 it does not learn (+2.2 ± 6.8) and forgets (QA 0.36 -> 0.04). With 6 steps (:data:`SIX_STEP_OVERRIDES`, the default
 until session 20) seeds gained z 3.5/3.1, 1.6/1.4 and 4.1 on 64 held-out 15-turn mazes (seed 1 twice does not
-learn); with 8 the same seed 1 gains +25.0 (docs/results.md, session 20). Two steps cost about 3.3 min on AVX-512
-cores, 6 min on AVX2 ones."""
+learn); with 8, seed 1 gains +25.0 (z 3.8) and seed 0 +16.9 (z 2.9): a gain near +20 sits at the 3-SE line of 64
+held-out mazes (docs/results.md, session 20). The two steps cost about 3.3 min where a step takes 100 s, 6 min where
+it takes 185 s."""
 SIX_STEP_OVERRIDES: dict[str, Any] = {"lora_layers": None, "lr": 5e-4}
 """The default study's training until session 20 (6 steps): its records in docs/study_runs (``default_smollm2*``,
 ``tile_swap_smollm2*``, ``tbrm_smollm2_seed*_n150``); preset ``tbrm-6-steps``."""
@@ -112,7 +113,7 @@ class StudyConfig:
     algo: str = "tbrm"
     """Training algorithm (training.train: dr_grpo, grpo, reinforce, rloo, ppo, tbrm, sft, iterative_sft). The
     default, TBRM (RL from scratch) under the CPU recipe's sizes with LoRA on every layer for 8 steps, is the
-    smallest run measured to learn the maze (:data:`LEARN_OVERRIDES`)."""
+    smallest run measured to learn the maze, at about the 3-SE line (:data:`LEARN_OVERRIDES`)."""
     warm_start: str | None = None
     """Train this algorithm first, then the study's ``algo`` from its weights (``training.Args.init_from``):
     ``sft`` makes RL after an SFT warm start (preset ``sft-grpo``). The warm start runs the same recipe with
