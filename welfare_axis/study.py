@@ -84,8 +84,8 @@ LEARN_OVERRIDES: dict[str, Any] = {"lora_layers": None, "lr": 5e-4, "steps": 8, 
 wherever it is read, at a quarter of the recipe's lr, for 8 single-turn steps instead of 6. At the recipe's 2e-3
 it does not learn (+2.2 ± 6.8) and forgets (QA 0.36 -> 0.04). With 6 steps (:data:`SIX_STEP_OVERRIDES`, the default
 until session 20) seeds gained z 3.5/3.1, 1.6/1.4 and 4.1 on 64 held-out 15-turn mazes (seed 1 twice does not
-learn); with 8, seed 1 gains +25.0 (z 3.8) and seed 0 +16.9 (z 2.9): a gain near +20 sits at the 3-SE line of 64
-held-out mazes (docs/results.md, session 20). The two steps cost about 3.3 min where a step takes 100 s, 6 min where
+learn); with 8, seeds 0-2 gain +16.9 (z 2.9), +25.0 (z 3.8) and +26.6 (z 4.7): a gain near +20 sits at the 3-SE
+line of 64 held-out mazes (docs/results.md, session 20). The two steps cost about 3.3 min where a step takes 100 s, 6 min where
 it takes 185 s."""
 SIX_STEP_OVERRIDES: dict[str, Any] = {"lora_layers": None, "lr": 5e-4}
 """The default study's training until session 20 (6 steps): its records in docs/study_runs (``default_smollm2*``,
