@@ -164,21 +164,9 @@ class StudySummary(Readout):
                 break
         else:
             return self
-        missing = set(READOUT_MEASURES) - set(self.measures)
-        if not missing:
-            return self
         derived = readout_measures(ReadoutReport.load(trained), ReadoutReport.load(control), self.paper)
-        added = {name: m for name, m in derived.items() if name in missing}
-        return dataclasses.replace(self, measures={**self.measures, **added})
-
-
-READOUT_MEASURES: tuple[str, ...] = (
-    "cos_min", "cos_argmin", "cos_avg", "cos_last_layer", "cos_last_layer_post_norm", "centred_mold_gold",
-    "path_reference_last_layer", "v_mold_top_raw", "v_gold_bottom_raw", "v_mold_failure_auroc", "slope", "r",
-    "maze_d_gold_vector", "feedback_d", "control_maze_d_on_v_gold", "spearman_pooled_centred",
-    "implicit_reward_spearman",
-)  # fmt: skip
-"""The measures :func:`readout_measures` always returns (beside one per environment-probe task)."""
+        added = {name: m for name, m in derived.items() if name not in self.measures}
+        return dataclasses.replace(self, measures={**self.measures, **added}) if added else self
 
 
 def readout_measures(
