@@ -285,6 +285,41 @@ def test_resume_with_another_config_is_refused(tmp_path):
     T.main(tiny_args(tmp_path, steps=2, resume=True, threads=2, autocast=None))
 
 
+def test_top_lr_moves_the_top_layers_at_their_own_rate_and_resumes_bit_for_bit(tmp_path):
+    """One AdamW step from LoRA's zero B moves each weight by lr·g/(|g|+ε): the top layer's move scales by
+    top_lr/lr, the layers below keep the plain run's move exactly, and top_lr = lr is the plain run."""
+    one = dict(algo="tbrm", steps=1, lr=1e-3)
+    plain = T.main(tiny_args(tmp_path, "plain", **one))
+    same = T.main(tiny_args(tmp_path, "same", **one, top_lr=1e-3, top_lr_layers=1))
+    fast = T.main(tiny_args(tmp_path, "fast", **one, top_lr=1e-2, top_lr_layers=1))
+    start = T.make_policy(tiny_args(tmp_path, "start", **one)).trainable_parameters()
+    a, b, c = (weights(r.run_dir, 1) for r in (plain, same, fast))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    n_layers = T.make_policy(tiny_args(tmp_path, "start", **one)).model.config.num_hidden_layers
+    top = [k for k in a if f".layers.{n_layers - 1}." in k]
+    assert top and len(top) < len(a)
+    for k in a:
+        moved_plain, moved_fast = a[k] - start[k].detach(), c[k] - start[k].detach()
+        if k in top:
+            assert moved_plain.abs().max() > 0 or "lora_A" in k, k
+            torch.testing.assert_close(moved_fast, 10 * moved_plain, rtol=1e-4, atol=1e-9)
+        else:
+            assert torch.equal(moved_fast, moved_plain), k
+    rates = [(r["lr"], r["top_lr"]) for r in metrics(fast.run_dir)]
+    assert rates == [(pytest.approx(1e-3), pytest.approx(1e-2))]
+    # two groups in the optimizer: a checkpoint restores each at its own rate
+    extra = dict(algo="tbrm", top_lr=3e-2, top_lr_layers=1)
+    T.main(tiny_args(tmp_path, "whole", **extra))
+    T.main(tiny_args(tmp_path, "split", stop_at_step=2, **extra))
+    T.main(tiny_args(tmp_path, "split", resume=True, **extra))
+    w, s = weights(tmp_path / "whole", 4), weights(tmp_path / "split", 4)
+    assert all(torch.equal(w[k], s[k]) for k in w)
+    with pytest.raises(ValueError, match="top_lr must be None or a finite number > 0"):
+        T.main(tiny_args(tmp_path, "bad", top_lr=0.0))
+    with pytest.raises(ValueError, match=r"top_lr_layers=9 exceeds the model's \d+ decoder layers"):
+        T.main(tiny_args(tmp_path, "bad2", top_lr=1e-3, top_lr_layers=9))
+
+
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     real = U._micro_loss
 

@@ -121,7 +121,7 @@ def load_checkpoint(path: Path, policy: Policy, optimizer: torch.optim.Optimizer
         saved = D.unflatten_optimizer_state(
             load_file(str(path / "optimizer.safetensors")), json.loads((path / "optimizer.json").read_text())
         )
-        ordered = list(params.values())  # make_optimizer's order: the state's indices
+        ordered = [p for group in optimizer.param_groups for p in group["params"]]  # the state's indices
         opt_state: dict[int, dict[str, Any]] = {}
         for index, slots in saved["state"].items():
             param = ordered[int(index)]

@@ -85,6 +85,13 @@ class Args:
     # --- optimisation ---
     lr: float = 3e-6
     """Peak learning rate (paper: 3e-6 for Dr. GRPO on Qwen3-4B); annealed with the cosine multiplier."""
+    top_lr: float | None = None
+    """Peak learning rate of the trainable weights in the top ``top_lr_layers`` decoder layers (None: ``lr`` for
+    every layer); annealed with the same multiplier. With LoRA on every layer, the top layers can take the step
+    that teaches the maze quickly (the CPU recipe's 2e-3 on its top 8) while the layers below keep ``lr``, the
+    step at which they still learn without the collapse of 2e-3 everywhere (docs/results.md, sessions 8 and 21)."""
+    top_lr_layers: int = 8
+    """How many decoder layers, counted from the top, train at ``top_lr`` (ignored when it is None)."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
     max_grad_norm: float = 1.0
@@ -386,6 +393,11 @@ def validate(args: Args) -> Args:
         check_positive_int("preference_horizon", args.preference_horizon)
     if args.group_size < algo.min_group_size:
         raise ValueError(f"algo={args.algo} needs group_size >= {algo.min_group_size}; got {args.group_size}")
+    if args.top_lr is not None and (
+        not isinstance(args.top_lr, int | float) or not math.isfinite(args.top_lr) or args.top_lr <= 0
+    ):
+        raise ValueError(f"top_lr must be None or a finite number > 0; got {args.top_lr!r}")
+    check_positive_int("top_lr_layers", args.top_lr_layers)
     for name in ("lr", "temperature", "loss_z", "tbrm_beta"):
         value = getattr(args, name)
         if not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import re
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -150,12 +151,37 @@ def merged_model(policy: Policy) -> nn.Module:
         return policy.model.merge_and_unload()
 
 
+_LAYER_INDEX = re.compile(r"\.layers\.(\d+)\.")
+
+
 def make_optimizer(policy: Policy, args: Args) -> torch.optim.Optimizer:
-    """AdamW over the trainable parameters (LoRA adapters or all weights)."""
-    params = list(policy.trainable_parameters().values())
-    if not params:
+    """AdamW over the trainable parameters (LoRA adapters or all weights).
+
+    Each parameter group carries its peak learning rate as ``peak_lr`` (the update anneals ``lr`` from it):
+    one group at ``args.lr``, or, with ``args.top_lr`` set, the weights of the top ``args.top_lr_layers``
+    decoder layers in a second group at ``top_lr`` (embeddings, final norm and head stay at ``lr``). The
+    optimizer's state indices follow ``optimizer.param_groups`` (what a checkpoint stores and reloads).
+    """
+    named = policy.trainable_parameters()
+    if not named:
         raise RuntimeError("the model has no trainable parameters")
-    return torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay, betas=(0.9, 0.999), eps=1e-8)
+    base = {"lr": args.lr, "peak_lr": args.lr}
+    if args.top_lr is None:
+        groups = [{"params": list(named.values()), **base}]
+    else:
+        n_layers = int(policy.model.config.num_hidden_layers)
+        if args.top_lr_layers > n_layers:
+            raise ValueError(f"top_lr_layers={args.top_lr_layers} exceeds the model's {n_layers} decoder layers")
+        first_top = n_layers - args.top_lr_layers
+        top, rest = [], []
+        for name, p in named.items():
+            match = _LAYER_INDEX.search(name)
+            (top if match is not None and int(match.group(1)) >= first_top else rest).append(p)
+        if not top:
+            raise ValueError(f"top_lr is set but no trainable weight lies in the top {args.top_lr_layers} layers")
+        groups = [{"params": rest, **base}, {"params": top, "lr": args.top_lr, "peak_lr": args.top_lr}]
+        groups = [g for g in groups if g["params"]]
+    return torch.optim.AdamW(groups, weight_decay=args.weight_decay, betas=(0.9, 0.999), eps=1e-8)
 
 
 def use_autocast(args: Args, model: nn.Module) -> bool:

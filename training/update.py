@@ -160,10 +160,11 @@ def train_step(
     multiplier = L.cosine_multiplier(step, total, args.anneal_fraction)
     # The lr follows the same cosine over one more point, so the final step still learns (the paper's
     # multiplier is exactly 0 at s = S − 1, which made the last step a no-op).
-    lr = args.lr * L.cosine_multiplier(step, total + 1, args.anneal_fraction)
+    lr_multiplier = L.cosine_multiplier(step, total + 1, args.anneal_fraction)
+    lr = args.lr * lr_multiplier
     entropy_coef = args.entropy_coef * multiplier
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = group.get("peak_lr", args.lr) * lr_multiplier  # make_optimizer's groups (top_lr)
 
     start_layer = top_layer_start(policy, args) if hidden is not None else None
     if start_layer is None:
@@ -230,6 +231,7 @@ def train_step(
     out.update(
         grad_norm=float(np.mean(grad_norms)),  # of the all-reduced gradient: the same on every rank
         lr=lr,
+        **({"top_lr": args.top_lr * lr_multiplier} if args.top_lr is not None else {}),
         entropy_coef=entropy_coef,
         update_tokens=int(D.global_count(episodes.n_tokens * epochs, ctx)),
         autocast=use_autocast(args, policy.model),
