@@ -171,14 +171,18 @@ def make_optimizer(policy: Policy, args: Args) -> torch.optim.Optimizer:
     else:
         n_layers = int(policy.model.config.num_hidden_layers)
         if args.top_lr_layers > n_layers:
-            raise ValueError(f"top_lr_layers={args.top_lr_layers} exceeds the model's {n_layers} decoder layers")
+            raise ValueError(
+                f"top_lr_layers={args.top_lr_layers} exceeds the model's {n_layers} decoder layers"
+            )
         first_top = n_layers - args.top_lr_layers
         top, rest = [], []
         for name, p in named.items():
             match = _LAYER_INDEX.search(name)
             (top if match is not None and int(match.group(1)) >= first_top else rest).append(p)
         if not top:
-            raise ValueError(f"top_lr is set but no trainable weight lies in the top {args.top_lr_layers} layers")
+            raise ValueError(
+                f"top_lr is set but no trainable weight lies in the top {args.top_lr_layers} layers"
+            )
         groups = [{"params": rest, **base}, {"params": top, "lr": args.top_lr, "peak_lr": args.top_lr}]
         groups = [g for g in groups if g["params"]]
     return torch.optim.AdamW(groups, weight_decay=args.weight_decay, betas=(0.9, 0.999), eps=1e-8)

@@ -396,7 +396,10 @@ def _key_of_args(args: Args) -> dict[str, Any]:
     if settings.get("reward_model") is None:
         inert.add("reward_model")  # off: the environment's reward, as every run before the setting existed
     if settings.get("top_lr") is None:
-        inert |= {"top_lr", "top_lr_layers"}  # one learning rate for every layer, as before the setting existed
+        inert |= {
+            "top_lr",
+            "top_lr_layers",
+        }  # one learning rate for every layer, as before the setting existed
     return {k: v for k, v in settings.items() if k not in RUN_ONLY_ARGS and k not in inert}
 
 
