@@ -8,7 +8,17 @@ import pytest
 from scipy.stats import t
 
 from probes.readouts import Estimate
-from welfare_axis.claims import CLAIMS, Claim, Spread, claims_markdown, claims_table, configuration_name
+from welfare_axis.claims import (
+    CLAIMS,
+    Claim,
+    PreregisteredTest,
+    Spread,
+    claims_markdown,
+    claims_table,
+    configuration_name,
+    preregistered_rows,
+    preregistered_verdict,
+)
 from welfare_axis.summary import Measure, StudySummary, TrainingSummary
 
 CLAIMS_BY_KEY = {c.key: c for c in CLAIMS}
@@ -78,6 +88,48 @@ def test_the_other_verdicts():
     assert row.verdict == "not measurable" and "+0.000" in row.reason
     (row,) = claims_table(runs([(0.0, 0.0), (0.0, 0.0), (0.1, 0.0)]), [COS])  # one seed moved: measurable
     assert row.verdict == "not distinguishable from control"
+
+
+def test_the_preregistered_rule_reads_trained_minus_untrained_on_both_sides_of_its_test_set_only():
+    office = runs(
+        [(-0.8, -0.2), (-0.7, -0.25), (-0.9, -0.15)], p=0.3
+    )  # no seed beats its null: irrelevant here
+    swap = runs([(-0.75, -0.2), (-0.85, -0.2), (-0.8, -0.3)], tiles="swap")
+    (row,) = claims_table({**office, **swap}, [COS])
+    assert row.verdict == "not distinguishable from the null"
+    assert preregistered_verdict(row, "lower")[0] == "confirmed"
+    assert preregistered_verdict(row, "higher") == (
+        "opposite",
+        "the office and tile-swap interval lies wholly on the other side of 0",
+    )
+    wide = runs(
+        [(-0.75, -0.2), (-0.21, -0.2), (-0.8, -0.3)], tiles="swap"
+    )  # all below 0, interval reaches it
+    (row,) = claims_table({**office, **wide}, [COS])
+    verdict, reason = preregistered_verdict(row, "lower")
+    assert (
+        verdict == "in the predicted direction, not confirmed"
+        and "all 6 runs" in reason
+        and "tile-swap" in reason
+    )
+    one_up = runs([(-0.75, -0.2), (-0.1, -0.2), (-0.8, -0.3)], tiles="swap")
+    (row,) = claims_table({**office, **one_up}, [COS])
+    assert preregistered_verdict(row, "lower") == (
+        "not confirmed",
+        "1 of 6 runs are not on the predicted side",
+    )
+    (row,) = claims_table({**office, **dict(list(swap.items())[:2])}, [COS])
+    assert preregistered_verdict(row, "lower")[0] == "too few seeds"
+    # the test set: its configuration read at its size; other runs are left out
+    test = PreregisteredTest(
+        claims=("antiparallel",), configuration="m tbrm lora", n_per_class=150, registered="r"
+    )
+    sized = {name: StudySummary.from_dict({**s.to_dict(), "config": {**s.config, "n_per_class": 150}})
+             for name, s in {**office, **swap}.items()}  # fmt: skip
+    (only,) = preregistered_rows(sized, test)
+    assert only[0].claim == "antiparallel" and only[1] == "confirmed"
+    assert preregistered_rows({**office, **swap}, test) == []  # read at another size
+    assert preregistered_rows(sized, PreregisteredTest(("antiparallel",), "m dpo lora", 150, "r")) == []
 
 
 def test_configurations_group_seeds_and_tiles_and_leave_out_fast_runs():

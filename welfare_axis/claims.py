@@ -369,6 +369,92 @@ def claims_table(runs: Mapping[str, StudySummary], claims: Sequence[Claim] = CLA
     return out
 
 
+@dataclass(frozen=True)
+class PreregisteredTest:
+    """A test written down before its runs were read: the claims it decides, the configuration (and readout size)
+    whose office and tile-swap seeds make its test set, and where its text and decision rule are recorded.
+
+    The decision rule (:func:`preregistered_verdict`) reads each claim's trained − untrained per seed on both
+    sides: the test is about what training changes, whatever the label-shuffle null says of v alone."""
+
+    claims: tuple[str, ...]
+    configuration: str
+    n_per_class: int
+    registered: str
+
+
+LAST_LAYER_LEAD = PreregisteredTest(
+    claims=("antiparallel_last", "path_reference"),
+    configuration="smollm2-135m-instruct tbrm lora train_sizes=recipe train_overrides=lora_layers=None,lr=0.0005",
+    n_per_class=150,
+    registered="docs/results.md, session 20 (commit ad61b38)",
+)
+"""Session 19's last-layer lead, tested on the 6-step TBRM configuration (``--preset tbrm-6-steps``) at 150
+trajectories per class, three office and three tile-swap seeds."""
+
+
+def preregistered_verdict(row: ClaimRow, direction: Direction, min_seeds: int = MIN_SEEDS) -> tuple[str, str]:
+    """The preregistered decision rule on one claim's row: "confirmed" if on both sides (office and tile-swap) the
+    95% t-interval of trained − untrained across seeds lies wholly on the predicted side of 0; "opposite" if a
+    side's interval lies wholly on the other side; "in the predicted direction, not confirmed" if every run is
+    on the predicted side (with three seeds a side, a one-sided sign test's p = 1/64) but an interval reaches 0;
+    otherwise "not confirmed".
+
+    Example:
+        >>> office, swap = Spread.of([-0.2, -0.3, -0.4]), Spread.of([-0.3, -0.35, -0.4])
+        >>> row = ClaimRow("c", "c", "cfg", "", office, office, office, swap, swap, Spread.of([]), (), "", "")
+        >>> preregistered_verdict(row, "lower")[0]
+        'confirmed'
+        >>> wide = Spread.of([-0.1, -0.9, -0.05])
+        >>> preregistered_verdict(ClaimRow("c", "c", "cfg", "", office, office, office, swap, wide, Spread.of([]),
+        ...                                (), "", ""), "lower")
+        ('in the predicted direction, not confirmed', 'all 6 runs on the predicted side, but the tile-swap interval reaches 0')
+    """
+    sign = -1.0 if direction == "lower" else 1.0
+    sides = {"office": row.difference, "tile-swap": row.swap_difference}
+    short = [f"{name} has {len(d.values)}" for name, d in sides.items() if len(d.values) < min_seeds]
+    if short:
+        return "too few seeds", f"{', '.join(short)} seed(s); the test needs {min_seeds} on each side"
+    lows = {name: min(sign * d.ci_low, sign * d.ci_high) for name, d in sides.items()}
+    highs = {name: max(sign * d.ci_low, sign * d.ci_high) for name, d in sides.items()}
+    if all(low > 0 for low in lows.values()):
+        return (
+            "confirmed",
+            "on both sides the 95% interval of trained − untrained lies on the predicted side of 0",
+        )
+    against = [name for name, high in highs.items() if high < 0]
+    if against:
+        lie = "intervals lie" if len(against) > 1 else "interval lies"
+        return "opposite", f"the {' and '.join(against)} {lie} wholly on the other side of 0"
+    runs = [sign * x for d in sides.values() for x in d.values]
+    reaching = [name for name, low in lows.items() if low <= 0]
+    if all(x > 0 for x in runs):
+        return "in the predicted direction, not confirmed", (
+            f"all {len(runs)} runs on the predicted side, but the {' and '.join(reaching)} "
+            + ("intervals reach 0" if len(reaching) > 1 else "interval reaches 0")
+        )
+    wrong = sum(x <= 0 for x in runs)
+    return "not confirmed", f"{wrong} of {len(runs)} runs are not on the predicted side"
+
+
+def preregistered_rows(
+    runs: Mapping[str, StudySummary], test: PreregisteredTest = LAST_LAYER_LEAD
+) -> list[tuple[ClaimRow, str, str]]:
+    """The rows of ``test``'s claims over its test set among ``runs`` (``{run name: summary}``: the runs of its
+    configuration read at its ``n_per_class``), each with the preregistered verdict and its reason; empty when
+    ``runs`` holds none of them."""
+    members = {
+        name: s
+        for name, s in runs.items()
+        if configuration_of(s) == test.configuration and s.config.get("n_per_class") == test.n_per_class
+    }
+    directions = {c.key: c.direction for c in CLAIMS}
+    claims = [c for c in CLAIMS if c.key in test.claims]
+    return [
+        (row, *preregistered_verdict(row, directions[row.claim])) for row in claims_table(members, claims)
+    ]
+
+
 def claims_markdown(rows: Sequence[ClaimRow]) -> str:
     """The table as Markdown (for ``docs/results.md`` and the report); the configuration column only when the
     rows span more than one configuration (with one, the caller names it once)."""

@@ -15,7 +15,7 @@ from typing import Any
 import plotly.graph_objects as go
 
 from probes.artifacts import write_text
-from welfare_axis.claims import claims_markdown, claims_table
+from welfare_axis.claims import LAST_LAYER_LEAD, claims_markdown, claims_table, preregistered_rows
 from welfare_axis.summary import StudySummary
 
 MEASURES: dict[str, str] = {
@@ -90,6 +90,17 @@ def compare_runs(
         + "):\n"
         + claims_markdown(claims)
     )
+    prereg = preregistered_rows(dict(zip(map(str, runs), (s for _, s in summaries), strict=True)))
+    if prereg:
+        text += (
+            f"\n\nPreregistered test ({LAST_LAYER_LEAD.registered}; its test set: the runs above of "
+            f"{LAST_LAYER_LEAD.configuration} read at {LAST_LAYER_LEAD.n_per_class} per class):\n"
+            + "\n".join(
+                f"- {row.text}: office {row.difference.text()}, tile-swap {row.swap_difference.text()} "
+                f"(trained − untrained): **{verdict}** ({reason})"
+                for row, verdict, reason in prereg
+            )
+        )
     if out is None:
         return text, None
     figures = []
