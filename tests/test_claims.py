@@ -100,7 +100,7 @@ def test_the_preregistered_rule_reads_trained_minus_untrained_on_both_sides_of_i
     assert preregistered_verdict(row, "lower")[0] == "confirmed"
     assert preregistered_verdict(row, "higher") == (
         "opposite",
-        "the office and tile-swap interval lies wholly on the other side of 0",
+        "the office and tile-swap intervals lie wholly on the other side of 0",
     )
     wide = runs(
         [(-0.75, -0.2), (-0.21, -0.2), (-0.8, -0.3)], tiles="swap"
