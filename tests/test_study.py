@@ -185,7 +185,8 @@ def test_the_default_studys_train_key_is_stable():
         settings = study.train_stage_settings(cfg)
         return config_hash({"stage": "train", "format": STAGE_FORMAT, "config": settings, "depends": {}})
 
-    assert key(StudyConfig()) == "b78bf920f2bc1b8c"  # 8 steps since session 20
+    assert key(StudyConfig()) == "b0eab48a4146ce90"  # the top 8 layers at lr 2e-3 since session 21
+    assert key(StudyConfig.preset("tbrm-8-steps")) == "b78bf920f2bc1b8c"  # the default's key in session 20
     assert key(StudyConfig.preset("tbrm-6-steps")) == "871b813a915a9e9f"  # the default's key until session 20
 
 
@@ -249,7 +250,10 @@ def test_default_study_sizes_and_their_precedence(tmp_path):
         10.0,
     )
     series = StudyConfig.preset("checkpoint-series").train_args(tmp_path)
-    assert (series.lora_layers, series.lr, series.checkpoint_every) == (None, 5e-4, 2)  # the default, kept
+    assert (series.lora_layers, series.lr, series.top_lr, series.checkpoint_every) == (None, 5e-4, 2e-3, 2)
+    default = StudyConfig().train_args(tmp_path)  # every layer adapted; the top 8 at the recipe's step
+    assert (default.lora_layers, default.lr, default.top_lr, default.top_lr_layers) == (None, 5e-4, 2e-3, 8)
+    assert (default.steps, default.curriculum_steps) == (6, 6)
     # train_steps beats the study's sizes; train_overrides beat everything
     cfg = StudyConfig.from_overrides(
         StudyConfig.preset("short"), {"train_steps": 12, "train_overrides": {"lora_layers": 8}}

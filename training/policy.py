@@ -172,7 +172,8 @@ def make_optimizer(policy: Policy, args: Args) -> torch.optim.Optimizer:
         n_layers = int(policy.model.config.num_hidden_layers)
         if args.top_lr_layers > n_layers:
             raise ValueError(
-                f"top_lr_layers={args.top_lr_layers} exceeds the model's {n_layers} decoder layers"
+                f"top_lr_layers={args.top_lr_layers} exceeds the model's {n_layers} decoder layers: set "
+                f"top_lr_layers to at most {n_layers}, or top_lr=None for one learning rate"
             )
         first_top = n_layers - args.top_lr_layers
         top, rest = [], []

@@ -79,14 +79,17 @@ PAPER = {
 }
 
 
-LEARN_OVERRIDES: dict[str, Any] = {"lora_layers": None, "lr": 5e-4, "steps": 8, "curriculum_steps": 8}
+LEARN_OVERRIDES: dict[str, Any] = {"lora_layers": None, "lr": 5e-4, "top_lr": 2e-3, "top_lr_layers": 8}
 """The default study's changes to the CPU recipe's TBRM (issue 17): LoRA on all layers, so v can differ from u
-wherever it is read, at a quarter of the recipe's lr, for 8 single-turn steps instead of 6. At the recipe's 2e-3
-it does not learn (+2.2 ± 6.8) and forgets (QA 0.36 -> 0.04). With 6 steps (:data:`SIX_STEP_OVERRIDES`, the default
-until session 20) seeds gained z 3.5/3.1, 1.6/1.4 and 4.1 on 64 held-out 15-turn mazes (seed 1 twice does not
-learn); with 8, seeds 0-2 gain +16.9 (z 2.9), +25.0 (z 3.8) and +26.6 (z 4.7): a gain near +20 sits at the 3-SE
-line of 64 held-out mazes (docs/results.md, session 20). The two steps cost about 3.3 min where a step takes 100 s, 6 min where
-it takes 185 s."""
+wherever it is read, the top 8 layers at the recipe's lr 2e-3 (``training.Args.top_lr``) and the 22 below at a
+quarter of it, for the recipe's 6 single-turn steps. At 2e-3 on every layer it does not learn (+2.2 ± 6.8) and
+forgets (QA 0.36 -> 0.04); at 5e-4 on every layer it learns slowly (6 steps: z 3.1, 1.4, 4.1; 8 steps, the default
+in session 20: z 2.9, 3.8, 4.7). With the top 8 at 2e-3 seed 0 gains +50.8 ± 7.7 after 4 steps (6.6 training
+minutes) and +36.9 ± 6.9 (z 5.3) after 6; seed 1, which 6 steps at 5e-4 do not teach, +30.8 ± 6.8 after 4 (6.4
+minutes) and +28.7 ± 6.8 (z 4.2) after 6 (docs/results.md, session 21)."""
+EIGHT_STEP_OVERRIDES: dict[str, Any] = {"lora_layers": None, "lr": 5e-4, "steps": 8, "curriculum_steps": 8}
+"""The default study's training in session 20 (8 steps, lr 5e-4 on every layer): records ``default8_smollm2_seed0``,
+``tbrm8_smollm2_seed*_n150``; preset ``tbrm-8-steps``."""
 SIX_STEP_OVERRIDES: dict[str, Any] = {"lora_layers": None, "lr": 5e-4}
 """The default study's training until session 20 (6 steps): its records in docs/study_runs (``default_smollm2*``,
 ``tile_swap_smollm2*``, ``tbrm_smollm2_seed*_n150``); preset ``tbrm-6-steps``."""
@@ -112,8 +115,8 @@ class StudyConfig:
     sets them)."""
     algo: str = "tbrm"
     """Training algorithm (training.train: dr_grpo, grpo, reinforce, rloo, ppo, tbrm, sft, iterative_sft). The
-    default, TBRM (RL from scratch) under the CPU recipe's sizes with LoRA on every layer for 8 steps, is the
-    smallest run measured to learn the maze, at about the 3-SE line (:data:`LEARN_OVERRIDES`)."""
+    default, TBRM (RL from scratch) under the CPU recipe's sizes with LoRA on every layer, its top 8 layers at
+    the recipe's step and the rest at a quarter of it, for 6 steps (:data:`LEARN_OVERRIDES`)."""
     warm_start: str | None = None
     """Train this algorithm first, then the study's ``algo`` from its weights (``training.Args.init_from``):
     ``sft`` makes RL after an SFT warm start (preset ``sft-grpo``). The warm start runs the same recipe with
@@ -142,7 +145,8 @@ class StudyConfig:
     train_steps: int | None = None
     """Override the preset's number of optimisation steps."""
     train_overrides: dict[str, Any] = field(default_factory=lambda: dict(LEARN_OVERRIDES))
-    """Any other training.Args fields (default :data:`LEARN_OVERRIDES`: every layer adapted, lr 5e-4, 8 steps).
+    """Any other training.Args fields (default :data:`LEARN_OVERRIDES`: every layer adapted, the top 8 at lr 2e-3
+    and the rest at 5e-4, 6 steps).
     ``--set train_overrides=...`` replaces the whole dict."""
     n_per_class: int = 24
     """Scripted trajectories per class (Mold, Gold, Path) for the vectors (paper: 5,000)."""
@@ -219,7 +223,7 @@ class StudyConfig:
         sizes (:data:`STUDY_TRAIN` or :data:`FAST_TRAIN`), then ``train_steps``, then ``train_overrides``;
         ``init_from`` is the warm start's run directory (:meth:`warm_start_args`). A fast study (a pipeline
         check) keeps its own few steps and no curriculum, whatever step count ``train_overrides`` gives the full
-        run (the default's 8); ``train_steps`` still sets them."""
+        run (e.g. ``tbrm-8-steps``'s 8); ``train_steps`` still sets them."""
 
         overrides = self._sized({"algo": self.algo, "out": str(out)})
         if self.train_steps is not None:
@@ -345,6 +349,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The default's settings under the name the session-8 records use.
     "learn": {},
     "tbrm-6-steps": {"train_overrides": dict(SIX_STEP_OVERRIDES)},
+    "tbrm-8-steps": {"train_overrides": dict(EIGHT_STEP_OVERRIDES)},
     "full-ft": {**SHORT, "finetune": "full"},
     "steer-trained": {"steer_model": "trained"},
     # App. G: the vectors at every checkpoint (every 2nd step kept; fast mode: steps 2 and 3).
