@@ -86,7 +86,8 @@ quarter of it, for the recipe's 6 single-turn steps. At 2e-3 on every layer it d
 forgets (QA 0.36 -> 0.04); at 5e-4 on every layer it learns slowly (6 steps: z 3.1, 1.4, 4.1; 8 steps, the default
 in session 20: z 2.9, 3.8, 4.7). With the top 8 at 2e-3 seed 0 gains +50.8 ± 7.7 after 4 steps (6.6 training
 minutes) and +36.9 ± 6.9 (z 5.3) after 6; seed 1, which 6 steps at 5e-4 do not teach, +30.8 ± 6.8 after 4 (6.4
-minutes) and +28.7 ± 6.8 (z 4.2) after 6 (docs/results.md, session 21)."""
+minutes) and +28.7 ± 6.8 (z 4.2) after 6; seed 2 only +12.5 ± 5.8 (z 2.2) after 6: mean +26.0 [−4.8, +56.9]
+across seeds, against the 8 steps' +22.8 [+9.9, +35.7], in 6 steps instead of 8 (docs/results.md, session 21)."""
 EIGHT_STEP_OVERRIDES: dict[str, Any] = {"lora_layers": None, "lr": 5e-4, "steps": 8, "curriculum_steps": 8}
 """The default study's training in session 20 (8 steps, lr 5e-4 on every layer): records ``default8_smollm2_seed0``,
 ``tbrm8_smollm2_seed*_n150``; preset ``tbrm-8-steps``."""
