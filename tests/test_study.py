@@ -354,7 +354,7 @@ def test_layer_star_can_be_chosen_among_the_adapted_layers_only(tmp_path):
     assert not (tmp_path / "bad").exists()
 
 
-def test_the_default_study_trains_the_cpu_recipes_tbrm_on_every_layer_at_a_quarter_of_its_lr_for_8_steps():
+def test_the_default_study_trains_the_cpu_recipes_tbrm_on_every_layer_its_top_8_at_the_recipes_lr():
     from pathlib import Path
 
     from training.config import recipe_args
@@ -365,10 +365,25 @@ def test_the_default_study_trains_the_cpu_recipes_tbrm_on_every_layer_at_a_quart
     assert args.algo == "tbrm" and args.lora_layers is None  # every layer adapted: v can differ from u
     for key in ("tbrm_beta", "curriculum_scale", "minibatches", "eval_episodes"):
         assert getattr(args, key) == getattr(recipe, key), key
-    assert args.lr == recipe.lr / 4  # a quarter of the recipe's step size: 30 adapted layers, not 8
-    assert args.steps == args.curriculum_steps == recipe.steps + 2 == 8  # every step single-turn, 2 more
+    # the recipe's step on the top 8 layers, a quarter of it on the 22 below (2e-3 everywhere collapses)
+    assert (args.top_lr, args.top_lr_layers, args.lr) == (recipe.lr, recipe.lora_layers, recipe.lr / 4)
+    assert args.steps == args.curriculum_steps == recipe.steps == 6  # every step single-turn
     six = StudyConfig.preset("tbrm-6-steps").train_args(Path("run"))
-    assert (six.steps, six.curriculum_steps, six.lr, six.lora_layers) == (6, 6, args.lr, None)
+    assert (six.steps, six.curriculum_steps, six.lr, six.top_lr, six.lora_layers) == (
+        6,
+        6,
+        args.lr,
+        None,
+        None,
+    )
+    eight = StudyConfig.preset("tbrm-8-steps").train_args(Path("run"))
+    assert (eight.steps, eight.curriculum_steps, eight.lr, eight.top_lr, eight.lora_layers) == (
+        8,
+        8,
+        args.lr,
+        None,
+        None,
+    )
     with pytest.raises(ValueError, match="train_sizes"):
         StudyConfig.from_overrides(StudyConfig(), {"train_sizes": "huge"}).train_args(Path("run"))
 

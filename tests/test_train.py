@@ -316,8 +316,11 @@ def test_top_lr_moves_the_top_layers_at_their_own_rate_and_resumes_bit_for_bit(t
     assert all(torch.equal(w[k], s[k]) for k in w)
     with pytest.raises(ValueError, match="top_lr must be None or a finite number > 0"):
         T.main(tiny_args(tmp_path, "bad", top_lr=0.0))
-    with pytest.raises(ValueError, match=r"top_lr_layers=9 exceeds the model's \d+ decoder layers"):
-        T.main(tiny_args(tmp_path, "bad2", top_lr=1e-3, top_lr_layers=9))
+    # more top layers than the model has: every layer at top_lr, the same as top_lr_layers = its layer count
+    every = T.main(tiny_args(tmp_path, "every", **one, top_lr=1e-2, top_lr_layers=9))
+    whole = T.main(tiny_args(tmp_path, "whole_model", **one, top_lr=1e-2, top_lr_layers=n_layers))
+    e, w = weights(every.run_dir, 1), weights(whole.run_dir, 1)
+    assert all(torch.equal(e[k], w[k]) for k in e) and not all(torch.equal(e[k], c[k]) for k in e)
 
 
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):

@@ -91,7 +91,8 @@ class Args:
     that teaches the maze quickly (the CPU recipe's 2e-3 on its top 8) while the layers below keep ``lr``, the
     step at which they still learn without the collapse of 2e-3 everywhere (docs/results.md, sessions 8 and 21)."""
     top_lr_layers: int = 8
-    """How many decoder layers, counted from the top, train at ``top_lr`` (ignored when it is None)."""
+    """How many decoder layers, counted from the top, train at ``top_lr`` (ignored when it is None); a model with
+    fewer layers trains all of them at ``top_lr``."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
     max_grad_norm: float = 1.0

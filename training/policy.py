@@ -169,13 +169,8 @@ def make_optimizer(policy: Policy, args: Args) -> torch.optim.Optimizer:
     if args.top_lr is None:
         groups = [{"params": list(named.values()), **base}]
     else:
-        n_layers = int(policy.model.config.num_hidden_layers)
-        if args.top_lr_layers > n_layers:
-            raise ValueError(
-                f"top_lr_layers={args.top_lr_layers} exceeds the model's {n_layers} decoder layers: set "
-                f"top_lr_layers to at most {n_layers}, or top_lr=None for one learning rate"
-            )
-        first_top = n_layers - args.top_lr_layers
+        # a model with fewer layers trains them all at top_lr (the study's default names 8 whatever the model)
+        first_top = max(0, int(policy.model.config.num_hidden_layers) - args.top_lr_layers)
         top, rest = [], []
         for name, p in named.items():
             match = _LAYER_INDEX.search(name)
