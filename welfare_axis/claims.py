@@ -448,8 +448,8 @@ def preregistered_rows(
         for name, s in runs.items()
         if configuration_of(s) == test.configuration and s.config.get("n_per_class") == test.n_per_class
     }
-    directions = {c.key: c.direction for c in CLAIMS}
     claims = [c for c in CLAIMS if c.key in test.claims]
+    directions = {c.key: c.direction for c in claims}
     return [
         (row, *preregistered_verdict(row, directions[row.claim])) for row in claims_table(members, claims)
     ]

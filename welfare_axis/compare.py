@@ -78,7 +78,8 @@ def compare_runs(
 
     summaries = [(run.name, load_summary(run)) for run in runs]
     rows = comparison_rows(summaries)
-    claims = claims_table({str(run): summary for run, (_, summary) in zip(runs, summaries, strict=True)})
+    by_run = {str(run): summary for run, (_, summary) in zip(runs, summaries, strict=True)}
+    claims = claims_table(by_run)
     text = (
         _format(rows)
         + "\n\nClaims (welfare_axis.claims; seeds of one configuration pooled"
@@ -90,7 +91,7 @@ def compare_runs(
         + "):\n"
         + claims_markdown(claims)
     )
-    prereg = preregistered_rows(dict(zip(map(str, runs), (s for _, s in summaries), strict=True)))
+    prereg = preregistered_rows(by_run)
     if prereg:
         text += (
             f"\n\nPreregistered test ({LAST_LAYER_LEAD.registered}; its test set: the runs above of "
