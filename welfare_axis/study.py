@@ -82,15 +82,11 @@ PAPER = {
 LEARN_OVERRIDES: dict[str, Any] = {"lora_layers": None, "lr": 5e-4, "top_lr": 2e-3, "top_lr_layers": 8}
 """The default study's changes to the CPU recipe's TBRM (issue 17): LoRA on all layers, so v can differ from u
 wherever it is read, the top 8 layers at the recipe's lr 2e-3 (``training.Args.top_lr``) and the 22 below at a
-quarter of it, for the recipe's 6 single-turn steps. At 2e-3 on every layer it does not learn (+2.2 ± 6.8) and
-forgets (QA 0.36 -> 0.04); at 5e-4 on every layer it learns slowly (6 steps: z 3.1, 1.4, 4.1; 8 steps, the default
-in session 20: z 2.9, 3.8, 4.7). With the top 8 at 2e-3 seed 0 gains +50.8 ± 7.7 after 4 steps (6.6 training
-minutes) and +36.9 ± 6.9 (z 5.3) after 6; seed 1, which 6 steps at 5e-4 do not teach, +30.8 ± 6.8 after 4 (6.4
-minutes) and +28.7 ± 6.8 (z 4.2) after 6; seed 2 only +12.5 ± 5.8 (z 2.2) after 6: mean +26.0 [−4.8, +56.9]
-across seeds, against the 8 steps' +22.8 [+9.9, +35.7], in 6 steps instead of 8 (docs/results.md, session 21).
-The top 8 at 1e-3 instead teach seed 2 (+26.7, z 4.5) but not seed 0 (+18.3, z 2.7; session 22). Seed 0 of this
-default, trained again on a Zen 4 CPU (a different run: float32 rounds differently there), gains +33.7 (z 4.5) and
-ships as ``load_trained("smollm2-135m-instruct", "tbrm")``."""
+quarter of it, for the recipe's 6 single-turn steps. 2e-3 on every layer collapses and 5e-4 on every layer learns
+slowly (presets ``tbrm-6-steps``, ``tbrm-8-steps``). Seeds 0-2 gain +36.9 (z 5.3), +28.7 (z 4.2) and +12.5 (z 2.2)
+on 64 held-out 15-turn mazes; seed 0, trained again on a Zen 4 CPU (+33.7, z 4.5), ships as
+``load_trained("smollm2-135m-instruct", "tbrm")``. Every setting and seed, with intervals and forgetting:
+docs/results.md (sessions 20-22)."""
 EIGHT_STEP_OVERRIDES: dict[str, Any] = {"lora_layers": None, "lr": 5e-4, "steps": 8, "curriculum_steps": 8}
 """The default study's training in session 20 (8 steps, lr 5e-4 on every layer): records ``default8_smollm2_seed0``,
 ``tbrm8_smollm2_seed*_n150``; preset ``tbrm-8-steps``."""
