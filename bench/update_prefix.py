@@ -34,12 +34,42 @@ import argparse
 import dataclasses
 import statistics
 import time
+from typing import Any
 
 import torch
 
 
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+def recipe_minibatch(groups: int = 24, model: str | None = None) -> tuple[Any, Any, Any, Any]:
+    """``(policy, optimizer, episodes, args)``: one minibatch of the default study's step 0 (``groups``
+    single-turn groups of the recipe's group size, the study's own seeds and sampling), with the training
+    args of a step that runs it whole (one minibatch, one micro-batch), as the curriculum's scaled step does."""
+    from training import make_optimizer, make_policy
+    from training import rollout as R
+    from training.config import maze_config, sampling_generator, step_turns, train_seeds
+    from training.policy import use_autocast
+    from welfare_axis.study import StudyConfig
+
+    cfg = StudyConfig() if model is None else StudyConfig(model=model)
+    args = cfg.train_args(Path("runs/bench_update"))
+    turns, _ = step_turns(args, 0)
+    n = groups * args.group_size
+    args = dataclasses.replace(args, episodes_per_step=n, minibatches=1, micro_batch_size=n, progress=False)
+    torch.set_num_threads(args.threads)
+    policy = make_policy(args)
+    optimizer = make_optimizer(policy, args)
+    log(f"{args.model}: {args.algo}, LoRA layers {args.lora_layers or 'all'}, {groups} groups × {args.group_size}"
+        f" single-turn states, {args.update_epochs or 1} update passes")  # fmt: skip
+    config = dataclasses.replace(maze_config(args), n_turns=turns)
+    seeds = train_seeds(args.seed, 0, groups, args.group_size)
+    with torch.no_grad():
+        episodes = R.collect_episodes(policy.model, policy.tokenizer, seeds=seeds, config=config,
+                                      temperature=args.temperature, generator=sampling_generator(args.seed, 0, torch.device("cpu")),
+                                      autocast=use_autocast(args, policy.model))  # fmt: skip
+    return policy, optimizer, episodes, args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,32 +85,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default=None, help="default: the study's model")
     a = parser.parse_args(argv)
 
-    from training import make_optimizer, make_policy, train_step
     from training import rollout as R
-    from training.config import maze_config, sampling_generator, step_turns, train_seeds
-    from training.policy import use_autocast
+    from training import train_step
     from training.update import _policy_logits
-    from welfare_axis.study import StudyConfig
 
-    cfg = StudyConfig() if a.model is None else StudyConfig(model=a.model)
-    args = cfg.train_args(Path("runs/bench_update_prefix"))
-    turns, _ = step_turns(args, 0)
-    n = a.groups * args.group_size
-    # one minibatch per step, the whole minibatch in one micro-batch, as the curriculum's scaled step runs it
-    args = dataclasses.replace(args, episodes_per_step=n, minibatches=1, micro_batch_size=n, progress=False)
-    torch.set_num_threads(args.threads)
-    policy = make_policy(args)
-    tokenizer = policy.tokenizer
-    optimizer = make_optimizer(policy, args)
-    log(f"{args.model}: {args.algo}, LoRA layers {args.lora_layers or 'all'}, {a.groups} groups × {args.group_size}"
-        f" single-turn states, {args.update_epochs or 1} update passes")  # fmt: skip
-
-    config = dataclasses.replace(maze_config(args), n_turns=turns)
-    seeds = train_seeds(args.seed, 0, a.groups, args.group_size)
-    with torch.no_grad():
-        episodes = R.collect_episodes(policy.model, tokenizer, seeds=seeds, config=config,
-                                      temperature=args.temperature, generator=sampling_generator(args.seed, 0, torch.device("cpu")),
-                                      autocast=use_autocast(args, policy.model))  # fmt: skip
+    policy, optimizer, episodes, args = recipe_minibatch(a.groups, a.model)
+    n = len(episodes)
     distinct = R.distinct_rows(
         [row.tolist() for row in episodes.input_ids[:, : int(episodes.action_positions.max()) + 1]]
     )
