@@ -1,5 +1,5 @@
-"""glibc's allocator told to keep freed memory (``probes.resources.keep_freed_memory``), against its defaults, on
-the default study's training update.
+"""glibc's allocator told to keep freed memory (``mallopt``: mmap threshold 1 GiB, trim threshold 2 GiB), against its
+defaults, on the default study's training update.
 
 Each update pass of the default study (TBRM, LoRA on every layer of SmolLM2-135M-Instruct) allocates and frees
 the same multi-megabyte activation blocks in every layer; with glibc's defaults many come from fresh ``mmap``
@@ -10,6 +10,9 @@ step 0 (``bench.update_prefix.recipe_minibatch``: 24 single-turn groups of 8, TB
 update passes) and times ``training.train_step`` on it: a warm-up, then ``--reps`` timed steps. Every process
 plays the same minibatch from the same weights, so the losses must agree to the bit between the two sides
 (the allocator changes where memory comes from, not a number); the bench checks that.
+
+A lead, not adopted: a fresh process's first steps gain (1.12x on Zen 4 cores, 2026-12-07), but a whole study run
+with the setting did not update faster than without it (docs/benchmarks.md), so the toolkit leaves glibc alone.
 
 Ends with:
     BENCH update_keep_memory_vs_default <default ÷ keep train_step seconds, medians over all timed steps> >=1.05
@@ -28,6 +31,8 @@ if not __package__:  # run as a file: drop bench/ from sys.path so it cannot sha
     sys.path.insert(0, str(_here.parent))
 
 import argparse
+import ctypes
+import ctypes.util
 import json
 import os
 import resource
@@ -36,23 +41,38 @@ import subprocess
 import time
 
 SIDES = ("default", "keep")
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
+
+
+def keep_freed_memory() -> bool:
+    """Blocks below 1 GiB from the heap, not a fresh ``mmap`` each (glibc: 128 KiB, raised dynamically up to 32
+    MiB), and free heap handed back to the OS only past 2 GiB; True when applied (Linux with glibc).
+    Process-wide, and glibc's dynamic threshold is not restored afterwards."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, 1 << 30)) and bool(
+            libc.mallopt(_M_TRIM_THRESHOLD, (1 << 31) - 1)
+        )
+    except (OSError, AttributeError):  # not glibc
+        return False
 
 
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def child(side: str, reps: int, groups: int) -> dict:
+def child(side: str, reps: int, groups: int, model: str | None) -> dict:
     """One process's timings (its allocator set first, before any tensor exists)."""
-    from probes.resources import keep_freed_memory, peak_rss_gb
+    from probes.resources import peak_rss_gb
 
-    applied = keep_freed_memory() if side == "keep" else False
-    if side == "keep" and not applied:
-        raise SystemExit("keep_freed_memory() did not apply (not glibc, or WELFARE_AXIS_MALLOC=default)")
+    if side == "keep" and not keep_freed_memory():
+        raise SystemExit("glibc's mallopt is not available here: nothing to compare")
     from bench.update_prefix import recipe_minibatch
     from training import train_step
 
-    policy, optimizer, episodes, args = recipe_minibatch(groups)
+    policy, optimizer, episodes, args = recipe_minibatch(groups, model)
     seconds, faults, losses = [], [], []
     for rep in range(reps + 1):
         before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -86,19 +106,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--groups", type=int, default=24, help="single-turn groups (the recipe's minibatch: 24)"
     )
+    parser.add_argument("--model", default=None, help="default: the study's model")
     parser.add_argument("--child", choices=SIDES, help=argparse.SUPPRESS)
     a = parser.parse_args(argv)
     if a.child:
-        print(json.dumps(child(a.child, a.reps, a.groups)))
+        print(json.dumps(child(a.child, a.reps, a.groups, a.model)))
         return 0
 
-    env = {k: v for k, v in os.environ.items() if k != "WELFARE_AXIS_MALLOC" and not k.startswith("MALLOC_")}
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")
+    }  # glibc's defaults on both sides
     results: dict[str, list[dict]] = {side: [] for side in SIDES}
     for index in range(a.processes):
         for side in SIDES if index % 2 == 0 else SIDES[::-1]:
             log(f"process {index + 1}/{a.processes}, {side}")
             command = [sys.executable, "-m", "bench.allocator", "--child", side, "--reps", str(a.reps),
-                       "--groups", str(a.groups)]  # fmt: skip
+                       "--groups", str(a.groups), *(["--model", a.model] if a.model else [])]  # fmt: skip
             done = subprocess.run(command, env=env, stdout=subprocess.PIPE, text=True, check=True,
                                   cwd=Path(__file__).resolve().parent.parent)  # fmt: skip
             results[side].append(json.loads(done.stdout.strip().splitlines()[-1]))

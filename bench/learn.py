@@ -160,9 +160,6 @@ def main() -> None:
     a = parser.parse_args()
     runs = [Path(r) for r in a.runs]
     if a.train:
-        from probes.resources import keep_freed_memory
-
-        keep_freed_memory()  # as `welfare-axis run` and `welfare-axis train` do
         overrides = {}
         for item in a.set:
             key, _, raw = item.partition("=")

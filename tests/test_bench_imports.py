@@ -31,6 +31,15 @@ def test_update_prefix_bench_runs_on_a_tiny_model(capsys):
     assert "BENCH update_shared_vs_full " in out and "(2 distinct)" in out
 
 
+def test_allocator_bench_runs_on_a_tiny_model(capsys):
+    # one fresh process per side; the bench checks both sides' losses agree to the bit before it reports
+    from bench import allocator
+
+    assert allocator.main(["--model", "tiny-llama", "--groups", "2", "--processes", "1", "--reps", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "BENCH update_keep_memory_vs_default " in out and "losses equal on both sides" in out
+
+
 def test_step_prefix_bench_runs_on_a_tiny_model(capsys):
     # the preset-step bench checks rollout and update agree both ways before it times them
     from bench import step_prefix

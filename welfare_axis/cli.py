@@ -130,10 +130,6 @@ def _extra_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if argv is None:  # run as the program (not called from Python): this process's allocator is ours to set
-        from probes.resources import keep_freed_memory
-
-        keep_freed_memory()
     try:
         return int(args.handler(args) or 0)
     except (ValueError, TypeError, KeyError, FileNotFoundError, RuntimeError) as err:
