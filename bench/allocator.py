@@ -113,9 +113,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(child(a.child, a.reps, a.groups, a.model)))
         return 0
 
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")
-    }  # glibc's defaults on both sides
+    # glibc's defaults on both sides, whatever this shell sets
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
     results: dict[str, list[dict]] = {side: [] for side in SIDES}
     for index in range(a.processes):
         for side in SIDES if index % 2 == 0 else SIDES[::-1]:
