@@ -11,8 +11,9 @@ update passes) and times ``training.train_step`` on it: a warm-up, then ``--reps
 plays the same minibatch from the same weights, so the losses must agree to the bit between the two sides
 (the allocator changes where memory comes from, not a number); the bench checks that.
 
-A lead, not adopted: a fresh process's first steps gain (1.12x on Zen 4 cores, 2026-12-07), but a whole study run
-with the setting did not update faster than without it (docs/benchmarks.md), so the toolkit leaves glibc alone.
+A lead, not adopted: a fresh process's first steps gain (1.12x on Zen 4 cores, 2026-12-07), but a whole study with
+the setting took 39.5 min against 40.2 and peaked at 6.8 GB against 6.2 (docs/benchmarks.md), so the toolkit leaves
+glibc alone.
 
 Ends with:
     BENCH update_keep_memory_vs_default <default ÷ keep train_step seconds, medians over all timed steps> >=1.05
@@ -109,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default=None, help="default: the study's model")
     parser.add_argument("--child", choices=SIDES, help=argparse.SUPPRESS)
     a = parser.parse_args(argv)
+    if a.processes < 1 or a.reps < 1 or a.groups < 1:
+        parser.error("--processes, --reps and --groups must be at least 1")
     if a.child:
         print(json.dumps(child(a.child, a.reps, a.groups, a.model)))
         return 0
