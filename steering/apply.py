@@ -51,7 +51,7 @@ from torch import Tensor, nn
 from probes.concept_vector import ConceptVector
 from probes.layers import blocks, check_layer, d_model, layer_template, unwrap
 from steering.conditions import Condition, row_scores
-from steering.operators import Operator, add
+from steering.operators import Operator, add, is_additive
 
 PositionRule = Literal["assistant", "generated", "all"]
 POSITION_RULES: tuple[str, ...] = ("assistant", "generated", "all")
@@ -116,9 +116,10 @@ def resolve_directions(
             vec = by_layer[key]
         if not isinstance(vec, Tensor):
             raise TypeError(f"direction for layer {layer} must be a Tensor, got {type(vec).__name__}")
-        if vec.shape != (width,):
+        if vec.shape != (width,) and not (vec.ndim == 2 and vec.shape[1] == width and vec.shape[0] > 0):
             raise ValueError(
-                f"direction for layer {layer} has shape {tuple(vec.shape)}; the model needs ({width},)"
+                f"direction for layer {layer} has shape {tuple(vec.shape)}; the model needs ({width},), or "
+                f"(batch, {width}) for one direction per row"
             )
         if not torch.isfinite(vec).all():
             raise ValueError(f"direction for layer {layer} has non-finite entries")
@@ -433,7 +434,9 @@ def apply(
 
     Args:
         model: a HF causal LM (or peft wrapper).
-        directions: ConceptVector, ``{layer: Tensor(d_model)}`` or one ``Tensor(d_model)`` used at every layer.
+        directions: ConceptVector, ``{layer: Tensor(d_model)}`` or one ``Tensor(d_model)`` used at every layer;
+            a ``Tensor(batch, d_model)`` at a layer gives each row of the batch its own direction (additive
+            operator only; ``steering.generate.generate_steered_responses`` uses it for a sweep's cells).
         layers: layer(s) to steer (negative counts from the end; ``"all"``); default: the vector's layers.
         alpha: coefficient (one number, or ``{layer: alpha}``); must be finite.
         positions: ``"assistant"``, ``"generated"``, ``"all"`` or a bool mask ``(batch, pos)``.
@@ -463,6 +466,12 @@ def apply(
         raise TypeError(f"operator must be callable (e.g. steering.operators.add()), got {type(op).__name__}")
     by_layer = resolve_directions(model, directions, layers)
     alphas = resolve_alpha(alpha, list(by_layer))
+    rowwise = [layer for layer, vec in by_layer.items() if vec.ndim == 2]
+    if rowwise and (not is_additive(op) or condition is not None):
+        raise ValueError(
+            f"one direction per row (layers {rowwise}) works with the additive operator and no condition; "
+            "steer the rows one at a time for ablation or conditional steering"
+        )
     handle = SteeringHandle(layers=sorted(by_layer), alpha=alphas, positions=positions)
     condition_layer = -1
     if condition is not None:
@@ -533,6 +542,13 @@ def apply(
             direction = cast_cache.get(key)
             if direction is None:
                 direction = cast_cache[key] = vec.to(device=hidden.device, dtype=hidden.dtype)
+            if direction.ndim == 2:  # one direction per row
+                if direction.shape[0] != hidden.shape[0]:
+                    raise SteeringError(
+                        f"layer {layer} has one direction per row for {direction.shape[0]} rows, but the model "
+                        f"was called with a batch of {hidden.shape[0]}"
+                    )
+                direction = direction.unsqueeze(1)
             mask, steer_all = handle._step_mask, handle._step_all
             if handle.gate is not None and mask is not None:  # conditional: only the rows that passed
                 mask = mask & handle.gate.to(mask.device).unsqueeze(1)

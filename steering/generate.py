@@ -3,11 +3,17 @@
 ``generate_responses(model, tok, ["How are you feeling right now?"], max_new_tokens=48, n_samples=4,
 temperature=0.7, seed=0, steering=Steering(v, layers=[15], alpha=4.0))`` renders each prompt as a user
 turn with the chat template (plus the assistant header), left-pads the batch, samples, and returns the
-decoded texts as ``texts[prompt][sample]``.
+decoded texts as ``texts[prompt][sample]``. :func:`generate_steered_responses` does the same for several
+steerings at once (``texts[steering][prompt][sample]``), all in the same batches: a dose-response sweep's
+cells share one ``generate`` call, each row steered by its own direction and α.
 
-Seeding: every batch runs under its own seed derived from ``seed`` and the batch index, inside a forked
-RNG (the caller's global RNG state is left untouched), so the same arguments give the same texts.
-Greedy decoding (``temperature=0``) generates each prompt once and repeats it ``n_samples`` times.
+Seeding: sample ``k`` of prompt ``p`` draws its randomness from its own generator, seeded from
+``(seed, p, k)``, by the Gumbel-max trick (``argmax(logits / T + Gumbel noise)`` is a draw from
+``softmax(logits / T)``). So the texts do not depend on ``batch_size`` or on which other rows share the
+batch (up to float rounding), the same arguments give the same texts, the caller's global RNG is left
+untouched, and every steering of one call sees the same random numbers for the same (prompt, sample): a
+paired comparison. Greedy decoding (``temperature=0``) generates each prompt once and repeats it
+``n_samples`` times.
 
 Example:
     >>> texts = generate_responses(model, tok, ["Are you happy?"], max_new_tokens=8)  # doctest: +SKIP
@@ -20,16 +26,17 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from transformers import GenerationConfig
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, TopPLogitsWarper
 
-from steering.apply import Positions, apply
-from steering.operators import Operator
+from probes.layers import d_model
+from steering.apply import Positions, apply, resolve_alpha, resolve_directions
+from steering.operators import Operator, is_additive
 
 Message = dict[str, str]
 Prompt = str | Sequence[Message]
@@ -92,8 +99,9 @@ def encode_left_padded(tokenizer: Any, texts: Sequence[str]) -> dict[str, Tensor
     return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
 
 
-def _batch_seed(seed: int, index: int) -> int:
-    digest = hashlib.sha256(f"{seed}:{index}".encode()).digest()
+def row_seed(seed: int, prompt: int, sample: int) -> int:
+    """The sampling seed of sample ``sample`` of prompt ``prompt`` (a 63-bit hash of the three)."""
+    digest = hashlib.sha256(f"{seed}:{prompt}:{sample}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
 
 
@@ -101,12 +109,32 @@ def _model_device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-@contextlib.contextmanager
-def _seeded(seed: int, device: torch.device) -> Iterator[None]:
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield
+class RowGumbelSampler(LogitsProcessor):
+    """Sampling as a greedy step: ``scores / T`` (top-p filtered) plus Gumbel noise from each row's own
+    CPU generator, so a row's draws depend only on its seed (not on the batch or the machine).
+
+    Example:
+        >>> sampler = RowGumbelSampler([1, 2], temperature=0.7)
+        >>> sampler(None, torch.zeros(2, 5)).shape
+        torch.Size([2, 5])
+    """
+
+    def __init__(self, seeds: Sequence[int], *, temperature: float, top_p: float = 1.0) -> None:
+        self.generators = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
+        self.temperature = float(temperature)
+        self.top_p = TopPLogitsWarper(top_p) if top_p < 1 else None
+
+    def __call__(self, input_ids: Tensor | None, scores: Tensor) -> Tensor:
+        if scores.shape[0] != len(self.generators):
+            raise ValueError(
+                f"the sampler has {len(self.generators)} row seeds but the batch has {scores.shape[0]} rows"
+            )
+        scores = scores.float() / self.temperature
+        if self.top_p is not None:
+            scores = self.top_p(input_ids, scores)
+        uniform = torch.stack([torch.rand(scores.shape[1], generator=g) for g in self.generators])
+        gumbel = -torch.log(-torch.log(uniform.clamp_min(torch.finfo(torch.float32).tiny)))
+        return scores + gumbel.to(scores.device)
 
 
 def generation_config(
@@ -153,33 +181,144 @@ def generate_responses(
         prompts: user messages (str) or full message lists.
         max_new_tokens: new tokens per response.
         temperature: 0 for greedy decoding, else sampling temperature (with ``top_p``).
-        seed: base seed; the same arguments give the same texts.
+        seed: base seed; sample ``k`` of prompt ``p`` samples with :func:`row_seed` ``(seed, p, k)``.
         n_samples: responses per prompt.
         steering: a :class:`Steering` applied during generation, or ``None``.
-        batch_size: rows (prompt × sample) per ``generate`` call.
+        batch_size: rows (prompt × sample) per ``generate`` call; the texts do not depend on it.
         system: optional system message.
+    """
+    return generate_steered_responses(
+        model,
+        tokenizer,
+        prompts,
+        [steering],
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        seed=seed,
+        n_samples=n_samples,
+        batch_size=batch_size,
+        top_p=top_p,
+        system=system,
+    )[0]
+
+
+def generate_steered_responses(
+    model: nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[Prompt],
+    steerings: Sequence[Steering | None],
+    *,
+    max_new_tokens: int = 64,
+    temperature: float = 0.0,
+    seed: int = 0,
+    n_samples: int = 1,
+    batch_size: int = 64,
+    top_p: float = 1.0,
+    system: str | None = None,
+) -> list[list[list[str]]]:
+    """:func:`generate_responses` under every steering of ``steerings`` at once: ``texts[steering][prompt][sample]``.
+
+    The rows (steering × prompt × sample) run ``batch_size`` at a time, each row steered by its own
+    direction and α (``None``: unsteered), so a sweep's cells read each weight once per decoding step
+    instead of once per cell; on a CPU, decoding a few rows is bound by memory bandwidth, and more rows
+    cost little more. Sample ``k`` of prompt ``p`` draws the same random numbers under every steering
+    (:func:`row_seed`), so the steerings are compared on common random numbers, and each steering's texts
+    equal those of :func:`generate_responses` with it alone (up to float rounding).
+
+    Several distinct steerings in one batch must be additive (``operator`` None or ``add()``) and share one
+    string position rule; any single steering may use any operator and positions.
+
+    Raises:
+        ValueError: bad arguments, or distinct steerings that cannot share a batch.
     """
     if not isinstance(n_samples, int) or n_samples < 1:
         raise ValueError(f"n_samples must be a positive int, got {n_samples!r}")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    steerings = list(steerings)
+    if not steerings:
+        raise ValueError("steerings is empty; pass [None] for unsteered generation")
     config = generation_config(tokenizer, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
+    sample = config.do_sample
+    config.do_sample, config.temperature, config.top_p, config.top_k = (
+        False,
+        None,
+        None,
+        None,
+    )  # see RowGumbelSampler
     texts = render_prompts(tokenizer, prompts, system=system)
-    draws = n_samples if config.do_sample else 1
-    rows = [(p, k) for p in range(len(texts)) for k in range(draws)]
+    draws = n_samples if sample else 1
+    rows = [(s, p, k) for s in range(len(steerings)) for p in range(len(texts)) for k in range(draws)]
     device = _model_device(model)
-    out: list[list[str]] = [[] for _ in texts]
-    steer = steering.context(model, tokenizer) if steering is not None else contextlib.nullcontext()
-    with torch.inference_mode(), steer:
-        for index, start in enumerate(range(0, len(rows), batch_size)):
+    rowwise = _RowwiseSteering(model, tokenizer, steerings)
+    out: list[list[list[str]]] = [[[] for _ in texts] for _ in steerings]
+    with torch.inference_mode():
+        for start in range(0, len(rows), batch_size):
             chunk = rows[start : start + batch_size]
-            batch = encode_left_padded(tokenizer, [texts[p] for p, _ in chunk])
+            batch = encode_left_padded(tokenizer, [texts[p] for _, p, _ in chunk])
             batch = {key: value.to(device) for key, value in batch.items()}
-            with _seeded(_batch_seed(seed, index), device):
-                tokens = model.generate(**batch, generation_config=config)
+            processors = LogitsProcessorList()
+            if sample:
+                seeds = [row_seed(seed, p, k) for _, p, k in chunk]
+                processors.append(RowGumbelSampler(seeds, temperature=temperature, top_p=top_p))
+            with rowwise.context([s for s, _, _ in chunk]):
+                tokens = model.generate(**batch, generation_config=config, logits_processor=processors)
             new = tokens[:, batch["input_ids"].shape[1] :]
-            for (p, _), text in zip(chunk, tokenizer.batch_decode(new, skip_special_tokens=True)):
-                out[p].append(text.strip())
+            for (s, p, _), text in zip(chunk, tokenizer.batch_decode(new, skip_special_tokens=True)):
+                out[s][p].append(text.strip())
     if draws == 1 and n_samples > 1:
-        out = [responses * n_samples for responses in out]
+        out = [[responses * n_samples for responses in by_prompt] for by_prompt in out]
     return out
+
+
+class _RowwiseSteering:
+    """The steering context of a batch whose rows may each have their own steering (see
+    :func:`generate_steered_responses`)."""
+
+    def __init__(self, model: nn.Module, tokenizer: Any, steerings: Sequence[Steering | None]) -> None:
+        self.model, self.tokenizer, self.steerings = model, tokenizer, list(steerings)
+        self.resolved: dict[int, dict[int, Tensor]] = {}
+        if all(s is self.steerings[0] for s in self.steerings):
+            return  # every batch has one steering (or none): each runs as it would on its own
+        distinct = {id(s): s for s in self.steerings if s is not None}
+        rules = {s.positions if isinstance(s.positions, str) else "mask" for s in distinct.values()}
+        if len(rules) != 1 or "mask" in rules:
+            raise ValueError(
+                f"steerings that share a batch need one string position rule; got {sorted(rules)}: "
+                "generate them one at a time (generate_responses)"
+            )
+        for key, steering in distinct.items():
+            if steering.operator is not None and not is_additive(steering.operator):
+                raise ValueError(
+                    f"steerings that share a batch must be additive; got operator "
+                    f"{getattr(steering.operator, '__name__', steering.operator)!r}: generate it on its own"
+                )
+            by_layer = resolve_directions(model, steering.directions, steering.layers)
+            alphas = resolve_alpha(steering.alpha, list(by_layer))
+            self.resolved[key] = {layer: alphas[layer] * vec.float() for layer, vec in by_layer.items()}
+        self.positions = rules.pop()
+
+    def context(self, row_steerings: Sequence[int]) -> contextlib.AbstractContextManager:
+        """The context for rows whose steerings are ``self.steerings[i]`` for ``i`` in ``row_steerings``."""
+        chosen = [self.steerings[i] for i in row_steerings]
+        if all(s is chosen[0] for s in chosen):  # one steering (or none) for the whole batch
+            return (
+                chosen[0].context(self.model, self.tokenizer)
+                if chosen[0] is not None
+                else contextlib.nullcontext()
+            )
+        layers = sorted({layer for s in chosen if s is not None for layer in self.resolved[id(s)]})
+        width = d_model(self.model)
+        directions = {}
+        for layer in layers:
+            matrix = torch.zeros(len(chosen), width)
+            for r, s in enumerate(chosen):
+                if s is not None and layer in self.resolved[id(s)]:
+                    matrix[r] = self.resolved[id(s)][layer]
+            directions[layer] = matrix
+        return apply(self.model, directions, layers=layers, alpha=1.0, positions=self.positions,
+                     tokenizer=self.tokenizer)  # fmt: skip
+
+
+__all__ = ("RowGumbelSampler", "Steering", "encode_left_padded", "generate_responses", "generate_steered_responses",
+           "generation_config", "render_prompts", "row_seed")  # fmt: skip

@@ -76,6 +76,11 @@ def ablate_then_add() -> Operator:
     return ablate_then_add
 
 
+def is_additive(operator: Operator) -> bool:
+    """Whether ``operator`` is :func:`add`'s (the one whose direction may differ per row of a batch)."""
+    return getattr(operator, "__name__", None) == "add"
+
+
 OPERATORS: dict[str, Callable[[], Operator]] = {
     "add": add,
     "ablate": ablate,

@@ -1,9 +1,13 @@
 """Dose-response sweeps: vectors × layers × α × evals × seeds, one JSONL record per finished cell.
 
 Each cell (vector, layer, α, eval, seed) runs one evaluation over ``n_prompts`` prompts × ``n_samples``
-samples and is appended to ``out_path`` as soon as it finishes (atomically: the file is rewritten to a
-temporary file and moved into place). Rerunning the same sweep skips finished cells; an error keeps the
-finished cells on disk. A file written by a different configuration or a different vector under the same
+samples. The cells of one (eval, seed) run together: their rows share ``generate`` calls, each row steered by
+its own cell (``steering.generate.generate_steered_responses``; decoding a few rows on a CPU is bound by
+memory bandwidth, so 27 rows cost little more than 3), with the same random numbers for the same (prompt,
+sample) in every cell. Each cell is appended to ``out_path`` when its group finishes (atomically: the file is
+rewritten to a temporary file and moved into place). Rerunning the same sweep skips finished cells, and a
+cell's numbers do not depend on which cells it ran with (up to float rounding); an error keeps the finished
+cells on disk. A file written by a different configuration or a different vector under the same
 name is refused rather than mixed.
 
 With the additive operator, α = 0 is the unsteered model whatever the vector and layer (bit for bit, see
@@ -22,6 +26,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -39,12 +44,12 @@ from probes.artifacts import write_text
 from probes.layers import check_layer
 from steering.apply import _directions_by_layer, check_positions
 from steering.datasets import arithmetic_problems, balanced_refusal_prompts, qa_items, self_report_prompts
-from steering.evals.backtracking import evaluate_backtracking
+from steering.evals.backtracking import classify_solutions
 from steering.evals.confidence import evaluate_confidence, propose_answers
 from steering.evals.judges import Judge
-from steering.evals.refusal import evaluate_refusal
-from steering.evals.sentiment import SentimentScorer, evaluate_sentiment
-from steering.generate import Steering
+from steering.evals.refusal import classify_responses
+from steering.evals.sentiment import SentimentScorer, score_self_reports
+from steering.generate import Steering, generate_steered_responses
 from steering.operators import OPERATORS, operator_by_name
 
 EVALS: tuple[str, ...] = ("sentiment", "confidence", "refusal", "backtracking")
@@ -81,7 +86,8 @@ class SweepConfig:
     """Which subset of each dataset is used."""
     norm_match_to: str | None = None
     """Name of the vector whose per-layer norm every other vector is rescaled to."""
-    batch_size: int = 16
+    batch_size: int = 64
+    """Rows per ``generate`` call; a generation eval's cells share their calls (results do not depend on it)."""
     keep_responses: bool = True
     """Store the per-response rows (texts) in the records."""
 
@@ -240,36 +246,59 @@ class _Context:
     cache: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
-def _run_eval(ctx: _Context, cell: Cell, steering: Steering | None) -> Any:
+def _generation_task(ctx: _Context, eval_name: str) -> tuple[list[str], Callable[[list[list[str]]], Any]]:
+    """A generation eval's prompts, and the function that scores one cell's ``responses[prompt][sample]``."""
     config = ctx.config
-    common = dict(
-        steering=steering,
+    if eval_name == "sentiment":
+        prompts = self_report_prompts(n=min(config.n_prompts, 40), seed=config.prompt_seed)
+        return [p.prompt for p in prompts], lambda responses: score_self_reports(
+            prompts, responses, ctx.scorer
+        )
+    if eval_name == "refusal":
+        refusal = balanced_refusal_prompts(max(1, config.n_prompts // 3), seed=config.prompt_seed)
+        return [p.prompt for p in refusal], lambda responses: classify_responses(
+            refusal, responses, judge=ctx.judge
+        )
+    problems = arithmetic_problems(n=config.n_prompts, seed=config.prompt_seed)
+    return [p.question for p in problems], lambda responses: classify_solutions(
+        problems, responses, judge=ctx.judge
+    )
+
+
+def _cell_runs(
+    ctx: _Context, cells: Sequence[Cell], steerings: Sequence[Steering | None]
+) -> list[Callable[[], Any]]:
+    """One call per cell of one (eval, seed) that returns its result table. A generation eval's cells share
+    their ``generate`` calls, made here (``generate_steered_responses``: each row steered by its own cell,
+    common random numbers across cells), and each call scores its cell; confidence runs one forward pass
+    per cell when called."""
+    config = ctx.config
+    eval_name, seed = cells[0].eval, cells[0].seed
+    if eval_name == "confidence":
+        items = qa_items(n=config.n_prompts, seed=config.prompt_seed)
+
+        def confidence(steering: Steering | None) -> Any:
+            if "answers" not in ctx.cache:  # phase 0 (unsteered), once per sweep
+                ctx.cache["answers"] = propose_answers(
+                    ctx.model, ctx.tokenizer, items, batch_size=config.batch_size
+                )
+            return evaluate_confidence(ctx.model, ctx.tokenizer, items, answers=ctx.cache["answers"],
+                                       steering=steering, batch_size=config.batch_size)  # fmt: skip
+
+        return [functools.partial(confidence, steering) for steering in steerings]
+    prompts, score = _generation_task(ctx, eval_name)
+    responses = generate_steered_responses(
+        ctx.model,
+        ctx.tokenizer,
+        prompts,
+        steerings,
         n_samples=config.n_samples,
         max_new_tokens=config.max_new_tokens,
         temperature=config.temperature,
-        seed=cell.seed,
+        seed=seed,
         batch_size=config.batch_size,
     )
-    if cell.eval == "sentiment":
-        prompts = self_report_prompts(n=min(config.n_prompts, 40), seed=config.prompt_seed)
-        return evaluate_sentiment(ctx.model, ctx.tokenizer, prompts, scorer=ctx.scorer, **common)
-    if cell.eval == "refusal":
-        prompts = balanced_refusal_prompts(max(1, config.n_prompts // 3), seed=config.prompt_seed)
-        return evaluate_refusal(ctx.model, ctx.tokenizer, prompts, judge=ctx.judge, **common)
-    if cell.eval == "backtracking":
-        problems = arithmetic_problems(n=config.n_prompts, seed=config.prompt_seed)
-        return evaluate_backtracking(ctx.model, ctx.tokenizer, problems, judge=ctx.judge, **common)
-    items = qa_items(n=config.n_prompts, seed=config.prompt_seed)
-    if "answers" not in ctx.cache:  # phase 0 (unsteered), once per sweep
-        ctx.cache["answers"] = propose_answers(ctx.model, ctx.tokenizer, items, batch_size=config.batch_size)
-    return evaluate_confidence(
-        ctx.model,
-        ctx.tokenizer,
-        items,
-        answers=ctx.cache["answers"],
-        steering=steering,
-        batch_size=config.batch_size,
-    )
+    return [functools.partial(score, cell_responses) for cell_responses in responses]
 
 
 def _id_of(row: Any) -> str:
@@ -320,52 +349,64 @@ def run_sweep(
     ctx = _Context(model, tokenizer, config, scorer, judge)
     operator = operator_by_name(config.operator)
     metric = METRICS
-    for cell in plan_cells(prepared, config):
-        if cell.key in done:
-            continue
-        steering = None
-        norm = 0.0
-        if cell.vector is not None:
-            direction = prepared[cell.vector][cell.layer]
-            norm = float(torch.linalg.vector_norm(direction))
-            steering = Steering(
-                {cell.layer: direction},
+    pending = [cell for cell in plan_cells(prepared, config) if cell.key not in done]
+    groups: dict[tuple[str, int], list[Cell]] = {}
+    for cell in pending:  # the plan's order, grouped by (eval, seed)
+        groups.setdefault((cell.eval, cell.seed), []).append(cell)
+    for cells in groups.values():
+        steerings = [
+            None
+            if cell.vector is None
+            else Steering(
+                {cell.layer: prepared[cell.vector][cell.layer]},
                 layers=[cell.layer],
                 alpha=cell.alpha,
                 positions=config.positions,
                 operator=operator,
-            )
+            )  # fmt: skip
+            for cell in cells
+        ]
         started = time.perf_counter()
-        table = _run_eval(ctx, cell, steering)
-        elapsed = time.perf_counter() - started
-        values = [getattr(row, metric[cell.eval]) for row in table]
-        values = [None if v is None else float(v) for v in values]
-        present = [v for v in values if v is not None]
-        record: dict[str, Any] = {
-            "key": cell.key,
-            "config": fingerprint,
-            "eval": cell.eval,
-            "metric": metric[cell.eval],
-            "seed": cell.seed,
-            "alpha": cell.alpha,
-            "vector": cell.vector,
-            "vector_hash": vector_hashes.get(cell.vector) if cell.vector else None,
-            "layer": cell.layer,
-            "norm": norm,
-            "push": cell.alpha * norm,
-            "mean": sum(present) / len(present) if present else None,
-            "n": len(values),
-            "values": values,
-            "incoherent": [bool(getattr(row, "incoherent", False)) for row in table],
-            "ids": [_id_of(row) for row in table],
-            "elapsed_s": elapsed,
-        }
-        if config.keep_responses:
-            record["rows"] = table.to_records()
-        _append_atomically(path, record)
-        done.add(cell.key)
-        if on_cell is not None:
-            on_cell(record)
+        runs = _cell_runs(ctx, cells, steerings)
+        shared = (time.perf_counter() - started) / len(cells)  # the group's generation, shared by its cells
+        for cell, run in zip(cells, runs, strict=True):
+            started = time.perf_counter()
+            table = run()
+            elapsed = shared + time.perf_counter() - started
+            norm = (
+                0.0
+                if cell.vector is None
+                else float(torch.linalg.vector_norm(prepared[cell.vector][cell.layer]))
+            )
+            values = [getattr(row, metric[cell.eval]) for row in table]
+            values = [None if v is None else float(v) for v in values]
+            present = [v for v in values if v is not None]
+            record: dict[str, Any] = {
+                "key": cell.key,
+                "config": fingerprint,
+                "eval": cell.eval,
+                "metric": metric[cell.eval],
+                "seed": cell.seed,
+                "alpha": cell.alpha,
+                "vector": cell.vector,
+                "vector_hash": vector_hashes.get(cell.vector) if cell.vector else None,
+                "layer": cell.layer,
+                "norm": norm,
+                "push": cell.alpha * norm,
+                "mean": sum(present) / len(present) if present else None,
+                "n": len(values),
+                "values": values,
+                "incoherent": [bool(getattr(row, "incoherent", False)) for row in table],
+                "ids": [_id_of(row) for row in table],
+                "elapsed_s": elapsed,
+                "cells_batched": len(cells),
+            }
+            if config.keep_responses:
+                record["rows"] = table.to_records()
+            _append_atomically(path, record)
+            done.add(cell.key)
+            if on_cell is not None:
+                on_cell(record)
     return load_records(path)
 
 

@@ -428,3 +428,29 @@ def test_concept_vectors_steer_like_their_directions(model: nn.Module) -> None:
             got = model(IDS).logits
     assert handle.layers == [1]
     assert torch.equal(got, expected)
+
+
+def test_one_direction_per_row_equals_each_row_steered_alone(model: nn.Module) -> None:
+    g = torch.Generator().manual_seed(3)
+    v, w = torch.randn(D_MODEL, generator=g), torch.randn(D_MODEL, generator=g)
+    rows = torch.stack([2.0 * v, torch.zeros(D_MODEL)])  # row 0 steered by 2v, row 1 unsteered
+    with torch.no_grad():
+        with apply(model, {1: rows}, layers=[1], alpha=1.0, positions="all"):
+            together = model(IDS).logits
+        with apply(model, v, layers=1, alpha=2.0, positions="all"):
+            first = model(IDS[:1]).logits
+        plain = model(IDS[1:]).logits
+    torch.testing.assert_close(together[:1], first, rtol=0, atol=1e-5)
+    torch.testing.assert_close(together[1:], plain, rtol=0, atol=1e-5)
+    # row-wise directions need the additive operator, no condition, and a batch of their row count
+    with pytest.raises(ValueError, match="additive operator"):
+        with apply(model, {1: rows}, layers=[1], operator=ablate(), positions="all"):
+            pass
+    before = _hook_counts(model)
+    with pytest.raises(SteeringError, match="one direction per row for 2 rows"):
+        with apply(model, {1: torch.stack([v, w, v])[:2]}, layers=[1], positions="all"):
+            model(IDS[:1])
+    assert _hook_counts(model) == before
+    with pytest.raises(ValueError, match=r"\(batch, 32\)"):
+        with apply(model, {1: torch.randn(2, 5)}, layers=[1], positions="all"):
+            pass

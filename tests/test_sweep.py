@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
 
 from steering.datasets import self_report_prompts
 from steering.evals.sentiment import evaluate_sentiment, vader
-from steering.generate import Steering, generate_responses, render_prompts
+from steering.generate import (
+    RowGumbelSampler,
+    Steering,
+    generate_responses,
+    generate_steered_responses,
+    render_prompts,
+)
+from steering.operators import ablate
 from steering.sweep import SweepConfig, SweepFileError, load_records, plan_cells, prepare_vectors, run_sweep
 
 D = 32
@@ -60,6 +68,62 @@ def test_generate_with_steering(small_llama) -> None:
     )
     assert zero == plain
     assert steered != plain
+
+
+def test_row_gumbel_sampler_draws_from_the_softmax() -> None:
+    # argmax(logits / T + Gumbel) is a draw from softmax(logits / T): frequencies over 20,000 row seeds
+    logits = torch.tensor([1.0, 0.0, -1.0, 2.0])
+    temperature = 0.7
+    n = 20_000
+    sampler = RowGumbelSampler(range(n), temperature=temperature)
+    picks = sampler(None, logits.expand(n, 4)).argmax(-1)
+    freq = torch.bincount(picks, minlength=4).float() / n
+    expected = torch.softmax(logits / temperature, -1)
+    assert torch.allclose(freq, expected, atol=4 * math.sqrt(0.25 / n))  # 4 binomial SE at most
+    # a row's draws depend on its seed alone, not on the rows beside it
+    alone = RowGumbelSampler([5], temperature=1.0)(None, torch.zeros(1, 7))
+    beside = RowGumbelSampler([9, 5], temperature=1.0)(None, torch.zeros(2, 7))
+    assert torch.equal(alone[0], beside[1])
+    with pytest.raises(ValueError, match="2 row seeds but the batch has 1 rows"):
+        RowGumbelSampler([1, 2], temperature=1.0)(None, torch.zeros(1, 7))
+
+
+def test_sampled_generation_does_not_depend_on_the_batch(small_llama) -> None:
+    model, tok = small_llama
+    prompts = ["How are you feeling right now?", "Hi", "What comes to mind when you see a receipt?"]
+    kwargs = dict(max_new_tokens=6, temperature=1.0, n_samples=2, seed=3)
+    assert generate_responses(model, tok, prompts, batch_size=1, **kwargs) == generate_responses(
+        model, tok, prompts, batch_size=6, **kwargs
+    )
+
+
+def test_steerings_in_one_batch_equal_each_steering_alone(small_llama) -> None:
+    model, tok = small_llama
+    prompts = ["How are you feeling right now?", "Hi", "What comes to mind when you see a receipt?"]
+    g = torch.Generator().manual_seed(5)
+    v, w = torch.randn(D, generator=g) * 6, torch.randn(D, generator=g) * 6
+    steerings = [
+        None,
+        Steering({1: v}, layers=[1], alpha=4.0),
+        Steering({0: w}, layers=[0], alpha=-2.0),
+        Steering({1: v}, layers=[1], alpha=-4.0),
+    ]
+    kwargs = dict(max_new_tokens=6, temperature=1.0, n_samples=2, seed=3)
+    together = generate_steered_responses(model, tok, prompts, steerings, batch_size=5, **kwargs)
+    alone = [generate_responses(model, tok, prompts, steering=s, batch_size=4, **kwargs) for s in steerings]
+    assert together == alone
+    assert together[1] != together[0]  # the steering changes the texts
+    # distinct steerings share a batch only when they are additive with one string position rule
+    with pytest.raises(ValueError, match="additive"):
+        generate_steered_responses(
+            model, tok, prompts, [None, Steering({1: v}, layers=[1], operator=ablate())]
+        )
+    with pytest.raises(ValueError, match="one string position rule"):
+        generate_steered_responses(
+            model, tok, prompts, [steerings[1], Steering({1: v}, layers=[1], positions="all")]
+        )
+    with pytest.raises(ValueError, match="steerings is empty"):
+        generate_steered_responses(model, tok, prompts, [])
 
 
 def test_render_prompts_and_bad_arguments(small_llama) -> None:
@@ -149,6 +213,20 @@ def test_sweep_writes_cells_and_resumes(small_llama, tmp_path) -> None:
         model, tok, self_report_prompts(n=2, seed=0), n_samples=2, max_new_tokens=4, temperature=1.0, seed=0
     )
     assert baseline["values"] == direct.column("score")
+    # a steered cell, generated in one batch with the others, equals its evaluation on its own
+    cell = next(r for r in records if r["eval"] == "sentiment" and r["vector"] == "v" and r["alpha"] == 2.0)
+    steered = evaluate_sentiment(
+        model,
+        tok,
+        self_report_prompts(n=2, seed=0),
+        n_samples=2,
+        max_new_tokens=4,
+        temperature=1.0,
+        seed=0,
+        steering=Steering({1: _vectors()["v"][1]}, layers=[1], alpha=2.0),
+    )
+    assert cell["values"] == steered.column("score") and cell["cells_batched"] == 5
+    assert [row["response"] for row in cell["rows"]] == steered.column("response")
     # norm-matched control: same push as v
     pushes = {
         (r["vector"], r["alpha"]): r["push"] for r in records if r["eval"] == "sentiment" and r["vector"]
