@@ -185,7 +185,12 @@ def test_the_default_studys_train_key_is_stable():
         settings = study.train_stage_settings(cfg)
         return config_hash({"stage": "train", "format": STAGE_FORMAT, "config": settings, "depends": {}})
 
-    assert key(StudyConfig()) == "b0eab48a4146ce90"  # the top 8 layers at lr 2e-3 since session 21
+    assert (
+        key(StudyConfig()) == "81f5b7ca2b8f1fc5"
+    )  # the top 8 layers at lr 2e-3 for 4 steps since session 24
+    assert (
+        key(StudyConfig.preset("top-lr-6-steps")) == "b0eab48a4146ce90"
+    )  # the default's key in sessions 21-23
     assert key(StudyConfig.preset("tbrm-8-steps")) == "b78bf920f2bc1b8c"  # the default's key in session 20
     assert key(StudyConfig.preset("tbrm-6-steps")) == "871b813a915a9e9f"  # the default's key until session 20
 
@@ -367,7 +372,15 @@ def test_the_default_study_trains_the_cpu_recipes_tbrm_on_every_layer_its_top_8_
         assert getattr(args, key) == getattr(recipe, key), key
     # the recipe's step on the top 8 layers, a quarter of it on the 22 below (2e-3 everywhere collapses)
     assert (args.top_lr, args.top_lr_layers, args.lr) == (recipe.lr, recipe.lora_layers, recipe.lr / 4)
-    assert args.steps == args.curriculum_steps == recipe.steps == 6  # every step single-turn
+    assert args.steps == args.curriculum_steps == 4 and recipe.steps == 6  # every step single-turn
+    top6 = StudyConfig.preset("top-lr-6-steps").train_args(Path("run"))
+    assert (top6.steps, top6.curriculum_steps, top6.lr, top6.top_lr, top6.lora_layers) == (
+        6,
+        6,
+        args.lr,
+        recipe.lr,
+        None,
+    )
     six = StudyConfig.preset("tbrm-6-steps").train_args(Path("run"))
     assert (six.steps, six.curriculum_steps, six.lr, six.top_lr, six.lora_layers) == (
         6,

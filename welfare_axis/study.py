@@ -79,14 +79,24 @@ PAPER = {
 }
 
 
-LEARN_OVERRIDES: dict[str, Any] = {"lora_layers": None, "lr": 5e-4, "top_lr": 2e-3, "top_lr_layers": 8}
+LEARN_OVERRIDES: dict[str, Any] = {"lora_layers": None, "lr": 5e-4, "top_lr": 2e-3, "top_lr_layers": 8, "steps": 4,
+                                   "curriculum_steps": 4}  # fmt: skip
 """The default study's changes to the CPU recipe's TBRM (issue 17): LoRA on all layers, so v can differ from u
 wherever it is read, the top 8 layers at the recipe's lr 2e-3 (``training.Args.top_lr``) and the 22 below at a
-quarter of it, for the recipe's 6 single-turn steps. 2e-3 on every layer collapses and 5e-4 on every layer learns
-slowly (presets ``tbrm-6-steps``, ``tbrm-8-steps``). Seeds 0-2 gain +36.9 (z 5.3), +28.7 (z 4.2) and +12.5 (z 2.2)
-on 64 held-out 15-turn mazes; seed 0, trained again on a Zen 4 CPU (+33.7, z 4.5), ships as
-``load_trained("smollm2-135m-instruct", "tbrm")``. Every setting and seed, with intervals and forgetting:
-docs/results.md (sessions 20-22)."""
+quarter of it, for 4 single-turn steps (the smallest run that learns; since session 24). 2e-3 on every layer
+collapses and 5e-4 on every layer learns slowly (presets ``tbrm-6-steps``, ``tbrm-8-steps``). On 2 AMD Zen 4 cores
+seeds 0-2 gain +35.6 (z 4.7), +31.4 (z 4.4) and +15.8 (z 2.9) on 64 held-out 15-turn mazes; the same settings for 6 steps
+(preset ``top-lr-6-steps``, the default of sessions 21-23) gained +36.9, +28.7 and +12.5 on Sapphire Rapids cores,
+in half as many training minutes again. Every setting and seed, with intervals and forgetting: docs/results.md
+(sessions 20-24)."""
+TOP_LR_SIX_STEP_OVERRIDES: dict[str, Any] = {
+    "lora_layers": None,
+    "lr": 5e-4,
+    "top_lr": 2e-3,
+    "top_lr_layers": 8,
+}
+"""The default study's training in sessions 21-23 (the recipe's 6 steps): records ``default_toplr_smollm2_seed0*``,
+training runs ``tbrm_top_lr_seed*``; preset ``top-lr-6-steps``."""
 EIGHT_STEP_OVERRIDES: dict[str, Any] = {"lora_layers": None, "lr": 5e-4, "steps": 8, "curriculum_steps": 8}
 """The default study's training in session 20 (8 steps, lr 5e-4 on every layer): records ``default8_smollm2_seed0``,
 ``tbrm8_smollm2_seed*_n150``; preset ``tbrm-8-steps``."""
@@ -116,7 +126,7 @@ class StudyConfig:
     algo: str = "tbrm"
     """Training algorithm (training.train: dr_grpo, grpo, reinforce, rloo, ppo, tbrm, sft, iterative_sft). The
     default, TBRM (RL from scratch) under the CPU recipe's sizes with LoRA on every layer, its top 8 layers at
-    the recipe's step and the rest at a quarter of it, for 6 steps (:data:`LEARN_OVERRIDES`)."""
+    the recipe's step and the rest at a quarter of it, for 4 steps (:data:`LEARN_OVERRIDES`)."""
     warm_start: str | None = None
     """Train this algorithm first, then the study's ``algo`` from its weights (``training.Args.init_from``):
     ``sft`` makes RL after an SFT warm start (preset ``sft-grpo``). The warm start runs the same recipe with
@@ -146,7 +156,7 @@ class StudyConfig:
     """Override the preset's number of optimisation steps."""
     train_overrides: dict[str, Any] = field(default_factory=lambda: dict(LEARN_OVERRIDES))
     """Any other training.Args fields (default :data:`LEARN_OVERRIDES`: every layer adapted, the top 8 at lr 2e-3
-    and the rest at 5e-4, 6 steps).
+    and the rest at 5e-4, 4 steps).
     ``--set train_overrides=...`` replaces the whole dict."""
     n_per_class: int = 24
     """Scripted trajectories per class (Mold, Gold, Path) for the vectors (paper: 5,000)."""
@@ -348,6 +358,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "tbrm-short": {**SHORT, "algo": "tbrm"},
     # The default's settings under the name the session-8 records use.
     "learn": {},
+    "top-lr-6-steps": {"train_overrides": dict(TOP_LR_SIX_STEP_OVERRIDES)},
     "tbrm-6-steps": {"train_overrides": dict(SIX_STEP_OVERRIDES)},
     "tbrm-8-steps": {"train_overrides": dict(EIGHT_STEP_OVERRIDES)},
     "full-ft": {**SHORT, "finetune": "full"},
