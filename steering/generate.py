@@ -238,14 +238,11 @@ def generate_steered_responses(
     steerings = list(steerings)
     if not steerings:
         raise ValueError("steerings is empty; pass [None] for unsteered generation")
-    config = generation_config(tokenizer, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
-    sample = config.do_sample
-    config.do_sample, config.temperature, config.top_p, config.top_k = (
-        False,
-        None,
-        None,
-        None,
-    )  # see RowGumbelSampler
+    sample = generation_config(  # also checks the arguments
+        tokenizer, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p
+    ).do_sample
+    # greedy steps: a sampled step is the argmax of RowGumbelSampler's noisy scores
+    config = generation_config(tokenizer, max_new_tokens=max_new_tokens, temperature=0.0)
     texts = render_prompts(tokenizer, prompts, system=system)
     draws = n_samples if sample else 1
     rows = [(s, p, k) for s in range(len(steerings)) for p in range(len(texts)) for k in range(draws)]
