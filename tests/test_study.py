@@ -258,8 +258,11 @@ def test_default_study_sizes_and_their_precedence(tmp_path):
     assert (series.lora_layers, series.lr, series.top_lr, series.checkpoint_every) == (None, 5e-4, 2e-3, 2)
     default = StudyConfig().train_args(tmp_path)  # every layer adapted; the top 8 at the recipe's step
     assert (default.lora_layers, default.lr, default.top_lr, default.top_lr_layers) == (None, 5e-4, 2e-3, 8)
-    assert (default.steps, default.curriculum_steps) == (6, 6)
-    # train_steps beats the study's sizes; train_overrides beat everything
+    assert (default.steps, default.curriculum_steps) == (4, 4)
+    # train_steps sets the step count over the default's own; its single-turn curriculum stays 4 steps
+    longer = StudyConfig.from_overrides(StudyConfig(), {"train_steps": 8}).train_args(tmp_path)
+    assert (longer.steps, longer.curriculum_steps, longer.top_lr) == (8, 4, 2e-3)
+    # train_steps beats the study's sizes and a step count in train_overrides; their other fields beat everything
     cfg = StudyConfig.from_overrides(
         StudyConfig.preset("short"), {"train_steps": 12, "train_overrides": {"lora_layers": 8}}
     )

@@ -154,7 +154,8 @@ class StudyConfig:
     the training recipe itself, with its per-algorithm values (the CPU recipe's TBRM learns the maze),
     under ``train_overrides``. Fast mode always uses :data:`FAST_TRAIN`."""
     train_steps: int | None = None
-    """Override the preset's number of optimisation steps."""
+    """Override the number of optimisation steps (the preset's, or a ``steps`` in ``train_overrides``: the default's
+    4); the curriculum's single-turn steps stay as set (the default's 4, then 15-turn steps)."""
     train_overrides: dict[str, Any] = field(default_factory=lambda: dict(LEARN_OVERRIDES))
     """Any other training.Args fields (default :data:`LEARN_OVERRIDES`: every layer adapted, the top 8 at lr 2e-3
     and the rest at 5e-4, 4 steps).
@@ -231,15 +232,15 @@ class StudyConfig:
 
     def train_args(self, out: Path, init_from: Path | None = None):
         """The run's ``training.Args``: the preset (not its per-algorithm recipes), then the study's
-        sizes (:data:`STUDY_TRAIN` or :data:`FAST_TRAIN`), then ``train_steps``, then ``train_overrides``;
+        sizes (:data:`STUDY_TRAIN` or :data:`FAST_TRAIN`), then ``train_overrides``, then ``train_steps``;
         ``init_from`` is the warm start's run directory (:meth:`warm_start_args`). A fast study (a pipeline
         check) keeps its own few steps and no curriculum, whatever step count ``train_overrides`` gives the full
         run (e.g. ``tbrm-8-steps``'s 8); ``train_steps`` still sets them."""
 
         overrides = self._sized({"algo": self.algo, "out": str(out)})
-        if self.train_steps is not None:
-            overrides["steps"] = self.train_steps
         overrides.update(self.train_overrides)
+        if self.train_steps is not None:  # wins over a step count in train_overrides (the default's 4)
+            overrides["steps"] = self.train_steps
         if self.fast:
             overrides["steps"] = FAST_TRAIN["steps"] if self.train_steps is None else self.train_steps
             overrides["curriculum_steps"] = FAST_TRAIN["curriculum_steps"]
