@@ -50,7 +50,7 @@ from steering.evals.judges import Judge
 from steering.evals.refusal import classify_responses
 from steering.evals.sentiment import SentimentScorer, score_self_reports
 from steering.generate import Steering, generate_steered_responses
-from steering.operators import OPERATORS, operator_by_name
+from steering.operators import OPERATORS, is_additive, operator_by_name
 
 EVALS: tuple[str, ...] = ("sentiment", "confidence", "refusal", "backtracking")
 METRICS = {"sentiment": "score", "confidence": "p_true", "refusal": "refused", "backtracking": "backtracked"}
@@ -287,17 +287,21 @@ def _cell_runs(
 
         return [functools.partial(confidence, steering) for steering in steerings]
     prompts, score = _generation_task(ctx, eval_name)
-    responses = generate_steered_responses(
+    generate = functools.partial(
+        generate_steered_responses,
         ctx.model,
         ctx.tokenizer,
         prompts,
-        steerings,
         n_samples=config.n_samples,
         max_new_tokens=config.max_new_tokens,
         temperature=config.temperature,
         seed=seed,
         batch_size=config.batch_size,
     )
+    if is_additive(operator_by_name(config.operator)):
+        responses = generate(steerings)
+    else:  # ablation cannot vary by row: each cell generates on its own (the same random numbers all the same)
+        responses = [generate([steering])[0] for steering in steerings]
     return [functools.partial(score, cell_responses) for cell_responses in responses]
 
 

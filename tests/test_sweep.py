@@ -240,6 +240,19 @@ def test_sweep_writes_cells_and_resumes(small_llama, tmp_path) -> None:
     assert again == [] and out.read_text() == before
 
 
+def test_an_ablation_sweep_generates_its_cells_one_at_a_time(small_llama, tmp_path) -> None:
+    model, tok = small_llama
+    config = _config(evals=("sentiment",), operator="ablate", alphas=(0.0, 2.0), norm_match_to=None)
+    records = run_sweep(model, tok, _vectors(), config, tmp_path / "ablate.jsonl")
+    assert len(records) == 4  # no shared baseline: ablation at α = 0 is not the unsteered model
+    cell = next(r for r in records if r["vector"] == "v" and r["alpha"] == 2.0)
+    alone = evaluate_sentiment(
+        model, tok, self_report_prompts(n=2, seed=0), n_samples=2, max_new_tokens=4, temperature=1.0, seed=0,
+        steering=Steering({1: _vectors()["v"][1]}, layers=[1], alpha=2.0, operator=ablate()),
+    )  # fmt: skip
+    assert [row["response"] for row in cell["rows"]] == alone.column("response")
+
+
 def test_sweep_keeps_partial_results_on_error_and_resumes(small_llama, tmp_path) -> None:
     model, tok = small_llama
     out = tmp_path / "partial.jsonl"
