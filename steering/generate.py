@@ -225,11 +225,12 @@ def generate_steered_responses(
     (:func:`row_seed`), so the steerings are compared on common random numbers, and each steering's texts
     equal those of :func:`generate_responses` with it alone (up to float rounding).
 
-    Several distinct steerings in one batch must be additive (``operator`` None or ``add()``) and share one
-    string position rule; any single steering may use any operator and positions.
+    Distinct steerings share batches when they are additive (``operator`` None or ``add()``) with one string
+    position rule; any other steering (an ablation, a token mask) runs in batches of its own, and so do
+    additive steerings under another position rule. The texts are the same either way.
 
     Raises:
-        ValueError: bad arguments, or distinct steerings that cannot share a batch.
+        ValueError: bad arguments.
     """
     if not isinstance(n_samples, int) or n_samples < 1:
         raise ValueError(f"n_samples must be a positive int, got {n_samples!r}")
@@ -245,27 +246,62 @@ def generate_steered_responses(
     config = generation_config(tokenizer, max_new_tokens=max_new_tokens, temperature=0.0)
     texts = render_prompts(tokenizer, prompts, system=system)
     draws = n_samples if sample else 1
-    rows = [(s, p, k) for s in range(len(steerings)) for p in range(len(texts)) for k in range(draws)]
     device = _model_device(model)
-    rowwise = _RowwiseSteering(model, tokenizer, steerings)
     out: list[list[list[str]]] = [[[] for _ in texts] for _ in steerings]
     with torch.inference_mode():
-        for start in range(0, len(rows), batch_size):
-            chunk = rows[start : start + batch_size]
-            batch = encode_left_padded(tokenizer, [texts[p] for _, p, _ in chunk])
-            batch = {key: value.to(device) for key, value in batch.items()}
-            processors = LogitsProcessorList()
-            if sample:
-                seeds = [row_seed(seed, p, k) for _, p, k in chunk]
-                processors.append(RowGumbelSampler(seeds, temperature=temperature, top_p=top_p))
-            with rowwise.context([s for s, _, _ in chunk]):
-                tokens = model.generate(**batch, generation_config=config, logits_processor=processors)
-            new = tokens[:, batch["input_ids"].shape[1] :]
-            for (s, p, _), text in zip(chunk, tokenizer.batch_decode(new, skip_special_tokens=True)):
-                out[s][p].append(text.strip())
+        for group in batch_groups(steerings):
+            rowwise = _RowwiseSteering(model, tokenizer, [steerings[s] for s in group])
+            rows = [(g, p, k) for g in range(len(group)) for p in range(len(texts)) for k in range(draws)]
+            for start in range(0, len(rows), batch_size):
+                chunk = rows[start : start + batch_size]
+                batch = encode_left_padded(tokenizer, [texts[p] for _, p, _ in chunk])
+                batch = {key: value.to(device) for key, value in batch.items()}
+                processors = LogitsProcessorList()
+                if sample:
+                    seeds = [row_seed(seed, p, k) for _, p, k in chunk]
+                    processors.append(RowGumbelSampler(seeds, temperature=temperature, top_p=top_p))
+                with rowwise.context([g for g, _, _ in chunk]):
+                    tokens = model.generate(**batch, generation_config=config, logits_processor=processors)
+                new = tokens[:, batch["input_ids"].shape[1] :]
+                for (g, p, _), text in zip(chunk, tokenizer.batch_decode(new, skip_special_tokens=True)):
+                    out[group[g]][p].append(text.strip())
     if draws == 1 and n_samples > 1:
         out = [[responses * n_samples for responses in by_prompt] for by_prompt in out]
     return out
+
+
+def _shares_batches(steering: Steering) -> bool:
+    """Whether ``steering`` can share a batch with other steerings: additive, under a string position rule."""
+    additive = steering.operator is None or is_additive(steering.operator)
+    return additive and isinstance(steering.positions, str)
+
+
+def batch_groups(steerings: Sequence[Steering | None]) -> list[list[int]]:
+    """Indices of ``steerings`` in groups whose rows can share ``generate`` batches, in first-seen order.
+
+    Additive steerings under one string position rule form one group, and ``None`` (unsteered) joins the first
+    such group; each other steering forms its own, beside any repeats of the same object (an ablation, a token
+    mask, cannot vary by row)."""
+    groups: list[list[int]] = []
+    by_key: dict[object, list[int]] = {}
+    unsteered: list[int] = []
+    for i, steering in enumerate(steerings):
+        if steering is None:
+            unsteered.append(i)
+            continue
+        key = ("rule", steering.positions) if _shares_batches(steering) else ("alone", id(steering))
+        if key not in by_key:
+            by_key[key] = []
+            groups.append(by_key[key])
+        by_key[key].append(i)
+    if unsteered:
+        shared = next((g for g in groups if _shares_batches(steerings[g[0]])), None)  # type: ignore[arg-type]
+        if shared is None:
+            groups.insert(0, unsteered)
+        else:
+            shared[:0] = unsteered
+            shared.sort()
+    return groups
 
 
 class _RowwiseSteering:
@@ -317,5 +353,5 @@ class _RowwiseSteering:
                      tokenizer=self.tokenizer)  # fmt: skip
 
 
-__all__ = ("RowGumbelSampler", "Steering", "encode_left_padded", "generate_responses", "generate_steered_responses",
+__all__ = ("RowGumbelSampler", "Steering", "batch_groups", "encode_left_padded", "generate_responses", "generate_steered_responses",
            "generation_config", "render_prompts", "row_seed")  # fmt: skip

@@ -50,7 +50,7 @@ from steering.evals.judges import Judge
 from steering.evals.refusal import classify_responses
 from steering.evals.sentiment import SentimentScorer, score_self_reports
 from steering.generate import Steering, generate_steered_responses
-from steering.operators import OPERATORS, is_additive, operator_by_name
+from steering.operators import OPERATORS, operator_by_name
 
 EVALS: tuple[str, ...] = ("sentiment", "confidence", "refusal", "backtracking")
 METRICS = {"sentiment": "score", "confidence": "p_true", "refusal": "refused", "backtracking": "backtracked"}
@@ -298,10 +298,7 @@ def _cell_runs(
         seed=seed,
         batch_size=config.batch_size,
     )
-    if is_additive(operator_by_name(config.operator)):
-        responses = generate(steerings)
-    else:  # ablation cannot vary by row: each cell generates on its own (the same random numbers all the same)
-        responses = [generate([steering])[0] for steering in steerings]
+    responses = generate(steerings)  # an ablation's cells run in batches of their own (batch_groups)
     return [functools.partial(score, cell_responses) for cell_responses in responses]
 
 

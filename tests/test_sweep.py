@@ -13,6 +13,7 @@ from steering.evals.sentiment import evaluate_sentiment, vader
 from steering.generate import (
     RowGumbelSampler,
     Steering,
+    batch_groups,
     generate_responses,
     generate_steered_responses,
     render_prompts,
@@ -113,15 +114,19 @@ def test_steerings_in_one_batch_equal_each_steering_alone(small_llama) -> None:
     alone = [generate_responses(model, tok, prompts, steering=s, batch_size=4, **kwargs) for s in steerings]
     assert together == alone
     assert together[1] != together[0]  # the steering changes the texts
-    # distinct steerings share a batch only when they are additive with one string position rule
-    with pytest.raises(ValueError, match="additive"):
-        generate_steered_responses(
-            model, tok, prompts, [None, Steering({1: v}, layers=[1], operator=ablate())]
-        )
-    with pytest.raises(ValueError, match="one string position rule"):
-        generate_steered_responses(
-            model, tok, prompts, [steerings[1], Steering({1: v}, layers=[1], positions="all")]
-        )
+    # distinct steerings share batches only when additive under one string position rule; others run in their own
+    ablation = Steering({1: v}, layers=[1], alpha=2.0, operator=ablate())
+    everywhere = Steering({1: v}, layers=[1], alpha=4.0, positions="all")
+    mask = torch.zeros(2, 40, dtype=torch.bool)
+    masked = Steering({1: v}, layers=[1], alpha=4.0, positions=mask)
+    mixed = [steerings[1], ablation, None, everywhere, steerings[2], ablation, masked]
+    assert batch_groups(mixed) == [[0, 2, 4], [1, 5], [3], [6]]
+    assert batch_groups([ablation, None]) == [[1], [0]]
+    assert batch_groups([None, None]) == [[0, 1]]
+    together = generate_steered_responses(model, tok, prompts, mixed[:6], batch_size=5, **kwargs)
+    alone = [generate_responses(model, tok, prompts, steering=s, batch_size=4, **kwargs) for s in mixed[:6]]
+    assert together == alone
+    assert together[0] != together[2] and together[1] != together[2]  # steered, ablated ≠ unsteered
     with pytest.raises(ValueError, match="steerings is empty"):
         generate_steered_responses(model, tok, prompts, [])
 
@@ -240,7 +245,7 @@ def test_sweep_writes_cells_and_resumes(small_llama, tmp_path) -> None:
     assert again == [] and out.read_text() == before
 
 
-def test_an_ablation_sweep_generates_its_cells_one_at_a_time(small_llama, tmp_path) -> None:
+def test_an_ablation_sweep_cell_equals_its_own_evaluation(small_llama, tmp_path) -> None:
     model, tok = small_llama
     config = _config(evals=("sentiment",), operator="ablate", alphas=(0.0, 2.0), norm_match_to=None)
     records = run_sweep(model, tok, _vectors(), config, tmp_path / "ablate.jsonl")
