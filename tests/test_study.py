@@ -218,6 +218,29 @@ def test_frozen_layers_note_only_when_a_selected_layer_is_below_the_adapted_ones
     assert frozen_layers_note({"finetune": "full", "lora_layers": 8}, *readout) is None
 
 
+def test_learning_notes_say_when_the_model_did_not_learn_or_broke():
+    from welfare_axis.study import learning_notes
+    from welfare_axis.summary import ReturnGain, TrainingSummary
+
+    def notes(z, gold=0.5, mold=-0.5, ppl=(15.0, 16.0)):
+        gain = ReturnGain(diff=z * 7.0, se=7.0, z=z, paired=True, gold_diff=gold, mold_diff=mold)
+        forgetting = {"before": {"perplexity": ppl[0]}, "after": {"perplexity": ppl[1]}}
+        return learning_notes(TrainingSummary(steps=4, return_gain=gain), forgetting)
+
+    assert notes(3.0) == []  # the default's criterion: >= 3 paired SE, Gold up, Mold down
+    assert notes(4.8, gold=-0.1) and notes(4.8, mold=0.2)  # a gain with Gold down or Mold up is not learning
+    (note,) = notes(2.9)
+    assert note.startswith("The trained model did not learn the maze: held-out gain +20.3 ± 7.0 (paired z 2.9;")
+    assert notes(-5.2)[0].startswith("The trained model did not learn the maze; it got worse:")
+    assert notes(-1.0)[0].startswith("The trained model did not learn the maze:")
+    broken = notes(4.0, ppl=(14.9, 1226.6))
+    assert broken == ["Training damaged the language model: perplexity on the general texts 14.9 → 1226.6 (82×). "
+                      "Its vectors are directions of a broken model; a smaller step (train_overrides lr, top_lr) "
+                      "or another recipe is needed."]  # fmt: skip
+    assert notes(4.0, ppl=(15.0, 29.9)) == []  # less than double
+    assert learning_notes(TrainingSummary(steps=0)) == []  # not evaluated: nothing to say
+
+
 def test_adapted_layers_and_the_layer_star_candidates_they_give():
     from welfare_axis.study import adapted_layers, layer_star_candidates
 

@@ -50,7 +50,7 @@ from training.monitor import MONITOR_FILE, axis_records
 from training.shipped import find_shipped, load_shipped
 from welfare_axis.report import export_figures, render_report
 from welfare_axis.stages import StageOutput, StageRunner
-from welfare_axis.summary import Measure, StudySummary, TrainingSummary, readout_measures
+from welfare_axis.summary import Measure, ReturnGain, StudySummary, TrainingSummary, readout_measures
 
 if TYPE_CHECKING:
     from welfare_axis.report import Section
@@ -338,6 +338,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The paper's robustness table, one preset each.
     "tile-swap": {"tiles": "swap"},
     "tile-shuffle": {"tiles": "shuffle"},
+    # The default's settings on Gemma-3-270M, unchanged (a model-family control). They break Gemma: its first step
+    # moves the policy 10^4 nats, the held-out return falls 34 and perplexity goes 15 -> 1227 (docs/results.md,
+    # session 25); the report says so. gemma-sft-grpo is the Gemma configuration that learns.
     "gemma": {"model": "gemma3-270m"},
     # Other algorithms at the short study's sizes (3 steps, top 16 layers).
     "sft": {**SHORT, "algo": "sft"},
@@ -1099,6 +1102,8 @@ def report_sections(
         if cfg.fast
         else []
     )
+    if not (cfg.fast and cfg.trained is None and cfg.from_run is None):  # fast training: noted above
+        notes += learning_notes(summary.training, summary.forgetting)
     frozen = frozen_layers_note(train.result.get("train_args", {}), trn.n_layers, trn.extraction.layer_star)
     if frozen:
         notes.append(frozen)
@@ -1159,6 +1164,50 @@ def adapted_layers(train_args: Mapping[str, Any], n_layers: int) -> list[int] | 
     if train_args.get("finetune") != "lora" or not k or int(k) >= n_layers:
         return None
     return list(range(n_layers - int(k), n_layers))
+
+
+LEARNED_Z = 3.0
+"""A trained model learned the maze when its held-out gain over the untrained model is at least this many paired
+standard errors, with Gold up and Mold down per episode (issue 17's criterion)."""
+DAMAGED_PERPLEXITY_RATIO = 2.0
+"""Training damaged the language model when perplexity on the general texts at least doubles."""
+
+
+def learning_notes(training: TrainingSummary, forgetting: Mapping[str, Any] | None = None) -> list[str]:
+    """Warnings when the trained model did not learn the maze (:data:`LEARNED_Z`), or training broke its
+    language modelling (:data:`DAMAGED_PERPLEXITY_RATIO`): its readouts then say nothing about a model that learned.
+
+    Example:
+        >>> gain = ReturnGain(diff=-33.9, se=6.55, z=-5.17, paired=True, gold_diff=-0.62, mold_diff=2.14)
+        >>> learning_notes(TrainingSummary(steps=4, return_gain=gain))[0].split(":")[0]
+        'The trained model did not learn the maze; it got worse'
+    """
+    notes = []
+    gain = training.return_gain
+    if gain is not None:
+        learned = gain.z >= LEARNED_Z and (gain.gold_diff or 0.0) > 0 and (gain.mold_diff or 0.0) < 0
+        if not learned:
+            worse = "; it got worse" if gain.z <= -LEARNED_Z else ""
+            per_episode = (
+                f"; Gold {gain.gold_diff:+.2f}, Mold {gain.mold_diff:+.2f} per episode"
+                if gain.gold_diff is not None and gain.mold_diff is not None
+                else ""
+            )
+            notes.append(
+                f"The trained model did not learn the maze{worse}: held-out gain {gain.diff:+.1f} ± {gain.se:.1f} "
+                f"({'paired ' if gain.paired else ''}z {gain.z:.1f}{per_episode}), short of {LEARNED_Z:g} SE with Gold "
+                "up and Mold down. Its readouts and steering say nothing about the welfare axis of a model that "
+                "learned; read them as another control."
+            )
+    if forgetting and forgetting.get("before") and forgetting.get("after"):
+        before, after = forgetting["before"].get("perplexity"), forgetting["after"].get("perplexity")
+        if before and after and after >= DAMAGED_PERPLEXITY_RATIO * before:
+            notes.append(
+                f"Training damaged the language model: perplexity on the general texts {before:.1f} → {after:.1f} "
+                f"({after / before:.0f}×). Its vectors are directions of a broken model; a smaller step "
+                "(train_overrides lr, top_lr) or another recipe is needed."
+            )
+    return notes
 
 
 def frozen_layers_note(

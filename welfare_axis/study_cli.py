@@ -22,7 +22,7 @@ def _parse_set(items: list[str]) -> dict[str, Any]:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from welfare_axis.study import PRESETS, StudyConfig, run_study
+    from welfare_axis.study import PRESETS, StudyConfig, learning_notes, run_study
 
     cfg = StudyConfig.preset(args.preset)
     if args.fast:  # the fast sizes on top of the chosen preset (its model, algo, tiles... are kept)
@@ -57,6 +57,9 @@ def _run(args: argparse.Namespace) -> int:
     gain = summary.training.return_gain
     if gain is not None:
         print(f"training gain on held-out mazes: {gain.diff:+.1f} ± {gain.se:.1f} (z {gain.z:.1f})")
+    if not (summary.fast and cfg.trained is None and cfg.from_run is None):  # fast: a pipeline check anyway
+        for note in learning_notes(summary.training, summary.forgetting):
+            print(f"NOTE: {note}")
     if summary.peak_rss_gb is not None:
         print(f"peak RSS {summary.peak_rss_gb:.1f} GB (reached by the end of stage {summary.peak_rss_stage})")
     print(
