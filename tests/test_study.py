@@ -230,7 +230,9 @@ def test_learning_notes_say_when_the_model_did_not_learn_or_broke():
     assert notes(3.0) == []  # the default's criterion: >= 3 paired SE, Gold up, Mold down
     assert notes(4.8, gold=-0.1) and notes(4.8, mold=0.2)  # a gain with Gold down or Mold up is not learning
     (note,) = notes(2.9)
-    assert note.startswith("The trained model did not learn the maze: held-out gain +20.3 ± 7.0 (paired z 2.9;")
+    assert note.startswith(
+        "The trained model did not learn the maze: held-out gain +20.3 ± 7.0 (paired z 2.9;"
+    )
     assert notes(-5.2)[0].startswith("The trained model did not learn the maze; it got worse:")
     assert notes(-1.0)[0].startswith("The trained model did not learn the maze:")
     broken = notes(4.0, ppl=(14.9, 1226.6))

@@ -50,7 +50,7 @@ from training.monitor import MONITOR_FILE, axis_records
 from training.shipped import find_shipped, load_shipped
 from welfare_axis.report import export_figures, render_report
 from welfare_axis.stages import StageOutput, StageRunner
-from welfare_axis.summary import Measure, ReturnGain, StudySummary, TrainingSummary, readout_measures
+from welfare_axis.summary import Measure, StudySummary, TrainingSummary, readout_measures
 
 if TYPE_CHECKING:
     from welfare_axis.report import Section
@@ -1178,6 +1178,7 @@ def learning_notes(training: TrainingSummary, forgetting: Mapping[str, Any] | No
     language modelling (:data:`DAMAGED_PERPLEXITY_RATIO`): its readouts then say nothing about a model that learned.
 
     Example:
+        >>> from welfare_axis.summary import ReturnGain
         >>> gain = ReturnGain(diff=-33.9, se=6.55, z=-5.17, paired=True, gold_diff=-0.62, mold_diff=2.14)
         >>> learning_notes(TrainingSummary(steps=4, return_gain=gain))[0].split(":")[0]
         'The trained model did not learn the maze; it got worse'
