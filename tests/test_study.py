@@ -241,6 +241,8 @@ def test_learning_notes_say_when_the_model_did_not_learn_or_broke():
                       "or another recipe is needed."]  # fmt: skip
     assert notes(4.0, ppl=(15.0, 29.9)) == []  # less than double
     assert learning_notes(TrainingSummary(steps=0)) == []  # not evaluated: nothing to say
+    unknown = ReturnGain(diff=30.0, se=7.0, z=4.3, paired=True)  # a record without Gold/Mold: judged by z
+    assert learning_notes(TrainingSummary(steps=4, return_gain=unknown)) == []
 
 
 def test_adapted_layers_and_the_layer_star_candidates_they_give():

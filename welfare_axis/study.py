@@ -1186,7 +1186,9 @@ def learning_notes(training: TrainingSummary, forgetting: Mapping[str, Any] | No
     notes = []
     gain = training.return_gain
     if gain is not None:
-        learned = gain.z >= LEARNED_Z and (gain.gold_diff or 0.0) > 0 and (gain.mold_diff or 0.0) < 0
+        gold_up = gain.gold_diff is None or gain.gold_diff > 0  # unknown (an older record): judged by z alone
+        mold_down = gain.mold_diff is None or gain.mold_diff < 0
+        learned = gain.z >= LEARNED_Z and gold_up and mold_down
         if not learned:
             worse = "; it got worse" if gain.z <= -LEARNED_Z else ""
             per_episode = (
