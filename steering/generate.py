@@ -306,7 +306,8 @@ def batch_groups(steerings: Sequence[Steering | None]) -> list[list[int]]:
 
 class _RowwiseSteering:
     """The steering context of a batch whose rows may each have their own steering (see
-    :func:`generate_steered_responses`)."""
+    :func:`generate_steered_responses`): one group of :func:`batch_groups`, so either one steering (perhaps
+    repeated) or additive steerings under one string position rule, beside unsteered rows."""
 
     def __init__(self, model: nn.Module, tokenizer: Any, steerings: Sequence[Steering | None]) -> None:
         self.model, self.tokenizer, self.steerings = model, tokenizer, list(steerings)
@@ -314,22 +315,11 @@ class _RowwiseSteering:
         if all(s is self.steerings[0] for s in self.steerings):
             return  # every batch has one steering (or none): each runs as it would on its own
         distinct = {id(s): s for s in self.steerings if s is not None}
-        rules = {s.positions if isinstance(s.positions, str) else "mask" for s in distinct.values()}
-        if len(rules) != 1 or "mask" in rules:
-            raise ValueError(
-                f"steerings that share a batch need one string position rule; got {sorted(rules)}: "
-                "generate them one at a time (generate_responses)"
-            )
         for key, steering in distinct.items():
-            if steering.operator is not None and not is_additive(steering.operator):
-                raise ValueError(
-                    f"steerings that share a batch must be additive; got operator "
-                    f"{getattr(steering.operator, '__name__', steering.operator)!r}: generate it on its own"
-                )
             by_layer = resolve_directions(model, steering.directions, steering.layers)
             alphas = resolve_alpha(steering.alpha, list(by_layer))
             self.resolved[key] = {layer: alphas[layer] * vec.float() for layer, vec in by_layer.items()}
-        self.positions = rules.pop()
+        self.positions = next(iter(distinct.values())).positions  # one string rule in the group
 
     def context(self, row_steerings: Sequence[int]) -> contextlib.AbstractContextManager:
         """The context for rows whose steerings are ``self.steerings[i]`` for ``i`` in ``row_steerings``."""

@@ -287,18 +287,17 @@ def _cell_runs(
 
         return [functools.partial(confidence, steering) for steering in steerings]
     prompts, score = _generation_task(ctx, eval_name)
-    generate = functools.partial(
-        generate_steered_responses,
+    responses = generate_steered_responses(  # an ablation's cells run in batches of their own (batch_groups)
         ctx.model,
         ctx.tokenizer,
         prompts,
+        steerings,
         n_samples=config.n_samples,
         max_new_tokens=config.max_new_tokens,
         temperature=config.temperature,
         seed=seed,
         batch_size=config.batch_size,
     )
-    responses = generate(steerings)  # an ablation's cells run in batches of their own (batch_groups)
     return [functools.partial(score, cell_responses) for cell_responses in responses]
 
 

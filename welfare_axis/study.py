@@ -266,6 +266,11 @@ class StudyConfig:
         return recipe_args(self.train_recipe, per_algorithm=self._from_recipe, **overrides)
 
     @property
+    def trains_pipeline_check(self) -> bool:
+        """Fast mode training its own model: its few steps do not teach, so the run is a pipeline check."""
+        return self.fast and self.trained is None and self.from_run is None
+
+    @property
     def _from_recipe(self) -> bool:
         if self.train_sizes not in ("study", "recipe"):
             raise ValueError(f"train_sizes must be study or recipe; got {self.train_sizes!r}")
@@ -1094,7 +1099,7 @@ def report_sections(
             "FAST MODE: a pipeline check. Its 3 short training steps do not teach the maze and its readouts use a "
             "few trajectories per class: the numbers test the code, not the paper."
         ]
-        if cfg.fast and cfg.trained is None and cfg.from_run is None
+        if cfg.trains_pipeline_check
         else [
             f"FAST MODE: the {'shipped ' if cfg.trained else ''}trained model read out with a few trajectories per "
             "class and small steering cells: a quick look, not a measurement."
@@ -1102,7 +1107,7 @@ def report_sections(
         if cfg.fast
         else []
     )
-    if not (cfg.fast and cfg.trained is None and cfg.from_run is None):  # fast training: noted above
+    if not cfg.trains_pipeline_check:  # a pipeline check's note above says its training does not teach
         notes += learning_notes(summary.training, summary.forgetting)
     frozen = frozen_layers_note(train.result.get("train_args", {}), trn.n_layers, trn.extraction.layer_star)
     if frozen:

@@ -57,7 +57,7 @@ def _run(args: argparse.Namespace) -> int:
     gain = summary.training.return_gain
     if gain is not None:
         print(f"training gain on held-out mazes: {gain.diff:+.1f} ± {gain.se:.1f} (z {gain.z:.1f})")
-    if not (summary.fast and cfg.trained is None and cfg.from_run is None):  # fast: a pipeline check anyway
+    if not cfg.trains_pipeline_check:
         for note in learning_notes(summary.training, summary.forgetting):
             print(f"NOTE: {note}")
     if summary.peak_rss_gb is not None:
