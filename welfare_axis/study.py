@@ -81,15 +81,16 @@ PAPER = {
 
 LEARN_OVERRIDES: dict[str, Any] = {"lora_layers": None, "lr": 5e-4, "top_lr": 2e-3, "top_lr_layers": 8, "steps": 4,
                                    "curriculum_steps": 4}  # fmt: skip
-"""The default study's changes to the CPU recipe's TBRM (issue 17): LoRA on all layers, so v can differ from u
-wherever it is read, the top 8 layers at the recipe's lr 2e-3 (``training.Args.top_lr``) and the 22 below at a
-quarter of it, for 4 single-turn steps (since session 24: the fewest measured that learn; after 2 steps the 6-step runs
-gained −0.3, +20.3 and +1.9; 3 steps gained +11.9 ± 7.3, z 1.6, in seed 0, session 25). 2e-3 on every layer
-collapses and 5e-4 on every layer learns slowly (presets ``tbrm-6-steps``, ``tbrm-8-steps``). On 2 AMD Zen 4 cores
-seeds 0-2 gain +35.6 (z 4.7), +31.4 (z 4.4) and +15.8 (z 2.9) on 64 held-out 15-turn mazes; the same settings for 6 steps
-(preset ``top-lr-6-steps``, the default of sessions 21-23) gained +36.9, +28.7 and +12.5 on Sapphire Rapids cores
-(z 5.3, 4.2, 2.2) and +33.7 in seed 0 on Zen 4 cores, in 1.5 times the training time. Every setting and seed, with
-intervals and forgetting: docs/results.md (sessions 20-24)."""
+"""The default study's changes to the CPU recipe's TBRM (issue 17): LoRA on all layers, so v can differ from u wherever
+it is read, the top 8 layers at the recipe's lr 2e-3 (``training.Args.top_lr``) and the 22 below at a quarter of it,
+for 4 single-turn steps (since session 24: the fewest measured that learn; after 2 steps the 6-step runs gained −0.3,
++20.3 and +1.9; 3 steps gained +11.9 ± 7.3, z 1.6, in seed 0, session 25; 2 update passes instead of 3 made it worse,
+also for 3 steps at twice the lr: z −2.5 and −3.2, sessions 25–26). 2e-3 on every layer collapses and 5e-4 on every
+layer learns slowly (presets ``tbrm-6-steps``, ``tbrm-8-steps``). On 2 AMD Zen 4 cores seeds 0-2 gain +35.6 (z 4.7),
++31.4 (z 4.4) and +15.8 (z 2.9) on 64 held-out 15-turn mazes; the same settings for 6 steps (preset
+``top-lr-6-steps``, the default of sessions 21-23) gained +36.9, +28.7 and +12.5 on Sapphire Rapids cores (z 5.3,
+4.2, 2.2) and +33.7 in seed 0 on Zen 4 cores, in 1.5 times the training time. Every setting and seed, with intervals
+and forgetting: docs/results.md (sessions 20-24)."""
 TOP_LR_SIX_STEP_OVERRIDES: dict[str, Any] = {
     "lora_layers": None,
     "lr": 5e-4,
