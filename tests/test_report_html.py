@@ -41,6 +41,16 @@ def test_export_without_a_browser_skips_cleanly(tmp_path, monkeypatch):
     assert "scripts/install_png_renderer.sh" in skipped
 
 
+def test_an_error_without_a_message_is_named_by_its_type(tmp_path, monkeypatch):
+    def no_browser(*args, **kwargs):
+        raise RuntimeError()  # kaleido's failure to start a browser can carry no text
+
+    monkeypatch.setattr(pio, "write_images", no_browser)
+    monkeypatch.setenv("WELFARE_AXIS_PNG_RENDERER", str(tmp_path / "no-renderer"))
+    written, skipped = export_figures(_sections(), tmp_path / "figures")
+    assert written == [] and skipped.startswith("PNG export skipped (RuntimeError); install Chromium")
+
+
 def test_without_a_browser_the_bundled_chromium_renders(tmp_path, monkeypatch):
     import welfare_axis.report as report
 

@@ -184,8 +184,10 @@ def export_figures(
     except Exception as err:
         if created:
             shutil.rmtree(directory, ignore_errors=True)
+        message = str(err).strip()
+        cause = f"{type(err).__name__}: {message.splitlines()[0][:200]}" if message else type(err).__name__
         return [], (
-            f"PNG export skipped ({type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}); "
+            f"PNG export skipped ({cause}); "
             "install Chromium (e.g. apt-get install chromium) or set BROWSER_PATH, or run "
             "bash scripts/install_png_renderer.sh (kaleido 0.2.1's bundled Chromium, from PyPI)"
         )
