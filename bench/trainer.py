@@ -105,17 +105,21 @@ def log(message: str) -> None:
 # ----------------------------------------------------------------------------------------------------
 
 
-def matmul_peak_gflops(dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
-    """Median GFLOP/s of an ``n × n`` matmul in ``dtype`` (2·n³ FLOPs)."""
-    a = torch.randn(n, n).to(dtype)
-    b = torch.randn(n, n).to(dtype)
+def matmul_peak_gflops(
+    dtype: torch.dtype, n: int = 2048, reps: int = 5, shape: tuple[int, int, int] | None = None
+) -> float:
+    """Median GFLOP/s of an ``n × n`` matmul in ``dtype`` (2·n³ FLOPs), or of ``[m, k] @ [k, n]`` for
+    ``shape=(m, k, n)`` (2·m·k·n FLOPs)."""
+    m, k, n = shape or (n, n, n)
+    a = torch.randn(m, k).to(dtype)
+    b = torch.randn(k, n).to(dtype)
     a @ b  # warm-up
     times = []
     for _ in range(reps):
         t = time.perf_counter()
         a @ b
         times.append(time.perf_counter() - t)
-    return 2 * n**3 / statistics.median(times) / 1e9
+    return 2 * m * k * n / statistics.median(times) / 1e9
 
 
 # ----------------------------------------------------------------------------------------------------

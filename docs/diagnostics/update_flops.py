@@ -5,7 +5,7 @@ Builds one minibatch of the default study's step 0 as ``bench/update_prefix.py``
 24 distinct states, TBRM's reference pass and ``update_epochs`` forward + backward passes, the optimizer steps),
 counts the matrix FLOPs of one ``training.train_step`` on it with ``torch.utils.flop_counter.FlopCounterMode``
 (every mm, addmm, bmm and attention kernel, forward and backward), times it without the counter (median of
-``--reps`` after a warm-up), and times float32 matrix products on both threads: a large square one (the machine's
+``--reps`` after a warm-up), and times float32 matrix products on both threads (``bench.trainer.matmul_peak_gflops``): a large square one (the machine's
 practical peak) and the update's largest shape (the MLP's gate/up projection of every state's tokens).
 
 The floor is the counted FLOPs at that peak: no kernel, allocator or scheduling change can make a minibatch
@@ -26,6 +26,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from bench.trainer import matmul_peak_gflops  # noqa: E402
 from bench.update_prefix import recipe_minibatch  # noqa: E402
 from training import train_step  # noqa: E402
 from welfare_axis.study import StudyConfig  # noqa: E402
@@ -33,20 +34,8 @@ from welfare_axis.study import StudyConfig  # noqa: E402
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("--reps", type=int, default=2, help="timed train_step calls after one warm-up")
 a = parser.parse_args()
-study = StudyConfig().train_args(
-    Path("runs/update_flops")
-)  # the default study's training: steps, minibatches
-
-
-def gemm_rate(m: int, k: int, n: int, seconds: float = 3.0) -> float:
-    """GFLOP/s of float32 ``[m, k] @ [k, n]`` on this process's threads, over about ``seconds``."""
-    x, y = torch.randn(m, k), torch.randn(k, n)
-    x @ y  # warm-up
-    calls, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        x @ y
-        calls += 1
-    return 2 * m * k * n * calls / (time.perf_counter() - t0) / 1e9
+# the default study's training: its steps and minibatches
+study = StudyConfig().train_args(Path("runs/update_flops"))
 
 
 policy, optimizer, episodes, args = recipe_minibatch()
@@ -68,8 +57,8 @@ flops = counter.get_total_flops()
 seconds = statistics.median(times)
 
 tokens = int(episodes.attention_mask.sum())
-peak = gemm_rate(2048, 2048, 2048)
-mlp = gemm_rate(1598, 576, 1536)
+peak = matmul_peak_gflops(torch.float32, reps=20)
+mlp = matmul_peak_gflops(torch.float32, reps=50, shape=(1598, 576, 1536))
 floor = flops / (peak * 1e9)
 print(f"counted: {flops / 1e12:.3f} TFLOP per minibatch train_step; measured {seconds:.1f} s "
       f"({flops / seconds / 1e9:.0f} GFLOP/s achieved)")  # fmt: skip
